@@ -1,0 +1,129 @@
+//! Backend selection: the only crate of RLIP-rs that names concrete Burn backends.
+//!
+//! Each backend is a cargo feature (`flex`, `wgpu`, `tch`, `cuda`); [`BackendKind`] plus a device
+//! index turns into a [`Device`] at run time, with a clear error when the binary was built without
+//! the requested backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::prelude::Device;
+
+/// A Burn backend RLIP-rs can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Pure-Rust CPU backend (the reference for tests).
+    Flex,
+    /// Portable GPU backend (Vulkan, Metal, DX12, WebGPU; lavapipe on machines without a GPU).
+    Wgpu,
+    /// LibTorch (CPU, or CUDA with `--device`).
+    Tch,
+    /// NVIDIA CUDA through CubeCL (NVRTC).
+    Cuda,
+}
+
+impl BackendKind {
+    /// Every backend, in the order tests report them.
+    pub const ALL: [BackendKind; 4] = [Self::Flex, Self::Wgpu, Self::Tch, Self::Cuda];
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Tch => "tch",
+            Self::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this binary was built with the backend.
+    pub fn compiled(self) -> bool {
+        match self {
+            Self::Flex => cfg!(feature = "flex"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::Tch => cfg!(feature = "tch"),
+            Self::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The backends compiled into this binary.
+    pub fn compiled_in() -> Vec<BackendKind> {
+        Self::ALL.into_iter().filter(|b| b.compiled()).collect()
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.feature())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.feature().eq_ignore_ascii_case(s))
+            .ok_or_else(|| BackendError::Unknown(s.to_string()))
+    }
+}
+
+/// Why a device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The name is not a backend.
+    #[error("unknown backend '{0}' (expected one of: flex, wgpu, tch, cuda)")]
+    Unknown(String),
+    /// The backend exists but this binary was built without it.
+    #[error(
+        "this binary was built without the '{kind}' backend (compiled in: {compiled}); rebuild with `--features {kind}`"
+    )]
+    NotCompiled {
+        /// Requested backend.
+        kind: BackendKind,
+        /// Backends that are available.
+        compiled: String,
+    },
+}
+
+/// Creates the device for `kind`, using GPU `index` where the backend has several devices
+/// (`wgpu`: the n-th discrete GPU, or the default adapter when `index` is `None`; `tch`: CPU when
+/// `None`, else CUDA device `index`; `cuda`: device `index`, default 0).
+pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, BackendError> {
+    if !kind.compiled() {
+        let compiled = BackendKind::compiled_in()
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(BackendError::NotCompiled { kind, compiled });
+    }
+    #[allow(unused_variables)]
+    let index = index;
+    #[allow(unreachable_code)]
+    match kind {
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(match index {
+            None => Device::wgpu(burn::prelude::DeviceKind::DefaultDevice),
+            Some(i) => Device::wgpu(burn::prelude::DeviceKind::DiscreteGpu(i)),
+        }),
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)] // burn-tch is deprecated upstream; it stays our parity reference
+        BackendKind::Tch => Ok(match index {
+            None => Device::libtorch(),
+            Some(i) => Device::libtorch_cuda(i),
+        }),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(Device::cuda(index.unwrap_or(0))),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("compiled() checked above"),
+    }
+}
+
+/// The reference device for tests and the default for the CLI: `flex` when compiled in.
+pub fn default_device() -> Result<Device, BackendError> {
+    let kind = BackendKind::compiled_in().first().copied().unwrap_or(BackendKind::Flex);
+    device(kind, None)
+}

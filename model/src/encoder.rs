@@ -1,0 +1,191 @@
+//! Multi-scale encoder input (input projections, masks, positional encodings, level embeddings)
+//! and the deformable encoder layer.
+//!
+//! Follows the official RLIPv2-ParSeDA (`models/hoi.py`, `models/deformable_transformer.py`):
+//! three backbone levels go through `1×1 conv + GroupNorm(32)`; a fourth, stride-64 level is a
+//! `3×3 / stride 2 conv + GroupNorm(32)` on the raw last backbone map. Each level's mask is the
+//! image mask resized by nearest neighbour, and its positional encoding the sine encoding of that
+//! mask plus the level embedding.
+
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use crate::msda::{MsDeformAttn, MsdaConfig};
+use crate::position::{PaddingMask, encoder_reference_points, sine_position_embedding};
+use crate::weights::layers::{ConvSpec, conv2d, group_norm, layer_norm, linear};
+use crate::weights::{Init, Loader};
+
+/// One input projection: a convolution followed by GroupNorm(32).
+#[derive(Module, Debug)]
+pub struct Projection {
+    conv: Conv2d,
+    norm: GroupNorm,
+}
+
+impl Projection {
+    /// Applies conv then GroupNorm.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.norm.forward(self.conv.forward(x))
+    }
+}
+
+/// The input projections of all levels plus the learned level embeddings.
+#[derive(Module, Debug)]
+pub struct InputProjections {
+    /// `input_proj.{l}`; the levels past the backbone's are strided 3×3 convolutions.
+    pub levels: Vec<Projection>,
+    /// `transformer.level_embed` `[L, d]`.
+    pub level_embed: Param<Tensor<2>>,
+    /// Subtract 0.5 in the sine encoding (Swin path).
+    pos_offset: bool,
+}
+
+/// The flattened multi-scale encoder input.
+#[derive(Debug, Clone)]
+pub struct MultiScale {
+    /// Projected maps per level, `[B, d, H_l, W_l]`.
+    pub maps: Vec<Tensor<4>>,
+    /// Masks per level (true = padding).
+    pub masks: Vec<PaddingMask>,
+    /// `[B, S, d]` flattened features.
+    pub src: Tensor<3>,
+    /// `[B, S, d]` sine encoding plus level embedding.
+    pub pos: Tensor<3>,
+    /// `[B, S]` flattened mask (true = padding).
+    pub mask_flat: Tensor<2, Bool>,
+    /// `(H_l, W_l)` per level.
+    pub shapes: Vec<[usize; 2]>,
+    /// First token of each level.
+    pub level_start: Vec<usize>,
+    /// Per image, per level `(w, h)` valid ratios.
+    pub valid_ratios: Vec<Vec<[f32; 2]>>,
+}
+
+impl InputProjections {
+    /// Loads `input_proj.{l}.{0,1}` and `transformer.level_embed` for backbone channels
+    /// `in_channels` and `n_levels` levels of width `d`.
+    pub fn load(ld: &mut Loader, in_channels: &[usize], n_levels: usize, d: usize, pos_offset: bool) -> Self {
+        let mut levels = Vec::with_capacity(n_levels);
+        let mut c_in = in_channels[0];
+        for l in 0..n_levels {
+            let spec = if l < in_channels.len() {
+                c_in = in_channels[l];
+                ConvSpec::new(c_in, d, 1, 1, 0, true)
+            } else {
+                let s = ConvSpec::new(c_in, d, 3, 2, 1, true);
+                c_in = d;
+                s
+            };
+            levels.push(Projection {
+                conv: conv2d(ld, &format!("input_proj.{l}.0"), spec),
+                norm: group_norm(ld, &format!("input_proj.{l}.1"), 32, d),
+            });
+        }
+        let level_embed = Param::from_tensor(ld.tensor("transformer.level_embed", [n_levels, d], Init::Normal(1.0)));
+        Self { levels, level_embed, pos_offset }
+    }
+
+    /// Projects backbone maps `features` of a batch with image padding `mask` and flattens them.
+    pub fn forward(&self, features: &[Tensor<4>], mask: &PaddingMask) -> MultiScale {
+        let device = features[0].device();
+        let mut maps = Vec::new();
+        let mut last_raw = features[features.len() - 1].clone();
+        for (l, proj) in self.levels.iter().enumerate() {
+            let m = if l < features.len() {
+                proj.forward(features[l].clone())
+            } else {
+                let m = proj.forward(last_raw.clone());
+                last_raw = m.clone();
+                m
+            };
+            maps.push(m);
+        }
+        let [_, d] = self.level_embed.dims();
+        let mut srcs = Vec::new();
+        let mut poss = Vec::new();
+        let mut masks = Vec::new();
+        let mut shapes = Vec::new();
+        let mut level_start = Vec::new();
+        let mut start = 0;
+        for (l, m) in maps.iter().enumerate() {
+            let [b, _, h, w] = m.dims();
+            let lm = mask.resize_nearest(h, w);
+            let pos = sine_position_embedding(&lm, d / 2, self.pos_offset);
+            let pos = Tensor::<4>::from_data(TensorData::new(pos, [b, d, h, w]), &device);
+            let lvl = self.level_embed.val().slice(s![l..l + 1]).reshape([1, 1, d]);
+            poss.push(pos.flatten::<3>(2, 3).swap_dims(1, 2) + lvl);
+            srcs.push(m.clone().flatten::<3>(2, 3).swap_dims(1, 2));
+            masks.push(lm);
+            shapes.push([h, w]);
+            level_start.push(start);
+            start += h * w;
+        }
+        let b = mask.batch;
+        let flat: Vec<bool> = (0..b)
+            .flat_map(|i| masks.iter().flat_map(move |m| m.data[i * m.height * m.width..(i + 1) * m.height * m.width].iter().copied()))
+            .collect();
+        let mask_flat = Tensor::<2, Bool>::from_data(TensorData::new(flat, [b, start]), &device);
+        let per_level: Vec<Vec<[f32; 2]>> = masks.iter().map(PaddingMask::valid_ratios).collect();
+        let valid_ratios = (0..b).map(|i| per_level.iter().map(|v| v[i]).collect()).collect();
+        MultiScale {
+            maps,
+            masks,
+            src: Tensor::cat(srcs, 1),
+            pos: Tensor::cat(poss, 1),
+            mask_flat,
+            shapes,
+            level_start,
+            valid_ratios,
+        }
+    }
+}
+
+impl MultiScale {
+    /// Encoder reference points `[B, S, L, 2]` on `device`.
+    pub fn reference_points(&self, device: &Device) -> Tensor<4> {
+        let (v, shape) = encoder_reference_points(&self.shapes, &self.valid_ratios);
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+}
+
+/// A deformable encoder layer: MSDA self-attention, then a ReLU FFN, both post-norm.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    self_attn: MsDeformAttn,
+    norm1: LayerNorm,
+    linear1: Linear,
+    linear2: Linear,
+    norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    /// Loads `{prefix}.{self_attn,norm1,linear1,linear2,norm2}`.
+    pub fn load(ld: &mut Loader, prefix: &str, msda: MsdaConfig, d_ffn: usize) -> Self {
+        let d = msda.d_model;
+        Self {
+            self_attn: MsDeformAttn::load(ld, &format!("{prefix}.self_attn"), msda),
+            norm1: layer_norm(ld, &format!("{prefix}.norm1"), d, 1e-5),
+            linear1: linear(ld, &format!("{prefix}.linear1"), d, d_ffn, true),
+            linear2: linear(ld, &format!("{prefix}.linear2"), d_ffn, d, true),
+            norm2: layer_norm(ld, &format!("{prefix}.norm2"), d, 1e-5),
+        }
+    }
+
+    /// One layer over `src` `[B, S, d]` with positional encoding `pos`.
+    pub fn forward(
+        &self,
+        src: Tensor<3>,
+        pos: Tensor<3>,
+        reference: Tensor<4>,
+        shapes: &[[usize; 2]],
+        padding: Tensor<2, Bool>,
+    ) -> Tensor<3> {
+        let attn = self.self_attn.forward(src.clone() + pos, reference, src.clone(), shapes, Some(padding));
+        let src = self.norm1.forward(src + attn);
+        let ffn = self.linear2.forward(relu(self.linear1.forward(src.clone())));
+        self.norm2.forward(src + ffn)
+    }
+}

@@ -1,0 +1,11 @@
+//! Backend-generic RLIPv2 modules and official weight loading.
+//!
+//! Nothing here names a concrete Burn backend: every module runs on the [`burn::prelude::Device`]
+//! its tensors live on. `rlip-backends` turns cargo features and `--backend` into a device.
+
+pub mod backbone;
+pub mod encoder;
+pub mod msda;
+pub mod position;
+pub mod util;
+pub mod weights;

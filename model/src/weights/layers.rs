@@ -1,0 +1,128 @@
+//! Building Burn layers from official PyTorch parameters (the remapping rules of [`super`]).
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+
+use super::{Init, Loader};
+
+/// `nn.Linear(d_in, d_out)` at `prefix` (`{prefix}.weight` `[out, in]`, transposed for Burn).
+pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
+    let mut l = LinearConfig::new(d_in, d_out).with_bias(bias).init(ld.device());
+    let w: Tensor<2> = ld.tensor(&format!("{prefix}.weight"), [d_out, d_in], Init::KaimingUniform);
+    l.weight = Param::from_tensor(w.transpose());
+    if bias {
+        let b = ld.tensor(&format!("{prefix}.bias"), [d_out], Init::Uniform(-bound(d_in), bound(d_in)));
+        l.bias = Some(Param::from_tensor(b));
+    }
+    l
+}
+
+/// Builds a Linear from an already-loaded PyTorch-layout weight `[out, in]` and bias.
+pub fn linear_from(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Linear {
+    let [d_out, d_in] = weight.dims();
+    let mut l = LinearConfig::new(d_in, d_out).with_bias(bias.is_some()).init(&weight.device());
+    l.weight = Param::from_tensor(weight.transpose());
+    l.bias = bias.map(Param::from_tensor);
+    l
+}
+
+fn bound(fan_in: usize) -> f64 {
+    1.0 / (fan_in.max(1) as f64).sqrt()
+}
+
+/// Geometry of a 2-D convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Symmetric zero padding.
+    pub pad: usize,
+    /// Whether the conv has a bias.
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A `k×k` convolution with stride and padding.
+    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Self {
+        Self { c_in, c_out, k, stride, pad, bias }
+    }
+}
+
+/// `nn.Conv2d` at `prefix`.
+pub fn conv2d(ld: &mut Loader, prefix: &str, s: ConvSpec) -> Conv2d {
+    let mut c = Conv2dConfig::new([s.c_in, s.c_out], [s.k, s.k])
+        .with_stride([s.stride, s.stride])
+        .with_padding(PaddingConfig2d::Explicit(s.pad, s.pad, s.pad, s.pad))
+        .with_bias(s.bias)
+        .init(ld.device());
+    c.weight = Param::from_tensor(ld.tensor(
+        &format!("{prefix}.weight"),
+        [s.c_out, s.c_in, s.k, s.k],
+        Init::KaimingUniform,
+    ));
+    if s.bias {
+        let b = bound(s.c_in * s.k * s.k);
+        c.bias = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.bias"), [s.c_out], Init::Uniform(-b, b))));
+    }
+    c
+}
+
+/// `nn.LayerNorm(d, eps)` at `prefix` (`weight`/`bias` → `gamma`/`beta`).
+pub fn layer_norm(ld: &mut Loader, prefix: &str, d: usize, eps: f64) -> LayerNorm {
+    let mut n = LayerNormConfig::new(d).with_epsilon(eps).init(ld.device());
+    n.gamma = Param::from_tensor(ld.tensor(&format!("{prefix}.weight"), [d], Init::Ones));
+    n.beta = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.bias"), [d], Init::Zeros)));
+    n
+}
+
+/// `nn.GroupNorm(groups, c)` at `prefix` (eps 1e-5).
+pub fn group_norm(ld: &mut Loader, prefix: &str, groups: usize, c: usize) -> GroupNorm {
+    let mut n = GroupNormConfig::new(groups, c).with_epsilon(1e-5).init(ld.device());
+    n.gamma = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.weight"), [c], Init::Ones)));
+    n.beta = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.bias"), [c], Init::Zeros)));
+    n
+}
+
+/// DETR's `FrozenBatchNorm2d`: a per-channel affine map from fixed statistics.
+///
+/// Computed as the official code does: `scale = w * rsqrt(var + 1e-5)`,
+/// `shift = b - mean * scale`, `y = x * scale + shift`.
+#[derive(Module, Debug)]
+pub struct FrozenBatchNorm {
+    /// `weight`.
+    pub weight: Tensor<1>,
+    /// `bias`.
+    pub bias: Tensor<1>,
+    /// `running_mean`.
+    pub running_mean: Tensor<1>,
+    /// `running_var`.
+    pub running_var: Tensor<1>,
+}
+
+impl FrozenBatchNorm {
+    /// Loads `{prefix}.{weight,bias,running_mean,running_var}` for `c` channels.
+    pub fn load(ld: &mut Loader, prefix: &str, c: usize) -> Self {
+        Self {
+            weight: ld.tensor(&format!("{prefix}.weight"), [c], Init::Ones),
+            bias: ld.tensor(&format!("{prefix}.bias"), [c], Init::Zeros),
+            running_mean: ld.tensor(&format!("{prefix}.running_mean"), [c], Init::Zeros),
+            running_var: ld.tensor(&format!("{prefix}.running_var"), [c], Init::Ones),
+        }
+    }
+
+    /// Applies the affine map to `[B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let c = self.weight.dims()[0];
+        let scale = self.weight.clone() * (self.running_var.clone() + 1e-5).sqrt().recip();
+        let shift = self.bias.clone() - self.running_mean.clone() * scale.clone();
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+}
