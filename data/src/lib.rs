@@ -1,1 +1,37 @@
-//! rlip-data
+#![warn(missing_docs)]
+//! rlip-data: readers for the dataset and evaluation file formats RLIPv2 uses.
+//!
+//! - [`npy`]: a small, safe `.npy` reader (no pickled objects).
+//! - [`pickle`]: a minimal reader for plain-data pickles (lists, dicts, numbers, strings), enough
+//!   for the V-COCO detection file `generate_vcoco_official.py` writes.
+//! - [`hico`], [`vcoco`], [`oi`]: ground-truth readers for the official JSON annotation formats.
+//! - [`preprocess`]: the official evaluation resize (Pillow-exact), normalisation and padded batching.
+
+pub mod error;
+pub mod hico;
+pub mod npy;
+pub mod oi;
+pub mod pickle;
+pub mod preprocess;
+pub mod vcoco;
+
+pub use error::DataError;
+
+use std::path::Path;
+
+/// Reads a whole file, naming it in the error.
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads and deserialises a JSON file, naming it in the error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DataError> {
+    let bytes = read_bytes(path)?;
+    serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}

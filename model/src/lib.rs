@@ -3,9 +3,11 @@
 //! Nothing here names a concrete Burn backend: every module runs on the [`burn::prelude::Device`]
 //! its tensors live on. `rlip-backends` turns cargo features and `--backend` into a device.
 
+pub mod alif;
 pub mod backbone;
 pub mod encoder;
 pub mod msda;
 pub mod position;
+pub mod text;
 pub mod util;
 pub mod weights;

@@ -6,6 +6,7 @@
 
 pub mod fixture;
 pub mod generator;
+pub mod golden;
 pub mod parity;
 
 pub use fixture::{Check, Fixture};

@@ -1,1 +1,188 @@
-fn main() {}
+//! `cargo xtask`: project automation (setup of test prerequisites, the test suite, golden checks).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The torch version burn-tch 0.22 (torch-sys 0.22) links against.
+const TORCH_VERSION: &str = "2.9.0";
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "RLIP-rs project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the cross-backend tests need: Mesa's lavapipe Vulkan driver (apt) and
+    /// torch==2.9.0 in `.venv` (pip) for the tch backend. Idempotent.
+    Setup {
+        /// Skip the torch install (about 4 GB).
+        #[arg(long)]
+        no_torch: bool,
+    },
+    /// Run the test suite: unit and golden tests on flex, and the cross-backend parity suite on
+    /// every backend this machine can run (wgpu via a Vulkan driver, tch via `.venv`); then
+    /// `cargo check` the cuda backend.
+    Test {
+        /// Skip the `cargo check --features cuda` step.
+        #[arg(long)]
+        no_cuda_check: bool,
+    },
+    /// Compare the model with golden fixture folders (manifest.json, inputs/outputs.safetensors).
+    Golden {
+        /// What to compare (`backbone`: backbone, projections, encoder).
+        #[arg(value_parser = ["backbone"])]
+        what: String,
+        /// Fixture folders.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<ExitStatus> {
+    eprintln!("+ {cmd:?}");
+    cmd.status().with_context(|| format!("running {cmd:?}"))
+}
+
+fn ok(cmd: &mut Command) -> Result<()> {
+    let st = run(cmd)?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn venv_python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+/// The torch library folder of `.venv` if it holds the torch version burn-tch needs.
+fn torch_lib() -> Option<PathBuf> {
+    let py = venv_python();
+    if !py.exists() {
+        return None;
+    }
+    let out = Command::new(&py)
+        .args(["-c", "import torch, os; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let version = lines.next()?;
+    let lib = lines.next()?;
+    (out.status.success() && version.split('+').next() == Some(TORCH_VERSION)).then(|| PathBuf::from(lib))
+}
+
+/// Whether a Vulkan driver (a GPU, or Mesa's lavapipe) is installed.
+fn vulkan_available() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"].iter().any(|d| {
+        std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false)
+    })
+}
+
+fn setup(no_torch: bool) -> Result<()> {
+    if !vulkan_available() {
+        ok(Command::new("apt-get").arg("update").arg("-qq"))?;
+        ok(Command::new("apt-get").args(["install", "-y", "-qq", "mesa-vulkan-drivers", "libvulkan1"]))?;
+    }
+    if !no_torch && torch_lib().is_none() {
+        if !venv_python().exists() {
+            ok(Command::new("python3").args(["-m", "venv"]).arg(root().join(".venv")))?;
+        }
+        ok(Command::new(venv_python()).args(["-m", "pip", "install", "-q", "--no-cache-dir"]).arg(format!("torch=={TORCH_VERSION}")))?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs `cmd`, echoing its output; accepts a crash after the test harness reported success for
+/// every test binary (wgpu may crash while tearing down the GPU device at process exit).
+fn run_tests_tolerating_gpu_teardown(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let out = cmd.stderr(Stdio::piped()).stdout(Stdio::piped()).output().context("running cargo test")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    if out.status.success() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        // cargo reports a crashed test binary as "process didn't exit successfully ... (signal: 11, SIGSEGV ...)".
+        let crashed_after_success = stderr.contains("process didn't exit successfully")
+            && stderr.contains("SIGSEGV")
+            && !stdout.contains("FAILED")
+            && !stdout.contains("panicked")
+            && last_binary_reported_ok(&stdout);
+        if crashed_after_success || out.status.signal() == Some(11) && last_binary_reported_ok(&stdout) {
+            eprintln!("note: a test binary crashed at exit after all its tests passed (GPU teardown); accepted");
+            return Ok(());
+        }
+    }
+    bail!("tests failed: {}", out.status)
+}
+
+fn last_binary_reported_ok(stdout: &str) -> bool {
+    stdout.lines().rev().find(|l| l.starts_with("test result:")).is_some_and(|l| l.starts_with("test result: ok."))
+}
+
+fn test(no_cuda_check: bool) -> Result<()> {
+    let mut features = vec!["rlip-tests/flex"];
+    let mut cmd = cargo();
+    if vulkan_available() {
+        features.push("rlip-tests/wgpu");
+        cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        }
+    } else {
+        eprintln!("note: no Vulkan driver: wgpu parity skipped (`cargo xtask setup` installs lavapipe)");
+    }
+    if let Some(lib) = torch_lib() {
+        features.push("rlip-tests/tch");
+        let venv = root().join(".venv");
+        let path = format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        cmd.env("LIBTORCH_USE_PYTORCH", "1").env("VIRTUAL_ENV", &venv).env("PATH", path).env("LD_LIBRARY_PATH", lib);
+    } else {
+        eprintln!("note: no torch=={TORCH_VERSION} in .venv: tch parity skipped (`cargo xtask setup` installs it)");
+    }
+    cmd.args(["test", "--workspace", "--features"]).arg(features.join(","));
+    run_tests_tolerating_gpu_teardown(&mut cmd)?;
+    if !no_cuda_check {
+        ok(cargo().env("CUDARC_CUDA_VERSION", "13000").args(["check", "-p", "rlip-backends", "--features", "cuda"]))?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup { no_torch } => setup(no_torch),
+        Cmd::Test { no_cuda_check } => test(no_cuda_check),
+        Cmd::Golden { what: _, dirs } => {
+            let mut c = cargo();
+            c.args(["run", "--quiet", "-p", "rlip-tests", "--bin", "rlip-golden", "--"]);
+            for d in dirs {
+                c.arg(std::fs::canonicalize(&d).with_context(|| format!("{}: no such folder", d.display()))?);
+            }
+            let st = run(&mut c)?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+    }
+}

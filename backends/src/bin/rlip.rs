@@ -1,0 +1,108 @@
+//! `rlip`: the RLIP-rs command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use rlip_backends::{BackendKind, device};
+use rlip_model::weights::{StateDict, pth, st};
+
+/// RLIPv2 relation detection on any Burn backend.
+#[derive(Parser, Debug)]
+#[command(name = "rlip", version, about)]
+struct Cli {
+    /// Backend to run on (must be compiled in: see `rlip backends`).
+    #[arg(long, global = true, value_enum, default_value_t = BackendKind::Flex)]
+    backend: BackendKind,
+    /// Device index for GPU backends (wgpu: n-th discrete GPU; tch: CUDA device; cuda: device).
+    #[arg(long, global = true)]
+    device: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List a checkpoint's tensors (name, dtype, shape) and its other entries.
+    Inspect {
+        /// A `.pth` (torch.save zip) or `.safetensors` file.
+        file: PathBuf,
+    },
+    /// Write the model weights of a checkpoint (`model` entry of a `.pth`) as safetensors.
+    Convert {
+        /// Input `.pth` or `.safetensors`.
+        input: PathBuf,
+        /// Output `.safetensors` (written atomically).
+        output: PathBuf,
+    },
+    /// List the backends compiled into this binary and check that the selected one runs.
+    Backends,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { file } => inspect(&file),
+        Command::Convert { input, output } => {
+            let sd = StateDict::read(&input)?;
+            st::write(&sd, &output)?;
+            println!("wrote {} tensors to {}", sd.len(), output.display());
+            Ok(())
+        }
+        Command::Backends => {
+            for b in BackendKind::ALL {
+                println!("{:<5} {}", b, if b.compiled() { "compiled in" } else { "not compiled in" });
+            }
+            let dev = device(cli.backend, cli.device)?;
+            let x = burn::Tensor::<2>::ones([2, 2], &dev);
+            let s: f32 = (x.clone().matmul(x)).sum().into_scalar();
+            if s != 8.0 {
+                bail!("{} computed 2x2 ones·ones sum = {s}, expected 8", cli.backend);
+            }
+            println!("{} ({:?}): ok", cli.backend, dev);
+            Ok(())
+        }
+    }
+}
+
+fn inspect(file: &std::path::Path) -> Result<()> {
+    let is_zip = std::fs::read(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .starts_with(b"PK\x03\x04");
+    let print_sd = |prefix: &str, sd: &StateDict| {
+        let mut numel = 0usize;
+        for (k, t) in sd.iter() {
+            numel += t.numel();
+            println!("{prefix}{k:<70} {:<8} {:?}", t.dtype.name(), t.shape);
+        }
+        println!("{prefix}({} tensors, {} elements)", sd.len(), numel);
+    };
+    if is_zip {
+        let ckpt = pth::read_checkpoint(file)?;
+        for (name, entry) in &ckpt.entries {
+            match entry {
+                pth::Entry::StateDict(sd) => {
+                    println!("{name}: state dict");
+                    print_sd("  ", sd);
+                }
+                pth::Entry::Tensor(t) => println!("{name}: tensor {} {:?}", t.dtype.name(), t.shape),
+                pth::Entry::Value(v) => println!("{name}: {v}"),
+            }
+        }
+    } else {
+        print_sd("", &st::read(file)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The model-fixture comparison shared by the golden tests and `cargo xtask golden`.
+//!
+//! Checks the backbone, input projections, masks, positional encodings and the deformable
+//! encoder layers of a fixture folder (manifest.json, inputs/outputs.safetensors). The ALIF fusion
+//! is not part of this comparison: before encoder layers 0, 2 and 4 the last level is replaced by
+//! the fixture's fused visual tokens (`alif.vis_fused{k}`), exactly where the official encoder
+//! writes them, so every deformable layer runs on the official inputs.
+
+use burn::prelude::*;
+use rlip_model::backbone::{Backbone, BackboneConfig, ResNetConfig, SwinConfig};
+use rlip_model::encoder::{EncoderLayer, InputProjections};
+use rlip_model::msda::MsdaConfig;
+use rlip_model::position::PaddingMask;
+use rlip_model::weights::Loader;
+
+use crate::{Check, Fixture};
+
+/// Errors that make a fixture impossible to compare (as opposed to a failed check).
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+/// The backbone configuration named in the fixture's `args_subset`.
+pub fn backbone_config(fx: &Fixture) -> Result<BackboneConfig, Unsupported> {
+    let args = fx.manifest["args_subset"].to_string();
+    let name = ["resnet18", "resnet34", "resnet50", "resnet101", "swin_tiny", "swin_small", "swin_base", "swin_large"]
+        .into_iter()
+        .find(|n| args.contains(&format!("'backbone': '{n}'")) || args.contains(&format!("\"backbone\":\"{n}\"")))
+        .ok_or_else(|| Unsupported(format!("{}: unknown backbone in args_subset", fx.dir.display())))?;
+    Ok(match name {
+        "resnet18" => BackboneConfig::ResNet(ResNetConfig::resnet18()),
+        "resnet34" => BackboneConfig::ResNet(ResNetConfig::resnet34()),
+        "resnet50" => BackboneConfig::ResNet(ResNetConfig::resnet50()),
+        "resnet101" => BackboneConfig::ResNet(ResNetConfig::resnet101()),
+        "swin_tiny" => BackboneConfig::Swin(SwinConfig::tiny()),
+        "swin_small" => BackboneConfig::Swin(SwinConfig::small()),
+        "swin_base" => BackboneConfig::Swin(SwinConfig::base()),
+        _ => BackboneConfig::Swin(SwinConfig::large()),
+    })
+}
+
+fn keep(k: &str) -> bool {
+    k.starts_with("backbone.0.body.")
+        || k.starts_with("input_proj.")
+        || k == "transformer.level_embed"
+        || k.starts_with("transformer.encoder.layers.")
+}
+
+/// Runs the comparison on `device` and returns one [`Check`] per stored output; structural
+/// outputs (shapes, masks, valid ratios) are asserted exactly.
+pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsupported> {
+    let cfg = backbone_config(fx)?;
+    let sd = crate::generate(&fx.manifest, keep);
+    let mut ld = Loader::new(&sd, device, fx.dir.display().to_string());
+    let backbone = Backbone::load(&mut ld, "backbone.0.body", &cfg);
+    let proj = InputProjections::load(&mut ld, &cfg.out_channels(), 4, 256, cfg.pos_offset());
+    let msda = MsdaConfig { d_model: 256, n_levels: 4, n_heads: 8, n_points: 4 };
+    let layers: Vec<EncoderLayer> = (0..6)
+        .map(|i| EncoderLayer::load(&mut ld, &format!("transformer.encoder.layers.{i}"), msda, 2048))
+        .collect();
+    let report = ld.finish().map_err(|e| Unsupported(e.to_string()))?;
+    assert!(report.is_clean(), "{report}");
+
+    let image = fx.input("image").to_tensor::<4>(device);
+    let pm = fx.input("pixel_mask");
+    let (b, h, w) = (pm.shape[0], pm.shape[1], pm.shape[2]);
+    let mask = PaddingMask::from_u8(b, h, w, &pm.bytes);
+
+    let mut checks: Vec<Check> = Vec::new();
+    let feats = backbone.forward(image);
+    for (i, f) in feats.iter().enumerate() {
+        checks.push(fx.check(&format!("backbone.feat{i}"), f.clone()));
+    }
+    let ms = proj.forward(&feats, &mask);
+    for (i, m) in ms.maps.iter().enumerate() {
+        checks.push(fx.check(&format!("input_proj{i}"), m.clone()));
+    }
+
+    let shapes = fx.output("common/meta.spatial_shapes").to_i64();
+    let ours: Vec<i64> = ms.shapes.iter().flat_map(|[h, w]| [*h as i64, *w as i64]).collect();
+    assert_eq!(ours, shapes, "spatial shapes");
+    let starts: Vec<i64> = ms.level_start.iter().map(|&s| s as i64).collect();
+    assert_eq!(starts, fx.output("common/meta.level_start_index").to_i64(), "level starts");
+    let flat: Vec<i64> = (0..b)
+        .flat_map(|i| {
+            ms.masks.iter().flat_map(move |m| {
+                let n = m.height * m.width;
+                m.data[i * n..(i + 1) * n].iter().map(|&x| x as i64)
+            })
+        })
+        .collect();
+    assert_eq!(flat, fx.output("common/meta.mask_flat").to_i64(), "flattened mask");
+    for l in 0..3 {
+        let m: Vec<i64> = ms.masks[l].data.iter().map(|&x| x as i64).collect();
+        assert_eq!(m, fx.output(&format!("common/meta.backbone_mask{l}")).to_i64(), "mask {l}");
+    }
+    let ratios: Vec<f32> = ms.valid_ratios.iter().flatten().flatten().copied().collect();
+    assert_eq!(ratios, fx.output("f32/meta.valid_ratios").to_f32(), "valid ratios");
+
+    let last = *ms.level_start.last().expect("levels");
+    let s_total = ms.src.dims()[1];
+    checks.push(fx.check("encoder.pos_flat_last", ms.pos.clone().slice(s![.., last..s_total])));
+
+    // The encoder needs the fused tokens of all three rounds (batch-2 fixtures store round 0 only).
+    if !(0..3).all(|k| fx.has(&format!("alif.vis_fused{k}"))) {
+        return Ok(checks);
+    }
+    let reference = ms.reference_points(device);
+    let mut src = ms.src.clone();
+    for (i, layer) in layers.iter().enumerate() {
+        if i % 2 == 0 {
+            let fused = fx.output(&format!("f64/alif.vis_fused{}", i / 2)).to_tensor::<3>(device);
+            src = src.slice_assign(s![.., last..s_total], fused);
+        }
+        src = layer.forward(src, ms.pos.clone(), reference.clone(), &ms.shapes, ms.mask_flat.clone());
+        if fx.has(&format!("encoder.layer_out{i}")) {
+            checks.push(fx.check(&format!("encoder.layer_out{i}"), src.clone()));
+        }
+        if fx.has(&format!("encoder.layer_out_last{i}")) {
+            checks.push(fx.check(&format!("encoder.layer_out_last{i}"), src.clone().slice(s![.., last..s_total])));
+        }
+    }
+    checks.push(fx.check("encoder.memory", src));
+    Ok(checks)
+}
