@@ -62,7 +62,12 @@ impl AlifConfig {
     /// fusion every 2 layers, bi-attention 8 heads × 256, roberta-base label layers.
     pub fn parseda() -> Self {
         Self {
-            msda: MsdaConfig { d_model: 256, n_levels: 4, n_heads: 8, n_points: 4 },
+            msda: MsdaConfig {
+                d_model: 256,
+                n_levels: 4,
+                n_heads: 8,
+                n_points: 4,
+            },
             n_layers: 6,
             d_ffn: 2048,
             fusion_interval: 2,
@@ -119,7 +124,14 @@ pub struct BiMultiHeadAttention {
 impl BiMultiHeadAttention {
     /// Loads the six projections under `prefix` for visual width `v_dim`, label width `l_dim`
     /// and inner width `dim` split over `n_heads`.
-    pub fn load(ld: &mut Loader, prefix: &str, v_dim: usize, l_dim: usize, dim: usize, n_heads: usize) -> Self {
+    pub fn load(
+        ld: &mut Loader,
+        prefix: &str,
+        v_dim: usize,
+        l_dim: usize,
+        dim: usize,
+        n_heads: usize,
+    ) -> Self {
         Self {
             v_proj: linear(ld, &format!("{prefix}.v_proj"), v_dim, dim, true),
             l_proj: linear(ld, &format!("{prefix}.l_proj"), l_dim, dim, true),
@@ -163,8 +175,14 @@ impl BiMultiHeadAttention {
         let attn_v = softmax(logits + l_bias, 3);
 
         let out_v = attn_v.matmul(value_l).swap_dims(1, 2).reshape([b, n, dim]);
-        let out_l = attn_l.matmul(value_v).swap_dims(1, 2).reshape([b, len, dim]);
-        (self.out_v_proj.forward(out_v), self.out_l_proj.forward(out_l))
+        let out_l = attn_l
+            .matmul(value_v)
+            .swap_dims(1, 2)
+            .reshape([b, len, dim]);
+        (
+            self.out_v_proj.forward(out_v),
+            self.out_l_proj.forward(out_l),
+        )
     }
 }
 
@@ -185,12 +203,23 @@ impl VlFuse {
         let (dv, dl) = (cfg.msda.d_model, cfg.text.hidden_size);
         let p = format!("{prefix}.b_attn");
         let gamma = |ld: &mut Loader, name: &str, d: usize| {
-            Param::from_tensor(ld.tensor(&format!("{p}.{name}"), [d], Init::Constant(1.0 / cfg.msda.n_levels as f64)))
+            Param::from_tensor(ld.tensor(
+                &format!("{p}.{name}"),
+                [d],
+                Init::Constant(1.0 / cfg.msda.n_levels as f64),
+            ))
         };
         Self {
             norm_v: layer_norm(ld, &format!("{p}.layer_norm_v"), dv, 1e-5),
             norm_l: layer_norm(ld, &format!("{p}.layer_norm_l"), dl, 1e-5),
-            attn: BiMultiHeadAttention::load(ld, &format!("{p}.attn"), dv, dl, cfg.fusion_dim, cfg.fusion_heads),
+            attn: BiMultiHeadAttention::load(
+                ld,
+                &format!("{p}.attn"),
+                dv,
+                dl,
+                cfg.fusion_dim,
+                cfg.fusion_heads,
+            ),
             gamma_v: gamma(ld, "gamma_v", dv),
             gamma_l: gamma(ld, "gamma_l", dl),
             apply_masks: cfg.apply_fusion_masks,
@@ -226,7 +255,11 @@ impl VlFuse {
     fn fusion_bias(&self, pad: Tensor<2, Bool>) -> Tensor<4> {
         let [b, t] = pad.dims();
         let ones = Tensor::<2>::ones([b, t], &pad.device());
-        let bias = if self.apply_masks { ones.mask_fill(pad, -9e15) } else { ones };
+        let bias = if self.apply_masks {
+            ones.mask_fill(pad, -9e15)
+        } else {
+            ones
+        };
         bias.reshape([b, 1, 1, t])
     }
 }
@@ -279,34 +312,66 @@ impl AlifEncoder {
     /// # Panics
     /// If `cfg` has no fusion round (`n_layers < fusion_interval`).
     pub fn load(ld: &mut Loader, cfg: &AlifConfig) -> Self {
-        assert!(cfg.rounds() > 0, "ALIF needs at least one fusion round: {cfg:?}");
+        assert!(
+            cfg.rounds() > 0,
+            "ALIF needs at least one fusion round: {cfg:?}"
+        );
         let e = "transformer.encoder";
         let layers = (0..cfg.n_layers)
             .map(|i| EncoderLayer::load(ld, &format!("{e}.layers.{i}"), cfg.msda, cfg.d_ffn))
             .collect();
-        let fusions = (0..cfg.rounds()).map(|k| VlFuse::load(ld, &format!("{e}.VLFuse_layers.{k}"), cfg)).collect();
+        let fusions = (0..cfg.rounds())
+            .map(|k| VlFuse::load(ld, &format!("{e}.VLFuse_layers.{k}"), cfg))
+            .collect();
         let roberta_layers = (0..cfg.rounds())
             .map(|k| RobertaLayer::load(ld, &format!("{e}.roberta_layers.{k}"), &cfg.text))
             .collect();
-        let resizer = FeatureResizer::load(ld, "transformer.resizer", cfg.text.hidden_size, cfg.msda.d_model);
-        Self { layers, fusions, roberta_layers, resizer, fusion_interval: cfg.fusion_interval.max(1) }
+        let resizer = FeatureResizer::load(
+            ld,
+            "transformer.resizer",
+            cfg.text.hidden_size,
+            cfg.msda.d_model,
+        );
+        Self {
+            layers,
+            fusions,
+            roberta_layers,
+            resizer,
+            fusion_interval: cfg.fusion_interval.max(1),
+        }
     }
 
     /// Encodes the multi-scale input `ms` together with the label sequence `lang` `[B, L, d_text]`
     /// (the pooled label features repeated over the batch) whose padding is `text_mask` `[B, L]`
     /// (true = padding; all false at inference).
-    pub fn forward(&self, ms: &MultiScale, lang: Tensor<3>, text_mask: Tensor<2, Bool>) -> AlifOutput {
+    pub fn forward(
+        &self,
+        ms: &MultiScale,
+        lang: Tensor<3>,
+        text_mask: Tensor<2, Bool>,
+    ) -> AlifOutput {
         self.run(ms, lang, text_mask, None)
     }
 
     /// [`forward`](Self::forward), also returning the intermediate tensors.
-    pub fn forward_traced(&self, ms: &MultiScale, lang: Tensor<3>, text_mask: Tensor<2, Bool>) -> (AlifOutput, AlifTrace) {
+    pub fn forward_traced(
+        &self,
+        ms: &MultiScale,
+        lang: Tensor<3>,
+        text_mask: Tensor<2, Bool>,
+    ) -> (AlifOutput, AlifTrace) {
         let mut trace = AlifTrace::default();
         let out = self.run(ms, lang, text_mask, Some(&mut trace));
         (out, trace)
     }
 
-    fn run(&self, ms: &MultiScale, lang: Tensor<3>, text_mask: Tensor<2, Bool>, mut trace: Option<&mut AlifTrace>) -> AlifOutput {
+    fn run(
+        &self,
+        ms: &MultiScale,
+        lang: Tensor<3>,
+        text_mask: Tensor<2, Bool>,
+        mut trace: Option<&mut AlifTrace>,
+    ) -> AlifOutput {
         let device = ms.src.device();
         let [_, s_total, _] = ms.src.dims();
         let last = *ms.level_start.last().expect("at least one level");
@@ -322,7 +387,13 @@ impl AlifEncoder {
             let k = i / self.fusion_interval;
             if i % self.fusion_interval == 0 && k < self.fusions.len() {
                 let part = src.clone().slice(s![.., last..s_total]);
-                let (v, l) = self.fusions[k].forward(part, pos_last.clone(), pad_last.clone(), lang, text_mask.clone());
+                let (v, l) = self.fusions[k].forward(
+                    part,
+                    pos_last.clone(),
+                    pad_last.clone(),
+                    lang,
+                    text_mask.clone(),
+                );
                 src = src.slice_assign(s![.., last..s_total], v.clone());
                 lang = self.roberta_layers[k].forward(l.clone(), Some(text_bias.clone()));
                 rounds.push(lang.clone());
@@ -332,13 +403,23 @@ impl AlifEncoder {
                     t.lang_out.push(lang.clone());
                 }
             }
-            src = layer.forward(src, ms.pos.clone(), reference.clone(), &ms.shapes, ms.mask_flat.clone());
+            src = layer.forward(
+                src,
+                ms.pos.clone(),
+                reference.clone(),
+                &ms.shapes,
+                ms.mask_flat.clone(),
+            );
             if let Some(t) = trace.as_deref_mut() {
                 t.layer_out.push(src.clone());
             }
         }
         let text = Tensor::stack::<4>(rounds, 0);
         let text_resized = self.resizer.forward(text.clone().swap_dims(1, 2));
-        AlifOutput { memory: src, text, text_resized }
+        AlifOutput {
+            memory: src,
+            text,
+            text_resized,
+        }
     }
 }

@@ -122,3 +122,98 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
     checks.push(fx.check("encoder.memory", src));
     Ok(checks)
 }
+
+/// The model configuration of a fixture (backbone from `args_subset`, official ParSeDA sizes).
+pub fn model_config(fx: &Fixture) -> Result<rlip_model::rlip::RlipConfig, Unsupported> {
+    let mut cfg = rlip_model::rlip::RlipConfig::r50();
+    cfg.backbone = backbone_config(fx)?;
+    let args = fx.manifest["args_subset"].to_string();
+    if let Some(q) = args.split("'num_queries': ").nth(1).and_then(|s| s.split(',').next()).and_then(|s| s.trim().parse().ok()) {
+        cfg.num_queries = q;
+    }
+    Ok(cfg)
+}
+
+/// Runs the whole model on a fixture (weights rebuilt from the manifest and loaded through the
+/// official-key loader, the fixture's token ids as label input) and compares every stored
+/// output. The key report must be clean: every official key used, aliases equal.
+pub fn model_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsupported> {
+    use burn::tensor::Int;
+    use rlip_model::rlip::RlipParSeDa;
+
+    let cfg = model_config(fx)?;
+    let sd = crate::generate(&fx.manifest, |_| true);
+    let mut ld = Loader::new(&sd, device, fx.dir.display().to_string());
+    let model = RlipParSeDa::load(&mut ld, &cfg);
+    let report = ld.finish().map_err(|e| Unsupported(e.to_string()))?;
+    if !report.is_clean() {
+        return Err(Unsupported(report.to_string()));
+    }
+    let ids = fx.input("input_ids");
+    let am = fx.input("attention_mask");
+    let to_int = |t: &rlip_model::weights::RawTensor| {
+        Tensor::<2, Int>::from_data(TensorData::new(t.to_i64(), t.shape.clone()), device)
+    };
+    let n_obj = fx.input("obj_pred_names_sums").to_i64()[0] as usize;
+    let labels = model.encode_labels(to_int(ids), to_int(am), n_obj);
+    let mut checks = Vec::new();
+    if fx.has("text.pooled") {
+        checks.push(fx.check("text.pooled", labels.pooled.clone()));
+    }
+    let image = fx.input("image").to_tensor::<4>(device);
+    let pm = fx.input("pixel_mask");
+    let mask = PaddingMask::from_u8(pm.shape[0], pm.shape[1], pm.shape[2], &pm.bytes);
+    let out = model.forward(image, &mask, &labels);
+
+    let mut push3 = |name: &str, t: Tensor<3>| {
+        if fx.has(name) {
+            checks.push(fx.check(name, t));
+        }
+    };
+    for (i, t) in out.alif.vis_fused.iter().enumerate() {
+        push3(&format!("alif.vis_fused{i}"), t.clone());
+    }
+    for (i, t) in out.alif.lang_out.iter().enumerate() {
+        push3(&format!("alif.lang_out{i}"), t.clone());
+    }
+    push3("encoder.memory", out.memory.clone());
+    push3("verb.mbf_out", out.mbf.clone());
+    push3("verb.tgt_in", out.verb_tgt.clone());
+    for (i, q) in out.ho.query_pos.iter().enumerate() {
+        push3(&format!("ho.query_pos{i}"), q.clone());
+        push3(&format!("verb.query_pos{i}"), out.verb.query_pos[i].clone());
+    }
+    let n = out.layers.len();
+    for (lvl, p) in out.layers.iter().enumerate() {
+        let prefix = if lvl + 1 == n { String::new() } else { format!("aux{lvl}.") };
+        push3(&format!("{prefix}pred_sub_logits"), p.sub_logits.clone());
+        push3(&format!("{prefix}pred_obj_logits"), p.obj_logits.clone());
+        push3(&format!("{prefix}pred_verb_logits"), p.verb_logits.clone());
+        push3(&format!("{prefix}pred_sub_boxes"), p.sub_boxes.clone());
+        push3(&format!("{prefix}pred_obj_boxes"), p.obj_boxes.clone());
+    }
+    let mut push4 = |name: &str, t: Tensor<4>| {
+        if fx.has(name) {
+            checks.push(fx.check(name, t));
+        }
+    };
+    push4("text.resized", out.text_resized.clone());
+    push4("ho.hs", Tensor::stack(out.ho.hs.clone(), 0));
+    push4("verb.hs", Tensor::stack(out.verb.hs.clone(), 0));
+    push4("ho.ref_input0", out.ho.ref_input[0].clone());
+    push4("verb.ref_input0", out.verb.ref_input[0].clone());
+    let refs = |r: &[(Tensor<3>, Tensor<3>)]| -> Tensor<5> {
+        Tensor::stack(r.iter().map(|(s, o)| Tensor::stack::<4>(vec![s.clone(), o.clone()], 0)).collect(), 0)
+    };
+    if fx.has("ho.refs") {
+        checks.push(fx.check("ho.refs", refs(&out.ho.refs)));
+    }
+    if fx.has("verb.refs") {
+        checks.push(fx.check("verb.refs", refs(&out.verb.refs)));
+    }
+    if fx.has("verb.ref_in") {
+        let (s, o) = out.ho.refs[n - 1].clone();
+        checks.push(fx.check("verb.ref_in", Tensor::stack::<4>(vec![s, o], 0)));
+    }
+    Ok(checks)
+}

@@ -116,7 +116,7 @@ impl SwinConfig {
         assert!(self.window_size > 0 && self.patch_size > 0, "SwinConfig: window and patch must be > 0");
         for (i, &h) in self.num_heads.iter().enumerate() {
             let c = self.stage_channels(i);
-            assert!(h > 0 && c % h == 0, "SwinConfig: stage {i} width {c} is not divisible by {h} heads");
+            assert!(h > 0 && c.is_multiple_of(h), "SwinConfig: stage {i} width {c} is not divisible by {h} heads");
         }
         for &i in &self.out_indices {
             assert!(i < n, "SwinConfig: out index {i} is outside the {n} stages");

@@ -30,8 +30,8 @@ impl TextCache {
 
     /// Features of `labels`: cached, or tokenised and encoded by `model` on `device` now.
     ///
-    /// Fails when the list is empty, tokenising fails, or a label is longer than the model's
-    /// position table.
+    /// Fails when the list is empty, tokenising fails, a label is longer than the model's
+    /// position table, or a token id is outside its vocabulary.
     pub fn get_or_encode<S: AsRef<str>>(
         &mut self,
         labels: &[S],
@@ -77,7 +77,23 @@ pub fn encode_labels<S: AsRef<str>>(
     let batch = tokenizer.batch_encode(labels)?;
     let max = model.max_tokens();
     if let Some(index) = (0..batch.batch).find(|&i| batch.tokens_of(i) > max) {
-        return Err(TokenizerError::TooLong { index, tokens: batch.tokens_of(index), max });
+        return Err(TokenizerError::TooLong {
+            index,
+            tokens: batch.tokens_of(index),
+            max,
+        });
+    }
+    let vocab = model.vocab_size();
+    if let Some(pos) = batch
+        .input_ids
+        .iter()
+        .position(|&id| id < 0 || id as usize >= vocab)
+    {
+        return Err(TokenizerError::IdOutOfRange {
+            index: pos / batch.len.max(1),
+            id: batch.input_ids[pos],
+            vocab,
+        });
     }
     let (ids, mask) = batch.to_tensors(device);
     Ok(model.pooled(ids, mask))

@@ -12,5 +12,7 @@ pub mod roberta;
 pub mod tokenizer;
 
 pub use cache::{TextCache, encode_labels};
-pub use roberta::{RobertaConfig, RobertaEmbeddings, RobertaLayer, RobertaModel, RobertaOutput, padding_bias};
+pub use roberta::{
+    RobertaConfig, RobertaEmbeddings, RobertaLayer, RobertaModel, RobertaOutput, padding_bias,
+};
 pub use tokenizer::{LabelTokenizer, TokenBatch, TokenizerError};

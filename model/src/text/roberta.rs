@@ -46,7 +46,88 @@ impl Default for RobertaConfig {
     }
 }
 
+/// An inconsistent model configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A size that must be positive is zero.
+    #[error("{name} must be positive")]
+    Zero {
+        /// Field name.
+        name: &'static str,
+    },
+    /// A width does not split evenly over heads.
+    #[error("{name} = {value} is not divisible by {by_name} = {by}")]
+    NotDivisible {
+        /// Field name of the width.
+        name: &'static str,
+        /// The width.
+        value: usize,
+        /// Field name of the divisor.
+        by_name: &'static str,
+        /// The divisor.
+        by: usize,
+    },
+    /// The padding id leaves no room in the position table.
+    #[error("pad_token_id = {pad} leaves no position in a table of {positions} rows")]
+    NoPositions {
+        /// Padding id.
+        pad: usize,
+        /// Rows of the position table.
+        positions: usize,
+    },
+}
+
+/// `Ok` when every `(name, value)` is positive.
+pub(crate) fn check_positive(sizes: &[(&'static str, usize)]) -> Result<(), ConfigError> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some(&(name, _)) => Err(ConfigError::Zero { name }),
+        None => Ok(()),
+    }
+}
+
+/// `Ok` when `value` splits evenly into `by` parts.
+pub(crate) fn check_divisible(
+    (name, value): (&'static str, usize),
+    (by_name, by): (&'static str, usize),
+) -> Result<(), ConfigError> {
+    if by == 0 {
+        return Err(ConfigError::Zero { name: by_name });
+    }
+    if value % by != 0 {
+        return Err(ConfigError::NotDivisible {
+            name,
+            value,
+            by_name,
+            by,
+        });
+    }
+    Ok(())
+}
+
 impl RobertaConfig {
+    /// Checks the sizes a forward pass relies on (positive sizes, heads dividing the width, a
+    /// position table longer than the padding index).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_positive(&[
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("type_vocab_size", self.type_vocab_size),
+        ])?;
+        check_divisible(
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+        )?;
+        if self.max_position_embeddings <= self.pad_token_id + 1 {
+            return Err(ConfigError::NoPositions {
+                pad: self.pad_token_id,
+                positions: self.max_position_embeddings,
+            });
+        }
+        Ok(())
+    }
+
     /// roberta-base: vocab 50265, width 768, 12 layers, 12 heads, FFN 3072, 514 positions.
     pub fn roberta_base() -> Self {
         Self {
@@ -105,7 +186,11 @@ impl RobertaEmbeddings {
     pub fn load(ld: &mut Loader, prefix: &str, cfg: &RobertaConfig) -> Self {
         let d = cfg.hidden_size;
         let table = |ld: &mut Loader, name: &str, n: usize| Embedding {
-            weight: Param::from_tensor(ld.tensor(&format!("{prefix}.{name}.weight"), [n, d], Init::Normal(0.02))),
+            weight: Param::from_tensor(ld.tensor(
+                &format!("{prefix}.{name}.weight"),
+                [n, d],
+                Init::Normal(0.02),
+            )),
         };
         let word = table(ld, "word_embeddings", cfg.vocab_size);
         let position = table(ld, "position_embeddings", cfg.max_position_embeddings);
@@ -189,9 +274,14 @@ impl RobertaLayer {
         if let Some(bias) = bias {
             scores = scores + bias;
         }
-        let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, l, d]);
+        let ctx = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, l, d]);
         let attn = self.attn_norm.forward(self.attn_out.forward(ctx) + hidden);
-        let ffn = self.output.forward(gelu(self.intermediate.forward(attn.clone())));
+        let ffn = self
+            .output
+            .forward(gelu(self.intermediate.forward(attn.clone())));
         self.out_norm.forward(ffn + attn)
     }
 }
@@ -224,7 +314,11 @@ impl RobertaModel {
             .map(|i| RobertaLayer::load(ld, &format!("{prefix}.encoder.layer.{i}"), cfg))
             .collect();
         let d = cfg.hidden_size;
-        Self { embeddings, layers, pooler: linear(ld, &format!("{prefix}.pooler.dense"), d, d, true) }
+        Self {
+            embeddings,
+            layers,
+            pooler: linear(ld, &format!("{prefix}.pooler.dense"), d, d, true),
+        }
     }
 
     /// Longest sequence (special tokens included) the model accepts.
@@ -232,8 +326,17 @@ impl RobertaModel {
         self.embeddings.max_tokens()
     }
 
+    /// Rows of the word-embedding table (token ids must be below this).
+    pub fn vocab_size(&self) -> usize {
+        self.embeddings.word.weight.dims()[0]
+    }
+
     /// Encodes `input_ids` `[B, L]` with `attention_mask` `[B, L]` (1 = real token, 0 = padding).
-    pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> RobertaOutput {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> RobertaOutput {
         let bias = padding_bias(attention_mask.equal_elem(0));
         let mut h = self.embeddings.forward(input_ids);
         for layer in &self.layers {
@@ -241,7 +344,10 @@ impl RobertaModel {
         }
         let [b, _, d] = h.dims();
         let first = h.clone().slice(s![.., 0..1]).reshape([b, d]);
-        RobertaOutput { last_hidden: h, pooled: self.pooler.forward(first).tanh() }
+        RobertaOutput {
+            last_hidden: h,
+            pooled: self.pooler.forward(first).tanh(),
+        }
     }
 
     /// The pooled feature `[B, d]` of each sequence (`pooler_output`).
@@ -263,5 +369,37 @@ mod tests {
         assert_eq!(cfg, RobertaConfig::roberta_base());
         let partial: RobertaConfig = serde_json::from_str(r#"{"hidden_size":32}"#).unwrap();
         assert_eq!(partial.num_hidden_layers, 12);
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_sizes() {
+        assert_eq!(RobertaConfig::roberta_base().validate(), Ok(()));
+        assert_eq!(RobertaConfig::tiny().validate(), Ok(()));
+        let heads = RobertaConfig {
+            num_attention_heads: 5,
+            ..RobertaConfig::tiny()
+        };
+        assert!(matches!(
+            heads.validate(),
+            Err(ConfigError::NotDivisible { by: 5, .. })
+        ));
+        let zero = RobertaConfig {
+            num_attention_heads: 0,
+            ..RobertaConfig::tiny()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err(ConfigError::Zero {
+                name: "num_attention_heads"
+            })
+        );
+        let short = RobertaConfig {
+            max_position_embeddings: 2,
+            ..RobertaConfig::tiny()
+        };
+        assert!(matches!(
+            short.validate(),
+            Err(ConfigError::NoPositions { .. })
+        ));
     }
 }

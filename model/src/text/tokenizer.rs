@@ -48,9 +48,27 @@ pub enum TokenizerError {
         /// Folder searched.
         dir: PathBuf,
     },
+    /// A tokenizer file could not be written.
+    #[error("{path}: cannot write tokenizer file: {msg}")]
+    Write {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        msg: String,
+    },
     /// Tokenising failed.
     #[error("tokenising labels failed: {0}")]
     Encode(String),
+    /// A token id is outside the text encoder's vocabulary (tokenizer and weights disagree).
+    #[error("label {index}: token id {id} is outside the text encoder's vocabulary of {vocab}")]
+    IdOutOfRange {
+        /// Index of the label.
+        index: usize,
+        /// The id.
+        id: i64,
+        /// Rows of the word-embedding table.
+        vocab: usize,
+    },
     /// The label list is empty.
     #[error("the label list is empty")]
     NoLabels,
@@ -91,7 +109,10 @@ impl TokenBatch {
 
     /// Real tokens (padding excluded) of text `i`.
     pub fn tokens_of(&self, i: usize) -> usize {
-        self.attention_mask[i * self.len..(i + 1) * self.len].iter().filter(|&&m| m != 0).count()
+        self.attention_mask[i * self.len..(i + 1) * self.len]
+            .iter()
+            .filter(|&&m| m != 0)
+            .count()
     }
 }
 
@@ -104,16 +125,24 @@ pub struct LabelTokenizer {
 
 impl std::fmt::Debug for LabelTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LabelTokenizer").field("pad_id", &self.pad_id).finish_non_exhaustive()
+        f.debug_struct("LabelTokenizer")
+            .field("pad_id", &self.pad_id)
+            .finish_non_exhaustive()
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TokenizerError> {
-    std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn malformed(path: &Path, msg: impl Into<String>) -> TokenizerError {
-    TokenizerError::Malformed { path: path.to_path_buf(), msg: msg.into() }
+    TokenizerError::Malformed {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
 }
 
 fn padding(pad_id: u32) -> PaddingParams {
@@ -139,7 +168,9 @@ impl LabelTokenizer {
         if vocab.is_file() || merges.is_file() {
             return Self::from_vocab_merges(vocab, merges);
         }
-        Err(TokenizerError::NotFound { dir: dir.to_path_buf() })
+        Err(TokenizerError::NotFound {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Loads a HuggingFace `tokenizer.json` (its model, pre-tokenizer, post-processor and added
@@ -147,30 +178,71 @@ impl LabelTokenizer {
     pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
         let bytes = read(path)?;
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| malformed(path, e.to_string()))?;
-        let pad_id = inner
-            .token_to_id("<pad>")
-            .ok_or_else(|| TokenizerError::MissingToken { path: path.to_path_buf(), token: "<pad>".into() })?;
-        inner.with_truncation(None).map_err(|e| malformed(path, e.to_string()))?;
+        let mut inner =
+            Tokenizer::from_bytes(&bytes).map_err(|e| malformed(path, e.to_string()))?;
+        let id = |token: &str| {
+            inner
+                .token_to_id(token)
+                .ok_or_else(|| TokenizerError::MissingToken {
+                    path: path.to_path_buf(),
+                    token: token.to_string(),
+                })
+        };
+        let (cls, sep, pad_id) = (id("<s>")?, id("</s>")?, id("<pad>")?);
+        inner
+            .with_truncation(None)
+            .map_err(|e| malformed(path, e.to_string()))?;
+        inner.with_padding(None);
+        // RoBERTa needs `<s> … </s>` around every text; a file without the post-processor
+        // would silently give different ids.
+        let probe = inner
+            .encode("a", true)
+            .map_err(|e| malformed(path, e.to_string()))?;
+        let ids = probe.get_ids();
+        if ids.first() != Some(&cls) || ids.last() != Some(&sep) || ids.len() < 3 {
+            return Err(malformed(
+                path,
+                "texts are not encoded as <s> … </s> (RoBERTa post-processor missing)",
+            ));
+        }
         inner.with_padding(Some(padding(pad_id)));
         Ok(Self { inner, pad_id })
     }
 
+    /// Writes the tokenizer as a HuggingFace `tokenizer.json` to `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
+        let path = path.as_ref();
+        self.inner
+            .save(path, false)
+            .map_err(|e| TokenizerError::Write {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })
+    }
+
     /// Builds the roberta-base tokenizer from `vocab.json` (token → id) and `merges.txt` (one
     /// `a b` pair per line by rank, an optional `#version` first line).
-    pub fn from_vocab_merges(vocab: impl AsRef<Path>, merges: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+    pub fn from_vocab_merges(
+        vocab: impl AsRef<Path>,
+        merges: impl AsRef<Path>,
+    ) -> Result<Self, TokenizerError> {
         let (vocab_path, merges_path) = (vocab.as_ref(), merges.as_ref());
         let vocab = parse_vocab(vocab_path, &read(vocab_path)?)?;
         let merges = parse_merges(merges_path, &read(merges_path)?)?;
         let id = |token: &str| {
-            vocab.get(token).copied().ok_or_else(|| TokenizerError::MissingToken {
-                path: vocab_path.to_path_buf(),
-                token: token.to_string(),
-            })
+            vocab
+                .get(token)
+                .copied()
+                .ok_or_else(|| TokenizerError::MissingToken {
+                    path: vocab_path.to_path_buf(),
+                    token: token.to_string(),
+                })
         };
         let (cls, sep, pad) = (id("<s>")?, id("</s>")?, id("<pad>")?);
-        let mut special: Vec<AddedToken> =
-            ["<s>", "<pad>", "</s>"].iter().map(|t| AddedToken::from(*t, true)).collect();
+        let mut special: Vec<AddedToken> = ["<s>", "<pad>", "</s>"]
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
         if vocab.contains_key("<unk>") {
             special.push(AddedToken::from("<unk>", true));
         }
@@ -181,7 +253,12 @@ impl LabelTokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(bpe_vocab, merges)
             .build()
-            .map_err(|e| malformed(merges_path, format!("{e} (vocabulary {})", vocab_path.display())))?;
+            .map_err(|e| {
+                malformed(
+                    merges_path,
+                    format!("{e} (vocabulary {})", vocab_path.display()),
+                )
+            })?;
         let mut inner = Tokenizer::new(bpe);
         inner
             .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
@@ -208,14 +285,28 @@ impl LabelTokenizer {
     /// Tokenises `texts` with `<s>`/`</s>` and pads them to the longest.
     pub fn batch_encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<TokenBatch, TokenizerError> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let enc = self.inner.encode_batch(inputs, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         let len = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let mut batch = TokenBatch { input_ids: Vec::new(), attention_mask: Vec::new(), batch: enc.len(), len };
+        let mut batch = TokenBatch {
+            input_ids: Vec::new(),
+            attention_mask: Vec::new(),
+            batch: enc.len(),
+            len,
+        };
         for e in &enc {
             let pad = len - e.get_ids().len();
-            batch.input_ids.extend(e.get_ids().iter().map(|&i| i as i64));
-            batch.input_ids.extend(std::iter::repeat_n(self.pad_id as i64, pad));
-            batch.attention_mask.extend(e.get_attention_mask().iter().map(|&m| m as i64));
+            batch
+                .input_ids
+                .extend(e.get_ids().iter().map(|&i| i as i64));
+            batch
+                .input_ids
+                .extend(std::iter::repeat_n(self.pad_id as i64, pad));
+            batch
+                .attention_mask
+                .extend(e.get_attention_mask().iter().map(|&m| m as i64));
             batch.attention_mask.extend(std::iter::repeat_n(0, pad));
         }
         Ok(batch)
@@ -223,18 +314,24 @@ impl LabelTokenizer {
 }
 
 fn parse_vocab(path: &Path, bytes: &[u8]) -> Result<HashMap<String, u32>, TokenizerError> {
-    let map: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(bytes).map_err(|e| malformed(path, format!("expected a JSON object of token ids: {e}")))?;
+    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(path, format!("expected a JSON object of token ids: {e}")))?;
     map.into_iter()
-        .map(|(token, id)| match id.as_u64().and_then(|v| u32::try_from(v).ok()) {
-            Some(id) => Ok((token, id)),
-            None => Err(malformed(path, format!("token {token:?} has id {id}, not a 32-bit unsigned integer"))),
-        })
+        .map(
+            |(token, id)| match id.as_u64().and_then(|v| u32::try_from(v).ok()) {
+                Some(id) => Ok((token, id)),
+                None => Err(malformed(
+                    path,
+                    format!("token {token:?} has id {id}, not a 32-bit unsigned integer"),
+                )),
+            },
+        )
         .collect()
 }
 
 fn parse_merges(path: &Path, bytes: &[u8]) -> Result<Merges, TokenizerError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| malformed(path, format!("not UTF-8: {e}")))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| malformed(path, format!("not UTF-8: {e}")))?;
     let mut merges = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if (i == 0 && line.starts_with("#version")) || line.is_empty() {
@@ -242,7 +339,12 @@ fn parse_merges(path: &Path, bytes: &[u8]) -> Result<Merges, TokenizerError> {
         }
         match line.split(' ').collect::<Vec<_>>()[..] {
             [a, b] if !a.is_empty() && !b.is_empty() => merges.push((a.to_string(), b.to_string())),
-            _ => return Err(malformed(path, format!("line {}: expected two tokens separated by one space", i + 1))),
+            _ => {
+                return Err(malformed(
+                    path,
+                    format!("line {}: expected two tokens separated by one space", i + 1),
+                ));
+            }
         }
     }
     Ok(merges)

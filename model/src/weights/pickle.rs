@@ -367,7 +367,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(&self, items: Vec<usize>, what: &str) -> Res<Vec<(usize, usize)>> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err(format!(
                 "{what} with an odd number of items ({})",
                 items.len()
@@ -423,7 +423,7 @@ impl<'a> Machine<'a> {
                     let (n, b) = (self.nodes.len(), self.data.len());
                     self.nodes_left = n.saturating_mul(8).saturating_add(1 << 20);
                     self.bytes_left = b.saturating_mul(8).saturating_add(64 << 20);
-                    return self.to_value(top, 0);
+                    return self.build_value(top, 0);
                 }
                 b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
@@ -1059,7 +1059,7 @@ impl<'a> Machine<'a> {
         let saved = (self.nodes_left, self.bytes_left);
         self.nodes_left = 100_000;
         self.bytes_left = 1 << 20;
-        let r = items.iter().map(|&i| self.to_value(i, 0)).collect();
+        let r = items.iter().map(|&i| self.build_value(i, 0)).collect();
         (self.nodes_left, self.bytes_left) = saved;
         r
     }
@@ -1073,7 +1073,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn to_value(&mut self, id: usize, depth: usize) -> Res<Value> {
+    fn build_value(&mut self, id: usize, depth: usize) -> Res<Value> {
         if depth > MAX_DEPTH {
             return self.err(format!(
                 "containers nested deeper than {MAX_DEPTH} levels (or recursive)"
@@ -1120,12 +1120,12 @@ impl<'a> Machine<'a> {
         };
         self.charge(1, 0)?;
         let d = depth + 1;
-        let mut seq = |m: &mut Self, v: Vec<usize>| -> Res<Vec<Value>> {
-            v.into_iter().map(|i| m.to_value(i, d)).collect()
+        let seq = |m: &mut Self, v: Vec<usize>| -> Res<Vec<Value>> {
+            v.into_iter().map(|i| m.build_value(i, d)).collect()
         };
-        let mut dict = |m: &mut Self, v: Vec<(usize, usize)>| -> Res<Vec<(Value, Value)>> {
+        let dict = |m: &mut Self, v: Vec<(usize, usize)>| -> Res<Vec<(Value, Value)>> {
             v.into_iter()
-                .map(|(k, x)| Ok((m.to_value(k, d)?, m.to_value(x, d)?)))
+                .map(|(k, x)| Ok((m.build_value(k, d)?, m.build_value(x, d)?)))
                 .collect()
         };
         Ok(match kids {
@@ -1133,11 +1133,11 @@ impl<'a> Machine<'a> {
             Kids::Tuple(v) => Value::Tuple(seq(self, v)?),
             Kids::Set(v) => Value::Set(seq(self, v)?),
             Kids::Dict(v) => Value::Dict(dict(self, v)?),
-            Kids::Pid(p) => Value::PersistentId(Box::new(self.to_value(p, d)?)),
+            Kids::Pid(p) => Value::PersistentId(Box::new(self.build_value(p, d)?)),
             Kids::Obj(class, args, state, list_items, dict_items) => {
-                let args = Box::new(self.to_value(args, d)?);
+                let args = Box::new(self.build_value(args, d)?);
                 let state = match state {
-                    Some(s) => Some(Box::new(self.to_value(s, d)?)),
+                    Some(s) => Some(Box::new(self.build_value(s, d)?)),
                     None => None,
                 };
                 Value::Object {

@@ -1,0 +1,330 @@
+//! ParSe decoding with DAB-Deformable-DETR anchors (RLIPv2-ParSeDA).
+//!
+//! References: Yuan et al., "RLIPv2: Fast Scaling of Relational Language-Image Pre-training"
+//! (ICCV 2023); Liu et al., "DAB-DETR: Dynamic Anchor Boxes are Better Queries for DETR"
+//! (ICLR 2022). Official code: `models/dab_deformable/deformable_transformer.py`
+//! (`DABDeformableTransformerDecoderHOI`, `DeformableTransformerDecoderLayer`,
+//! `MultiBranchFusion`, `gen_sineembed_for_position`).
+//!
+//! The subject/object ("ho") decoder runs over all queries — the first half are subjects, the
+//! second half objects — each with its own 4-d anchor. The relation ("verb") decoder runs over
+//! one query per pair; its content is `MultiBranchFusion(subject, object)` plus learned
+//! embeddings, and its reference box is the mean of the pair's anchors. Both refine their anchors
+//! after every layer with the shared box heads.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{relu, sigmoid, softmax};
+
+use crate::msda::{MsDeformAttn, MsdaConfig};
+use crate::weights::layers::{layer_norm, linear, linear_from};
+use crate::weights::{Init, Loader};
+
+/// A stack of Linear layers with ReLU between them (the official `MLP`).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Loads `{prefix}.layers.{i}` for `n` layers `d_in → hidden … → d_out`.
+    pub fn load(ld: &mut Loader, prefix: &str, d_in: usize, hidden: usize, d_out: usize, n: usize) -> Self {
+        let layers = (0..n)
+            .map(|i| {
+                let a = if i == 0 { d_in } else { hidden };
+                let b = if i + 1 == n { d_out } else { hidden };
+                linear(ld, &format!("{prefix}.layers.{i}"), a, b, true)
+            })
+            .collect();
+        Self { layers }
+    }
+
+    /// Applies the layers, ReLU after all but the last.
+    pub fn forward<const D: usize>(&self, mut x: Tensor<D>) -> Tensor<D> {
+        let n = self.layers.len();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(x);
+            if i + 1 < n {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+/// `nn.MultiheadAttention` (batch-first here) with the packed input projection split in q, k, v.
+#[derive(Module, Debug)]
+pub struct MultiheadAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl MultiheadAttention {
+    /// Loads `{prefix}.in_proj_{weight,bias}` (`[3d, d]`, rows q, k, v) and `{prefix}.out_proj`.
+    pub fn load(ld: &mut Loader, prefix: &str, d: usize, heads: usize) -> Self {
+        let w: Tensor<2> = ld.tensor(&format!("{prefix}.in_proj_weight"), [3 * d, d], Init::XavierUniform);
+        let b: Tensor<1> = ld.tensor(&format!("{prefix}.in_proj_bias"), [3 * d], Init::Zeros);
+        let part = |i: usize| {
+            linear_from(w.clone().slice(s![i * d..(i + 1) * d]), Some(b.clone().slice(s![i * d..(i + 1) * d])))
+        };
+        Self { q: part(0), k: part(1), v: part(2), out: linear(ld, &format!("{prefix}.out_proj"), d, d, true), heads }
+    }
+
+    /// Attention of `query` over `key`/`value`, all `[B, N, d]`.
+    pub fn forward(&self, query: Tensor<3>, key: Tensor<3>, value: Tensor<3>) -> Tensor<3> {
+        let [b, nq, d] = query.dims();
+        let nk = key.dims()[1];
+        let (h, hd) = (self.heads, d / self.heads);
+        let split = |x: Tensor<3>, n: usize| x.reshape([b, n, h, hd]).swap_dims(1, 2);
+        let q = split(self.q.forward(query), nq) / (hd as f64).sqrt();
+        let k = split(self.k.forward(key), nk);
+        let v = split(self.v.forward(value), nk);
+        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        self.out.forward(attn.matmul(v).swap_dims(1, 2).reshape([b, nq, d]))
+    }
+}
+
+/// Sizes of the decoders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecoderConfig {
+    /// Model width.
+    pub d_model: usize,
+    /// FFN width.
+    pub d_ffn: usize,
+    /// Layers per decoder.
+    pub layers: usize,
+    /// Deformable attention sizes.
+    pub msda: MsdaConfig,
+}
+
+/// One decoder layer: self-attention, deformable cross-attention, FFN (all post-norm).
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    self_attn: MultiheadAttention,
+    norm2: LayerNorm,
+    cross_attn: MsDeformAttn,
+    norm1: LayerNorm,
+    linear1: Linear,
+    linear2: Linear,
+    norm3: LayerNorm,
+}
+
+impl DecoderLayer {
+    /// Loads `{prefix}.{self_attn,norm2,cross_attn,norm1,linear1,linear2,norm3}`.
+    pub fn load(ld: &mut Loader, prefix: &str, c: &DecoderConfig) -> Self {
+        let d = c.d_model;
+        Self {
+            self_attn: MultiheadAttention::load(ld, &format!("{prefix}.self_attn"), d, c.msda.n_heads),
+            norm2: layer_norm(ld, &format!("{prefix}.norm2"), d, 1e-5),
+            cross_attn: MsDeformAttn::load(ld, &format!("{prefix}.cross_attn"), c.msda),
+            norm1: layer_norm(ld, &format!("{prefix}.norm1"), d, 1e-5),
+            linear1: linear(ld, &format!("{prefix}.linear1"), d, c.d_ffn, true),
+            linear2: linear(ld, &format!("{prefix}.linear2"), c.d_ffn, d, true),
+            norm3: layer_norm(ld, &format!("{prefix}.norm3"), d, 1e-5),
+        }
+    }
+
+    /// One layer over queries `tgt` `[B, Q, d]` with positional queries `pos`.
+    pub fn forward(&self, tgt: Tensor<3>, pos: Tensor<3>, reference: Tensor<4>, mem: &Memory<'_>) -> Tensor<3> {
+        let qk = tgt.clone() + pos.clone();
+        let tgt = self.norm2.forward(tgt.clone() + self.self_attn.forward(qk.clone(), qk, tgt));
+        let ca = self.cross_attn.forward(tgt.clone() + pos, reference, mem.src.clone(), mem.shapes, Some(mem.padding.clone()));
+        let tgt = self.norm1.forward(tgt + ca);
+        let ffn = self.linear2.forward(relu(self.linear1.forward(tgt.clone())));
+        self.norm3.forward(tgt + ffn)
+    }
+}
+
+/// The encoder output the decoders attend to.
+#[derive(Debug, Clone)]
+pub struct Memory<'a> {
+    /// `[B, S, d]` encoder memory.
+    pub src: Tensor<3>,
+    /// Level sizes.
+    pub shapes: &'a [[usize; 2]],
+    /// `[B, S]` padding mask (true = padded).
+    pub padding: Tensor<2, Bool>,
+    /// `[B, L, 2]` valid ratios `(w, h)`.
+    pub valid_ratios: Tensor<3>,
+}
+
+/// Sine embedding of normalised boxes `[B, Q, 4]` → `[B, Q, 512]` in (y, x, w, h) order, each
+/// coordinate as DETR's 128 interleaved sin/cos features (`gen_sineembed_for_position`).
+pub fn sine_embed_boxes(pos: Tensor<3>) -> Tensor<3> {
+    let [b, q, _] = pos.dims();
+    let device = pos.device();
+    let n = 128;
+    let dim_t: Vec<f32> = (0..n).map(|i| 10000f32.powf((2 * (i / 2)) as f32 / n as f32)).collect();
+    let dim_t = Tensor::<1>::from_data(TensorData::new(dim_t, [n]), &device).reshape([1, 1, n]);
+    let even: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
+    let even = Tensor::<1>::from_data(TensorData::new(even, [n]), &device).reshape([1, 1, n]);
+    let odd = even.clone().neg() + 1.0;
+    let scale = 2.0 * std::f32::consts::PI;
+    let coord = |c: usize| {
+        let x = (pos.clone().slice(s![.., .., c..c + 1]) * scale) / dim_t.clone();
+        x.clone().sin() * even.clone() + x.cos() * odd.clone()
+    };
+    let out = Tensor::cat(vec![coord(1), coord(0), coord(2), coord(3)], 2);
+    debug_assert_eq!(out.dims(), [b, q, 4 * n]);
+    out
+}
+
+/// `log(x / (1 − x))` with both clamped at 1e-5, as the official `inverse_sigmoid`.
+pub fn inverse_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let x = x.clamp(0.0, 1.0);
+    let x1 = x.clone().clamp_min(1e-5);
+    let x2 = (x.neg() + 1.0).clamp_min(1e-5);
+    (x1 / x2).log()
+}
+
+/// Which queries a decoder runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// Subject and object queries with their own anchors (the "ho" decoder).
+    SubjectObject,
+    /// One relation query per pair, referenced at the mean of the pair's anchors.
+    Relation,
+}
+
+/// A DAB deformable decoder of either kind, with iterative refinement of (subject, object)
+/// anchors by the shared box heads.
+#[derive(Module, Debug)]
+pub struct ParseDecoder {
+    layers: Vec<DecoderLayer>,
+    query_scale: Mlp,
+    ref_point_head: Mlp,
+    #[module(skip)]
+    kind: DecoderKind,
+}
+
+/// Per-layer decoder outputs.
+#[derive(Debug, Clone)]
+pub struct DecoderOutput {
+    /// Query features after each layer, `[B, Q, d]`.
+    pub hs: Vec<Tensor<3>>,
+    /// Refined (subject, object) anchors after each layer, each `[B, P, 4]` (sigmoid space).
+    pub refs: Vec<(Tensor<3>, Tensor<3>)>,
+    /// Positional queries fed to each layer, `[B, Q, d]`.
+    pub query_pos: Vec<Tensor<3>>,
+    /// Reference boxes fed to each layer (anchors × valid ratios), `[B, Q, L, 4]`.
+    pub ref_input: Vec<Tensor<4>>,
+}
+
+impl ParseDecoder {
+    /// Loads `{prefix}.layers.{i}`, `{prefix}.query_scale`, `{prefix}.ref_point_head`.
+    pub fn load(ld: &mut Loader, prefix: &str, c: &DecoderConfig, kind: DecoderKind) -> Self {
+        let d = c.d_model;
+        Self {
+            layers: (0..c.layers).map(|i| DecoderLayer::load(ld, &format!("{prefix}.layers.{i}"), c)).collect(),
+            query_scale: Mlp::load(ld, &format!("{prefix}.query_scale"), d, d, d, 2),
+            ref_point_head: Mlp::load(ld, &format!("{prefix}.ref_point_head"), 2 * d, d, d, 2),
+            kind,
+        }
+    }
+
+    /// Decodes `tgt` `[B, Q, d]` from anchors `(sub, obj)` `[B, P, 4]`; `box_heads[l]` are the
+    /// (subject, object) box MLPs that refine the anchors after layer `l`.
+    pub fn forward(
+        &self,
+        tgt: Tensor<3>,
+        anchors: (Tensor<3>, Tensor<3>),
+        mem: &Memory<'_>,
+        box_heads: &[(&Mlp, &Mlp)],
+    ) -> DecoderOutput {
+        let (mut sub, mut obj) = anchors;
+        let [b, l, _] = mem.valid_ratios.dims();
+        let ratios = Tensor::cat(vec![mem.valid_ratios.clone(), mem.valid_ratios.clone()], 2).reshape([b, 1, l, 4]);
+        let mut output = tgt;
+        let mut out = DecoderOutput { hs: Vec::new(), refs: Vec::new(), query_pos: Vec::new(), ref_input: Vec::new() };
+        for (lid, layer) in self.layers.iter().enumerate() {
+            let boxes = match self.kind {
+                DecoderKind::SubjectObject => Tensor::cat(vec![sub.clone(), obj.clone()], 1),
+                DecoderKind::Relation => (sub.clone() + obj.clone()) * 0.5,
+            };
+            let q = boxes.dims()[1];
+            let ref_input = boxes.reshape([b, q, 1, 4]) * ratios.clone();
+            let first_level = ref_input.clone().slice(s![.., .., 0..1]).reshape([b, q, 4]);
+            let raw_pos = self.ref_point_head.forward(sine_embed_boxes(first_level));
+            let pos = if lid == 0 { raw_pos } else { self.query_scale.forward(output.clone()) * raw_pos };
+            output = layer.forward(output, pos.clone(), ref_input.clone(), mem);
+            let p = sub.dims()[1];
+            let (hs_sub, hs_obj) = match self.kind {
+                DecoderKind::SubjectObject => {
+                    (output.clone().slice(s![.., 0..p]), output.clone().slice(s![.., p..2 * p]))
+                }
+                DecoderKind::Relation => (output.clone(), output.clone()),
+            };
+            let (sub_head, obj_head) = box_heads[lid];
+            sub = sigmoid(sub_head.forward(hs_sub) + inverse_sigmoid(sub)).detach();
+            obj = sigmoid(obj_head.forward(hs_obj) + inverse_sigmoid(obj)).detach();
+            out.hs.push(output.clone());
+            out.refs.push((sub.clone(), obj.clone()));
+            out.query_pos.push(pos);
+            out.ref_input.push(ref_input);
+        }
+        out
+    }
+}
+
+/// Multi-branch fusion of subject and object features (the official `MultiBranchFusion`, from
+/// Zhang et al.'s spatially conditioned graphs): `relu(Σ_c fc3_c(relu(fc1_c(a) · fc2_c(b))))`.
+#[derive(Module, Debug)]
+pub struct MultiBranchFusion {
+    fc_1: Vec<Linear>,
+    fc_2: Vec<Linear>,
+    fc_3: Vec<Linear>,
+}
+
+impl MultiBranchFusion {
+    /// Loads `{prefix}.fc_{1,2,3}.{c}` for `cardinality` branches of width `repr / cardinality`.
+    pub fn load(ld: &mut Loader, prefix: &str, d: usize, repr: usize, cardinality: usize) -> Self {
+        let sub = repr / cardinality;
+        let mk = |ld: &mut Loader, n: usize, a: usize, b: usize| {
+            (0..cardinality).map(|c| linear(ld, &format!("{prefix}.fc_{n}.{c}"), a, b, true)).collect()
+        };
+        let fc_1 = mk(ld, 1, d, sub);
+        let fc_2 = mk(ld, 2, d, sub);
+        let fc_3 = mk(ld, 3, sub, repr);
+        Self { fc_1, fc_2, fc_3 }
+    }
+
+    /// Fuses `appearance` and `spatial`, both `[B, P, d]`.
+    pub fn forward(&self, appearance: Tensor<3>, spatial: Tensor<3>) -> Tensor<3> {
+        let mut acc: Option<Tensor<3>> = None;
+        for ((f1, f2), f3) in self.fc_1.iter().zip(&self.fc_2).zip(&self.fc_3) {
+            let y = f3.forward(relu(f1.forward(appearance.clone()) * f2.forward(spatial.clone())));
+            acc = Some(match acc {
+                Some(a) => a + y,
+                None => y,
+            });
+        }
+        relu(acc.expect("at least one branch"))
+    }
+}
+
+/// The learned queries of RLIPv2-ParSeDA: content for the subject/object and relation decoders
+/// and the 4-d anchors (`tgt_embed`, `verb_tgt_embed`, `refpoint_embed`).
+#[derive(Module, Debug)]
+pub struct Queries {
+    /// `[Q, d]` subject/object content.
+    pub tgt: Param<Tensor<2>>,
+    /// `[Q, d]` relation content (rows of a pair are summed).
+    pub verb_tgt: Param<Tensor<2>>,
+    /// `[Q, 4]` anchor logits.
+    pub anchors: Param<Tensor<2>>,
+}
+
+impl Queries {
+    /// Loads `tgt_embed.weight`, `verb_tgt_embed.weight`, `refpoint_embed.weight` for `q` queries.
+    pub fn load(ld: &mut Loader, q: usize, d: usize) -> Self {
+        Self {
+            tgt: Param::from_tensor(ld.tensor("tgt_embed.weight", [q, d], Init::Normal(1.0))),
+            verb_tgt: Param::from_tensor(ld.tensor("verb_tgt_embed.weight", [q, d], Init::Normal(1.0))),
+            anchors: Param::from_tensor(ld.tensor("refpoint_embed.weight", [q, 4], Init::Normal(1.0))),
+        }
+    }
+}
