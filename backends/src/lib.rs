@@ -110,7 +110,8 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
             Some(i) => Device::wgpu(burn::prelude::DeviceKind::DiscreteGpu(i)),
         }),
         #[cfg(feature = "tch")]
-        #[allow(deprecated)] // burn-tch is deprecated upstream; it stays our parity reference
+        #[allow(deprecated)]
+        // burn-tch is deprecated upstream; it stays our parity reference
         BackendKind::Tch => Ok(match index {
             None => Device::libtorch(),
             Some(i) => Device::libtorch_cuda(i),
@@ -124,6 +125,9 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
 
 /// The reference device for tests and the default for the CLI: `flex` when compiled in.
 pub fn default_device() -> Result<Device, BackendError> {
-    let kind = BackendKind::compiled_in().first().copied().unwrap_or(BackendKind::Flex);
+    let kind = BackendKind::compiled_in()
+        .first()
+        .copied()
+        .unwrap_or(BackendKind::Flex);
     device(kind, None)
 }

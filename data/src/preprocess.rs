@@ -25,7 +25,12 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Output `(height, width)` of the official `RandomResize([size], max_size)` for an image of
 /// `(width, height)` (`get_size_with_aspect_ratio`: the long side is truncated, not rounded).
-pub fn eval_size(width: usize, height: usize, size: usize, max_size: Option<usize>) -> (usize, usize) {
+pub fn eval_size(
+    width: usize,
+    height: usize,
+    size: usize,
+    max_size: Option<usize>,
+) -> (usize, usize) {
     let (w, h) = (width as f64, height as f64);
     let mut size = size;
     if let Some(max) = max_size {
@@ -70,7 +75,8 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         let xmin = ((center - support + 0.5).trunc() as i64).max(0) as usize;
-        let xmax = (((center + support + 0.5).trunc() as i64).min(in_size as i64) as usize).saturating_sub(xmin);
+        let xmax = (((center + support + 0.5).trunc() as i64).min(in_size as i64) as usize)
+            .saturating_sub(xmin);
         let mut ww = 0.0;
         for (x, p) in pre.iter_mut().enumerate().take(xmax) {
             let w = triangle((x as f64 + xmin as f64 - center + 0.5) * ss);
@@ -78,10 +84,18 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
             ww += w;
         }
         for x in 0..ksize {
-            let v = if x < xmax && ww != 0.0 { pre[x] / ww } else { 0.0 };
+            let v = if x < xmax && ww != 0.0 {
+                pre[x] / ww
+            } else {
+                0.0
+            };
             // Pillow rounds half away from zero when converting to fixed point.
             let f = v * (1u64 << PRECISION_BITS) as f64;
-            k[xx * ksize + x] = if f < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            k[xx * ksize + x] = if f < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
         }
         bounds.push((xmin, xmax));
     }
@@ -113,7 +127,11 @@ pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
                 }
             }
         }
-        RgbImage { width: out_w, height: h, data: out }
+        RgbImage {
+            width: out_w,
+            height: h,
+            data: out,
+        }
     } else {
         img.clone()
     };
@@ -135,7 +153,11 @@ pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
             }
         }
     }
-    RgbImage { width: out_w, height: out_h, data: out }
+    RgbImage {
+        width: out_w,
+        height: out_h,
+        data: out,
+    }
 }
 
 /// `ToTensor` + `Normalize`: `[3, h, w]` float32, `(x/255 − mean) / std` in that order.
@@ -179,24 +201,39 @@ pub fn pad_batch(images: &[(Vec<f32>, usize, usize)]) -> PaddedBatch {
             }
         }
     }
-    PaddedBatch { height, width, data, sizes: images.iter().map(|i| (i.1, i.2)).collect() }
+    PaddedBatch {
+        height,
+        width,
+        data,
+        sizes: images.iter().map(|i| (i.1, i.2)).collect(),
+    }
 }
 
 /// Decodes an image file (PNG or JPEG) to RGB, applying the EXIF orientation of JPEGs.
 pub fn load_rgb(path: &std::path::Path) -> Result<RgbImage, crate::DataError> {
     let bytes = crate::read_bytes(path)?;
-    let bad = |msg: String| crate::DataError::Image { path: path.to_path_buf(), msg };
+    let bad = |msg: String| crate::DataError::Image {
+        path: path.to_path_buf(),
+        msg,
+    };
     let mut decoder = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| bad(e.to_string()))?
         .into_decoder()
         .map_err(|e| bad(format!("cannot decode: {e}")))?;
     use image::ImageDecoder;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| bad(format!("cannot decode: {e}")))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| bad(format!("cannot decode: {e}")))?;
     img.apply_orientation(orientation);
     let rgb = img.to_rgb8();
-    Ok(RgbImage { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+    Ok(RgbImage {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    })
 }
 
 #[cfg(test)]
@@ -220,7 +257,11 @@ mod tests {
     /// Our resize against the official pipeline's `resized_u8` tensors (Pillow 13 BILINEAR).
     #[test]
     fn resize_matches_pillow_on_the_fixture_images() {
-        for (case, n) in [("rlipv2_parseda_r50", 1), ("rlipv2_parseda_r50_batch2", 2), ("rlipv2_parseda_swint", 1)] {
+        for (case, n) in [
+            ("rlipv2_parseda_r50", 1),
+            ("rlipv2_parseda_r50_batch2", 2),
+            ("rlipv2_parseda_swint", 1),
+        ] {
             let dir = golden().join(case);
             let st = std::fs::read(dir.join("inputs.safetensors")).unwrap();
             let st = safetensors::SafeTensors::deserialize(&st).unwrap();
@@ -228,12 +269,33 @@ mod tests {
                 let img = load_rgb(&dir.join(format!("image{i}.png"))).unwrap();
                 let want = st.tensor(&format!("resized_u8.{i}")).unwrap();
                 let (h, w) = (want.shape()[0], want.shape()[1]);
-                assert_eq!(eval_size(img.width, img.height, 320, Some(533)), (h, w), "{case}/{i} size");
+                assert_eq!(
+                    eval_size(img.width, img.height, 320, Some(533)),
+                    (h, w),
+                    "{case}/{i} size"
+                );
                 let got = resize_bilinear(&img, w, h);
-                let max_diff = got.data.iter().zip(want.data()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-                let differing = got.data.iter().zip(want.data()).filter(|(a, b)| a != b).count();
-                println!("{case}/{i}: max |diff| {max_diff}, {differing} of {} values differ", got.data.len());
-                assert_eq!(max_diff, 0, "{case}/{i}: resize must reproduce Pillow exactly");
+                let max_diff = got
+                    .data
+                    .iter()
+                    .zip(want.data())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                let differing = got
+                    .data
+                    .iter()
+                    .zip(want.data())
+                    .filter(|(a, b)| a != b)
+                    .count();
+                println!(
+                    "{case}/{i}: max |diff| {max_diff}, {differing} of {} values differ",
+                    got.data.len()
+                );
+                assert_eq!(
+                    max_diff, 0,
+                    "{case}/{i}: resize must reproduce Pillow exactly"
+                );
             }
         }
     }
@@ -247,13 +309,21 @@ mod tests {
         let mut images = Vec::new();
         for i in 0..2 {
             let r = st.tensor(&format!("resized_u8.{i}")).unwrap();
-            let img = RgbImage { height: r.shape()[0], width: r.shape()[1], data: r.data().to_vec() };
+            let img = RgbImage {
+                height: r.shape()[0],
+                width: r.shape()[1],
+                data: r.data().to_vec(),
+            };
             images.push((normalize(&img), img.height, img.width));
         }
         let batch = pad_batch(&images);
         let want = st.tensor("image").unwrap();
         assert_eq!(want.shape(), &[2, 3, batch.height, batch.width]);
-        let want: Vec<f32> = want.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let want: Vec<f32> = want
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(batch.data, want, "normalised batch must be bit-identical");
     }
 }

@@ -32,7 +32,8 @@ use burn::tensor::activation::softmax;
 
 use crate::encoder::{EncoderLayer, MultiScale};
 use crate::msda::MsdaConfig;
-use crate::text::{RobertaConfig, RobertaLayer, padding_bias};
+use crate::text::roberta::{check_divisible, check_positive};
+use crate::text::{ConfigError, RobertaConfig, RobertaLayer, padding_bias};
 use crate::weights::layers::{layer_norm, linear};
 use crate::weights::{Init, Loader};
 
@@ -81,6 +82,28 @@ impl AlifConfig {
     /// Number of fusion rounds (`n_layers / fusion_interval`).
     pub fn rounds(&self) -> usize {
         self.n_layers / self.fusion_interval.max(1)
+    }
+
+    /// Checks the sizes a forward pass relies on: positive widths, heads dividing the visual,
+    /// bi-attention and label widths, and a positive fusion interval.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_positive(&[
+            ("d_model", self.msda.d_model),
+            ("n_levels", self.msda.n_levels),
+            ("n_points", self.msda.n_points),
+            ("d_ffn", self.d_ffn),
+            ("fusion_interval", self.fusion_interval),
+            ("fusion_dim", self.fusion_dim),
+        ])?;
+        check_divisible(
+            ("d_model", self.msda.d_model),
+            ("n_heads", self.msda.n_heads),
+        )?;
+        check_divisible(
+            ("fusion_dim", self.fusion_dim),
+            ("fusion_heads", self.fusion_heads),
+        )?;
+        self.text.validate()
     }
 }
 
@@ -270,7 +293,7 @@ pub struct AlifOutput {
     /// Encoder memory `[B, S, d]`.
     pub memory: Tensor<3>,
     /// Label features after each round's RoBERTa layer, `[rounds, B, L, d_text]`
-    /// (official `text_memory_bf_resize`).
+    /// (official `text_memory_bf_resize`). With no fusion round it is the input, `[1, B, L, d_text]`.
     pub text: Tensor<4>,
     /// The same through the FeatureResizer, `[rounds, L, B, d]` (official `text_memory_resized`;
     /// round `k` feeds decoder layer `k`).
@@ -307,15 +330,9 @@ pub struct AlifEncoder {
 
 impl AlifEncoder {
     /// Loads `transformer.encoder.{layers,VLFuse_layers,roberta_layers}.*` and
-    /// `transformer.resizer.*`.
-    ///
-    /// # Panics
-    /// If `cfg` has no fusion round (`n_layers < fusion_interval`).
+    /// `transformer.resizer.*`. Check `cfg` with [`AlifConfig::validate`] first: sizes that do
+    /// not split over the heads make the forward pass fail.
     pub fn load(ld: &mut Loader, cfg: &AlifConfig) -> Self {
-        assert!(
-            cfg.rounds() > 0,
-            "ALIF needs at least one fusion round: {cfg:?}"
-        );
         let e = "transformer.encoder";
         let layers = (0..cfg.n_layers)
             .map(|i| EncoderLayer::load(ld, &format!("{e}.layers.{i}"), cfg.msda, cfg.d_ffn))
@@ -344,6 +361,9 @@ impl AlifEncoder {
     /// Encodes the multi-scale input `ms` together with the label sequence `lang` `[B, L, d_text]`
     /// (the pooled label features repeated over the batch) whose padding is `text_mask` `[B, L]`
     /// (true = padding; all false at inference).
+    ///
+    /// A configuration without fusion rounds (`n_layers < fusion_interval`) passes the label
+    /// features through unfused, as one round.
     pub fn forward(
         &self,
         ms: &MultiScale,
@@ -374,7 +394,7 @@ impl AlifEncoder {
     ) -> AlifOutput {
         let device = ms.src.device();
         let [_, s_total, _] = ms.src.dims();
-        let last = *ms.level_start.last().expect("at least one level");
+        let last = ms.level_start.last().copied().unwrap_or(0);
         let pos_last = ms.pos.clone().slice(s![.., last..s_total]);
         let pad_last = ms.mask_flat.clone().slice(s![.., last..s_total]);
         let reference = ms.reference_points(&device);
@@ -413,6 +433,9 @@ impl AlifEncoder {
             if let Some(t) = trace.as_deref_mut() {
                 t.layer_out.push(src.clone());
             }
+        }
+        if rounds.is_empty() {
+            rounds.push(lang);
         }
         let text = Tensor::stack::<4>(rounds, 0);
         let text_resized = self.resizer.forward(text.clone().swap_dims(1, 2));

@@ -42,7 +42,10 @@ pub fn group_norm_blocked(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     let g = norm.num_groups;
     let n = c / g * h * w;
-    let block = (1..=n).filter(|d| n % d == 0 && d * d <= n).max().unwrap_or(1);
+    let block = (1..=n)
+        .filter(|d| n % d == 0 && d * d <= n)
+        .max()
+        .unwrap_or(1);
     let blocked = x.clone().reshape([b, g, n / block, block]);
     let mean = blocked.clone().sum_dim(3).sum_dim(2) / n as f64;
     let centred = blocked - mean;
@@ -93,7 +96,13 @@ pub struct MultiScale {
 impl InputProjections {
     /// Loads `input_proj.{l}.{0,1}` and `transformer.level_embed` for backbone channels
     /// `in_channels` and `n_levels` levels of width `d`.
-    pub fn load(ld: &mut Loader, in_channels: &[usize], n_levels: usize, d: usize, pos_offset: bool) -> Self {
+    pub fn load(
+        ld: &mut Loader,
+        in_channels: &[usize],
+        n_levels: usize,
+        d: usize,
+        pos_offset: bool,
+    ) -> Self {
         let mut levels = Vec::with_capacity(n_levels);
         let mut c_in = in_channels[0];
         for l in 0..n_levels {
@@ -110,8 +119,16 @@ impl InputProjections {
                 norm: group_norm(ld, &format!("input_proj.{l}.1"), 32, d),
             });
         }
-        let level_embed = Param::from_tensor(ld.tensor("transformer.level_embed", [n_levels, d], Init::Normal(1.0)));
-        Self { levels, level_embed, pos_offset }
+        let level_embed = Param::from_tensor(ld.tensor(
+            "transformer.level_embed",
+            [n_levels, d],
+            Init::Normal(1.0),
+        ));
+        Self {
+            levels,
+            level_embed,
+            pos_offset,
+        }
     }
 
     /// Projects backbone maps `features` of a batch with image padding `mask` and flattens them.
@@ -141,7 +158,11 @@ impl InputProjections {
             let lm = mask.resize_nearest(h, w);
             let pos = sine_position_embedding(&lm, d / 2, self.pos_offset);
             let pos = Tensor::<4>::from_data(TensorData::new(pos, [b, d, h, w]), &device);
-            let lvl = self.level_embed.val().slice(s![l..l + 1]).reshape([1, 1, d]);
+            let lvl = self
+                .level_embed
+                .val()
+                .slice(s![l..l + 1])
+                .reshape([1, 1, d]);
             poss.push(pos.flatten::<3>(2, 3).swap_dims(1, 2) + lvl);
             srcs.push(m.clone().flatten::<3>(2, 3).swap_dims(1, 2));
             masks.push(lm);
@@ -151,11 +172,19 @@ impl InputProjections {
         }
         let b = mask.batch;
         let flat: Vec<bool> = (0..b)
-            .flat_map(|i| masks.iter().flat_map(move |m| m.data[i * m.height * m.width..(i + 1) * m.height * m.width].iter().copied()))
+            .flat_map(|i| {
+                masks.iter().flat_map(move |m| {
+                    m.data[i * m.height * m.width..(i + 1) * m.height * m.width]
+                        .iter()
+                        .copied()
+                })
+            })
             .collect();
         let mask_flat = Tensor::<2, Bool>::from_data(TensorData::new(flat, [b, start]), &device);
         let per_level: Vec<Vec<[f32; 2]>> = masks.iter().map(PaddingMask::valid_ratios).collect();
-        let valid_ratios = (0..b).map(|i| per_level.iter().map(|v| v[i]).collect()).collect();
+        let valid_ratios = (0..b)
+            .map(|i| per_level.iter().map(|v| v[i]).collect())
+            .collect();
         MultiScale {
             maps,
             masks,
@@ -209,9 +238,17 @@ impl EncoderLayer {
         shapes: &[[usize; 2]],
         padding: Tensor<2, Bool>,
     ) -> Tensor<3> {
-        let attn = self.self_attn.forward(src.clone() + pos, reference, src.clone(), shapes, Some(padding));
+        let attn = self.self_attn.forward(
+            src.clone() + pos,
+            reference,
+            src.clone(),
+            shapes,
+            Some(padding),
+        );
         let src = self.norm1.forward(src + attn);
-        let ffn = self.linear2.forward(relu(self.linear1.forward(src.clone())));
+        let ffn = self
+            .linear2
+            .forward(relu(self.linear1.forward(src.clone())));
         self.norm2.forward(src + ffn)
     }
 }

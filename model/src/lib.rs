@@ -6,10 +6,11 @@
 pub mod alif;
 pub mod backbone;
 pub mod encoder;
-pub mod prediction_heads;
 pub mod msda;
 pub mod parse_decoder;
 pub mod position;
+pub mod prediction_heads;
+
 pub mod rlip;
 pub mod text;
 pub mod util;

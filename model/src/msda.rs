@@ -39,7 +39,10 @@ static KERNELS: RwLock<Vec<Arc<dyn MsdaKernel>>> = RwLock::new(Vec::new());
 
 /// Registers a sampling kernel; later registrations are tried first.
 pub fn register_kernel(kernel: Arc<dyn MsdaKernel>) {
-    KERNELS.write().unwrap_or_else(|e| e.into_inner()).insert(0, kernel);
+    KERNELS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(0, kernel);
 }
 
 /// The sampling core of multi-scale deformable attention.
@@ -75,7 +78,11 @@ pub fn ms_deform_attn_core_portable(
     let [n, s, m, d] = value.dims();
     let [_, lq, _, l, p, _] = locations.dims();
     assert_eq!(shapes.len(), l, "levels in locations vs spatial shapes");
-    assert_eq!(shapes.iter().map(|[h, w]| h * w).sum::<usize>(), s, "tokens vs spatial shapes");
+    assert_eq!(
+        shapes.iter().map(|[h, w]| h * w).sum::<usize>(),
+        s,
+        "tokens vs spatial shapes"
+    );
     let grids = locations * 2.0 - 1.0;
     let opts = GridSampleOptions::new(InterpolateMode::Bilinear)
         .with_padding_mode(GridSamplePaddingMode::Zeros)
@@ -102,7 +109,10 @@ pub fn ms_deform_attn_core_portable(
     // [N·M, D, Lq, L, P] · [N·M, 1, Lq, L, P] summed over (L, P)
     let stacked = Tensor::stack::<5>(sampled, 3).reshape([n * m, d, lq, l * p]);
     let w = weights.swap_dims(1, 2).reshape([n * m, 1, lq, l * p]);
-    (stacked * w).sum_dim(3).reshape([n, m * d, lq]).swap_dims(1, 2)
+    (stacked * w)
+        .sum_dim(3)
+        .reshape([n, m * d, lq])
+        .swap_dims(1, 2)
 }
 
 /// Sizes of a multi-scale deformable attention module.
@@ -136,7 +146,11 @@ impl MsDeformAttn {
     pub fn load(ld: &mut Loader, prefix: &str, c: MsdaConfig) -> Self {
         let (d, m, l, p) = (c.d_model, c.n_heads, c.n_levels, c.n_points);
         let off = m * l * p * 2;
-        let sw = ld.tensor::<2>(&format!("{prefix}.sampling_offsets.weight"), [off, d], Init::Zeros);
+        let sw = ld.tensor::<2>(
+            &format!("{prefix}.sampling_offsets.weight"),
+            [off, d],
+            Init::Zeros,
+        );
         let sb = ld.tensor_with::<1>(&format!("{prefix}.sampling_offsets.bias"), [off], || {
             // Head h looks along angle 2πh/M, normalised to the unit square, at distances 1..=P.
             let mut v = Vec::with_capacity(off);
@@ -153,8 +167,16 @@ impl MsDeformAttn {
             }
             v
         });
-        let aw = ld.tensor::<2>(&format!("{prefix}.attention_weights.weight"), [m * l * p, d], Init::Zeros);
-        let ab = ld.tensor::<1>(&format!("{prefix}.attention_weights.bias"), [m * l * p], Init::Zeros);
+        let aw = ld.tensor::<2>(
+            &format!("{prefix}.attention_weights.weight"),
+            [m * l * p, d],
+            Init::Zeros,
+        );
+        let ab = ld.tensor::<1>(
+            &format!("{prefix}.attention_weights.bias"),
+            [m * l * p],
+            Init::Zeros,
+        );
         let value_proj = xavier_linear(ld, &format!("{prefix}.value_proj"), d);
         let output_proj = xavier_linear(ld, &format!("{prefix}.output_proj"), d);
         Self {
@@ -188,29 +210,52 @@ impl MsDeformAttn {
             value = value.mask_fill(mask.unsqueeze_dim::<3>(2).expand([n, s, c]), 0.0);
         }
         let value = value.reshape([n, s, m, c / m]);
-        let offsets = self.sampling_offsets.forward(query.clone()).reshape([n, lq, m, l, p, 2]);
-        let weights = softmax(self.attention_weights.forward(query).reshape([n, lq, m, l * p]), 3)
-            .reshape([n, lq, m, l, p]);
+        let offsets = self
+            .sampling_offsets
+            .forward(query.clone())
+            .reshape([n, lq, m, l, p, 2]);
+        let weights = softmax(
+            self.attention_weights
+                .forward(query)
+                .reshape([n, lq, m, l * p]),
+            3,
+        )
+        .reshape([n, lq, m, l, p]);
         let locations = sampling_locations(reference, offsets, shapes, p);
-        self.output_proj.forward(ms_deform_attn_core(value, shapes, locations, weights))
+        self.output_proj
+            .forward(ms_deform_attn_core(value, shapes, locations, weights))
     }
 }
 
 /// Sampling locations `[N, Lq, M, L, P, 2]` from reference points or boxes and raw offsets, as the
 /// official module computes them (offsets in pixels of each level for points; in units of
 /// `P`-ths of the half box size for boxes).
-pub fn sampling_locations(reference: Tensor<4>, offsets: Tensor<6>, shapes: &SpatialShapes, n_points: usize) -> Tensor<6> {
+pub fn sampling_locations(
+    reference: Tensor<4>,
+    offsets: Tensor<6>,
+    shapes: &SpatialShapes,
+    n_points: usize,
+) -> Tensor<6> {
     let [n, lq, l, r] = reference.dims();
     let device = reference.device();
     match r {
         2 => {
-            let norm: Vec<f32> = shapes.iter().flat_map(|&[h, w]| [w as f32, h as f32]).collect();
-            let norm = Tensor::<1>::from_data(TensorData::new(norm, [l * 2]), &device).reshape([1, 1, 1, l, 1, 2]);
+            let norm: Vec<f32> = shapes
+                .iter()
+                .flat_map(|&[h, w]| [w as f32, h as f32])
+                .collect();
+            let norm = Tensor::<1>::from_data(TensorData::new(norm, [l * 2]), &device)
+                .reshape([1, 1, 1, l, 1, 2]);
             reference.reshape([n, lq, 1, l, 1, 2]) + offsets / norm
         }
         4 => {
-            let xy = reference.clone().slice(s![.., .., .., 0..2]).reshape([n, lq, 1, l, 1, 2]);
-            let wh = reference.slice(s![.., .., .., 2..4]).reshape([n, lq, 1, l, 1, 2]);
+            let xy = reference
+                .clone()
+                .slice(s![.., .., .., 0..2])
+                .reshape([n, lq, 1, l, 1, 2]);
+            let wh = reference
+                .slice(s![.., .., .., 2..4])
+                .reshape([n, lq, 1, l, 1, 2]);
             xy + offsets / n_points as f32 * wh * 0.5
         }
         _ => panic!("reference points must have 2 or 4 coordinates, got {r}"),
@@ -218,7 +263,14 @@ pub fn sampling_locations(reference: Tensor<4>, offsets: Tensor<6>, shapes: &Spa
 }
 
 fn xavier_linear(ld: &mut Loader, prefix: &str, d: usize) -> Linear {
-    let w = ld.tensor::<2>(&format!("{prefix}.weight"), [d, d], Init::Uniform(-(6.0 / (2 * d) as f64).sqrt(), (6.0 / (2 * d) as f64).sqrt()));
+    let w = ld.tensor::<2>(
+        &format!("{prefix}.weight"),
+        [d, d],
+        Init::Uniform(
+            -(6.0 / (2 * d) as f64).sqrt(),
+            (6.0 / (2 * d) as f64).sqrt(),
+        ),
+    );
     let b = ld.tensor::<1>(&format!("{prefix}.bias"), [d], Init::Zeros);
     let _ = linear;
     crate::weights::layers::linear_from(w, Some(b))

@@ -29,7 +29,14 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `{prefix}.layers.{i}` for `n` layers `d_in → hidden … → d_out`.
-    pub fn load(ld: &mut Loader, prefix: &str, d_in: usize, hidden: usize, d_out: usize, n: usize) -> Self {
+    pub fn load(
+        ld: &mut Loader,
+        prefix: &str,
+        d_in: usize,
+        hidden: usize,
+        d_out: usize,
+        n: usize,
+    ) -> Self {
         let layers = (0..n)
             .map(|i| {
                 let a = if i == 0 { d_in } else { hidden };
@@ -66,12 +73,25 @@ pub struct MultiheadAttention {
 impl MultiheadAttention {
     /// Loads `{prefix}.in_proj_{weight,bias}` (`[3d, d]`, rows q, k, v) and `{prefix}.out_proj`.
     pub fn load(ld: &mut Loader, prefix: &str, d: usize, heads: usize) -> Self {
-        let w: Tensor<2> = ld.tensor(&format!("{prefix}.in_proj_weight"), [3 * d, d], Init::XavierUniform);
+        let w: Tensor<2> = ld.tensor(
+            &format!("{prefix}.in_proj_weight"),
+            [3 * d, d],
+            Init::XavierUniform,
+        );
         let b: Tensor<1> = ld.tensor(&format!("{prefix}.in_proj_bias"), [3 * d], Init::Zeros);
         let part = |i: usize| {
-            linear_from(w.clone().slice(s![i * d..(i + 1) * d]), Some(b.clone().slice(s![i * d..(i + 1) * d])))
+            linear_from(
+                w.clone().slice(s![i * d..(i + 1) * d]),
+                Some(b.clone().slice(s![i * d..(i + 1) * d])),
+            )
         };
-        Self { q: part(0), k: part(1), v: part(2), out: linear(ld, &format!("{prefix}.out_proj"), d, d, true), heads }
+        Self {
+            q: part(0),
+            k: part(1),
+            v: part(2),
+            out: linear(ld, &format!("{prefix}.out_proj"), d, d, true),
+            heads,
+        }
     }
 
     /// Attention of `query` over `key`/`value`, all `[B, N, d]`.
@@ -84,7 +104,8 @@ impl MultiheadAttention {
         let k = split(self.k.forward(key), nk);
         let v = split(self.v.forward(value), nk);
         let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
-        self.out.forward(attn.matmul(v).swap_dims(1, 2).reshape([b, nq, d]))
+        self.out
+            .forward(attn.matmul(v).swap_dims(1, 2).reshape([b, nq, d]))
     }
 }
 
@@ -118,7 +139,12 @@ impl DecoderLayer {
     pub fn load(ld: &mut Loader, prefix: &str, c: &DecoderConfig) -> Self {
         let d = c.d_model;
         Self {
-            self_attn: MultiheadAttention::load(ld, &format!("{prefix}.self_attn"), d, c.msda.n_heads),
+            self_attn: MultiheadAttention::load(
+                ld,
+                &format!("{prefix}.self_attn"),
+                d,
+                c.msda.n_heads,
+            ),
             norm2: layer_norm(ld, &format!("{prefix}.norm2"), d, 1e-5),
             cross_attn: MsDeformAttn::load(ld, &format!("{prefix}.cross_attn"), c.msda),
             norm1: layer_norm(ld, &format!("{prefix}.norm1"), d, 1e-5),
@@ -129,12 +155,28 @@ impl DecoderLayer {
     }
 
     /// One layer over queries `tgt` `[B, Q, d]` with positional queries `pos`.
-    pub fn forward(&self, tgt: Tensor<3>, pos: Tensor<3>, reference: Tensor<4>, mem: &Memory<'_>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        tgt: Tensor<3>,
+        pos: Tensor<3>,
+        reference: Tensor<4>,
+        mem: &Memory<'_>,
+    ) -> Tensor<3> {
         let qk = tgt.clone() + pos.clone();
-        let tgt = self.norm2.forward(tgt.clone() + self.self_attn.forward(qk.clone(), qk, tgt));
-        let ca = self.cross_attn.forward(tgt.clone() + pos, reference, mem.src.clone(), mem.shapes, Some(mem.padding.clone()));
+        let tgt = self
+            .norm2
+            .forward(tgt.clone() + self.self_attn.forward(qk.clone(), qk, tgt));
+        let ca = self.cross_attn.forward(
+            tgt.clone() + pos,
+            reference,
+            mem.src.clone(),
+            mem.shapes,
+            Some(mem.padding.clone()),
+        );
         let tgt = self.norm1.forward(tgt + ca);
-        let ffn = self.linear2.forward(relu(self.linear1.forward(tgt.clone())));
+        let ffn = self
+            .linear2
+            .forward(relu(self.linear1.forward(tgt.clone())));
         self.norm3.forward(tgt + ffn)
     }
 }
@@ -158,7 +200,9 @@ pub fn sine_embed_boxes(pos: Tensor<3>) -> Tensor<3> {
     let [b, q, _] = pos.dims();
     let device = pos.device();
     let n = 128;
-    let dim_t: Vec<f32> = (0..n).map(|i| 10000f32.powf((2 * (i / 2)) as f32 / n as f32)).collect();
+    let dim_t: Vec<f32> = (0..n)
+        .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / n as f32))
+        .collect();
     let dim_t = Tensor::<1>::from_data(TensorData::new(dim_t, [n]), &device).reshape([1, 1, n]);
     let even: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
     let even = Tensor::<1>::from_data(TensorData::new(even, [n]), &device).reshape([1, 1, n]);
@@ -219,7 +263,9 @@ impl ParseDecoder {
     pub fn load(ld: &mut Loader, prefix: &str, c: &DecoderConfig, kind: DecoderKind) -> Self {
         let d = c.d_model;
         Self {
-            layers: (0..c.layers).map(|i| DecoderLayer::load(ld, &format!("{prefix}.layers.{i}"), c)).collect(),
+            layers: (0..c.layers)
+                .map(|i| DecoderLayer::load(ld, &format!("{prefix}.layers.{i}"), c))
+                .collect(),
             query_scale: Mlp::load(ld, &format!("{prefix}.query_scale"), d, d, d, 2),
             ref_point_head: Mlp::load(ld, &format!("{prefix}.ref_point_head"), 2 * d, d, d, 2),
             kind,
@@ -237,9 +283,15 @@ impl ParseDecoder {
     ) -> DecoderOutput {
         let (mut sub, mut obj) = anchors;
         let [b, l, _] = mem.valid_ratios.dims();
-        let ratios = Tensor::cat(vec![mem.valid_ratios.clone(), mem.valid_ratios.clone()], 2).reshape([b, 1, l, 4]);
+        let ratios = Tensor::cat(vec![mem.valid_ratios.clone(), mem.valid_ratios.clone()], 2)
+            .reshape([b, 1, l, 4]);
         let mut output = tgt;
-        let mut out = DecoderOutput { hs: Vec::new(), refs: Vec::new(), query_pos: Vec::new(), ref_input: Vec::new() };
+        let mut out = DecoderOutput {
+            hs: Vec::new(),
+            refs: Vec::new(),
+            query_pos: Vec::new(),
+            ref_input: Vec::new(),
+        };
         for (lid, layer) in self.layers.iter().enumerate() {
             let boxes = match self.kind {
                 DecoderKind::SubjectObject => Tensor::cat(vec![sub.clone(), obj.clone()], 1),
@@ -249,13 +301,18 @@ impl ParseDecoder {
             let ref_input = boxes.reshape([b, q, 1, 4]) * ratios.clone();
             let first_level = ref_input.clone().slice(s![.., .., 0..1]).reshape([b, q, 4]);
             let raw_pos = self.ref_point_head.forward(sine_embed_boxes(first_level));
-            let pos = if lid == 0 { raw_pos } else { self.query_scale.forward(output.clone()) * raw_pos };
+            let pos = if lid == 0 {
+                raw_pos
+            } else {
+                self.query_scale.forward(output.clone()) * raw_pos
+            };
             output = layer.forward(output, pos.clone(), ref_input.clone(), mem);
             let p = sub.dims()[1];
             let (hs_sub, hs_obj) = match self.kind {
-                DecoderKind::SubjectObject => {
-                    (output.clone().slice(s![.., 0..p]), output.clone().slice(s![.., p..2 * p]))
-                }
+                DecoderKind::SubjectObject => (
+                    output.clone().slice(s![.., 0..p]),
+                    output.clone().slice(s![.., p..2 * p]),
+                ),
                 DecoderKind::Relation => (output.clone(), output.clone()),
             };
             let (sub_head, obj_head) = box_heads[lid];
@@ -284,7 +341,9 @@ impl MultiBranchFusion {
     pub fn load(ld: &mut Loader, prefix: &str, d: usize, repr: usize, cardinality: usize) -> Self {
         let sub = repr / cardinality;
         let mk = |ld: &mut Loader, n: usize, a: usize, b: usize| {
-            (0..cardinality).map(|c| linear(ld, &format!("{prefix}.fc_{n}.{c}"), a, b, true)).collect()
+            (0..cardinality)
+                .map(|c| linear(ld, &format!("{prefix}.fc_{n}.{c}"), a, b, true))
+                .collect()
         };
         let fc_1 = mk(ld, 1, d, sub);
         let fc_2 = mk(ld, 2, d, sub);
@@ -296,7 +355,9 @@ impl MultiBranchFusion {
     pub fn forward(&self, appearance: Tensor<3>, spatial: Tensor<3>) -> Tensor<3> {
         let mut acc: Option<Tensor<3>> = None;
         for ((f1, f2), f3) in self.fc_1.iter().zip(&self.fc_2).zip(&self.fc_3) {
-            let y = f3.forward(relu(f1.forward(appearance.clone()) * f2.forward(spatial.clone())));
+            let y = f3.forward(relu(
+                f1.forward(appearance.clone()) * f2.forward(spatial.clone()),
+            ));
             acc = Some(match acc {
                 Some(a) => a + y,
                 None => y,
@@ -323,8 +384,16 @@ impl Queries {
     pub fn load(ld: &mut Loader, q: usize, d: usize) -> Self {
         Self {
             tgt: Param::from_tensor(ld.tensor("tgt_embed.weight", [q, d], Init::Normal(1.0))),
-            verb_tgt: Param::from_tensor(ld.tensor("verb_tgt_embed.weight", [q, d], Init::Normal(1.0))),
-            anchors: Param::from_tensor(ld.tensor("refpoint_embed.weight", [q, 4], Init::Normal(1.0))),
+            verb_tgt: Param::from_tensor(ld.tensor(
+                "verb_tgt_embed.weight",
+                [q, d],
+                Init::Normal(1.0),
+            )),
+            anchors: Param::from_tensor(ld.tensor(
+                "refpoint_embed.weight",
+                [q, 4],
+                Init::Normal(1.0),
+            )),
         }
     }
 }

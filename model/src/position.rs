@@ -24,20 +24,33 @@ impl PaddingMask {
     pub fn from_sizes(sizes: &[(usize, usize)], height: usize, width: usize) -> Self {
         let mut data = Vec::with_capacity(sizes.len() * height * width);
         for &(h, w) in sizes {
-            assert!(h <= height && w <= width, "image {h}x{w} larger than the batch {height}x{width}");
+            assert!(
+                h <= height && w <= width,
+                "image {h}x{w} larger than the batch {height}x{width}"
+            );
             for y in 0..height {
                 for x in 0..width {
                     data.push(y >= h || x >= w);
                 }
             }
         }
-        Self { batch: sizes.len(), height, width, data }
+        Self {
+            batch: sizes.len(),
+            height,
+            width,
+            data,
+        }
     }
 
     /// From `[B, H, W]` bytes, non-zero = padding.
     pub fn from_u8(batch: usize, height: usize, width: usize, bytes: &[u8]) -> Self {
         assert_eq!(bytes.len(), batch * height * width, "mask bytes");
-        Self { batch, height, width, data: bytes.iter().map(|&b| b != 0).collect() }
+        Self {
+            batch,
+            height,
+            width,
+            data: bytes.iter().map(|&b| b != 0).collect(),
+        }
     }
 
     fn at(&self, b: usize, y: usize, x: usize) -> bool {
@@ -59,12 +72,20 @@ impl PaddingMask {
                 }
             }
         }
-        Self { batch: self.batch, height: h, width: w, data }
+        Self {
+            batch: self.batch,
+            height: h,
+            width: w,
+            data,
+        }
     }
 
     /// `[B, H, W]` boolean tensor (true = padding).
     pub fn to_tensor(&self, device: &Device) -> Tensor<3, Bool> {
-        Tensor::from_data(TensorData::new(self.data.clone(), [self.batch, self.height, self.width]), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), [self.batch, self.height, self.width]),
+            device,
+        )
     }
 
     /// Per-image valid ratios `(w, h)`: unpadded columns of the first row over W, unpadded rows of
@@ -74,7 +95,10 @@ impl PaddingMask {
             .map(|b| {
                 let vh = (0..self.height).filter(|&y| !self.at(b, y, 0)).count();
                 let vw = (0..self.width).filter(|&x| !self.at(b, 0, x)).count();
-                [vw as f32 / self.width as f32, vh as f32 / self.height as f32]
+                [
+                    vw as f32 / self.width as f32,
+                    vh as f32 / self.height as f32,
+                ]
             })
             .collect()
     }
@@ -111,7 +135,11 @@ pub fn sine_position_embedding(mask: &PaddingMask, feats: usize, offset: bool) -
                 let xn = (xe[i] - off) / (xe[y * w + w - 1] + eps) * scale;
                 for (c, &d) in dim_t.iter().enumerate() {
                     let (py, px) = (yn / d, xn / d);
-                    let (vy, vx) = if c % 2 == 0 { (py.sin(), px.sin()) } else { (py.cos(), px.cos()) };
+                    let (vy, vx) = if c % 2 == 0 {
+                        (py.sin(), px.sin())
+                    } else {
+                        (py.cos(), px.cos())
+                    };
                     out[((b * 2 * feats + c) * h + y) * w + x] = vy;
                     out[((b * 2 * feats + feats + c) * h + y) * w + x] = vx;
                 }
@@ -123,7 +151,10 @@ pub fn sine_position_embedding(mask: &PaddingMask, feats: usize, offset: bool) -
 
 /// Encoder reference points `[B, S, L, 2]`: pixel centres of every level normalised by the valid
 /// size, then scaled by each level's valid ratio (`get_reference_points`, in float32).
-pub fn encoder_reference_points(shapes: &[[usize; 2]], ratios: &[Vec<[f32; 2]>]) -> (Vec<f32>, [usize; 4]) {
+pub fn encoder_reference_points(
+    shapes: &[[usize; 2]],
+    ratios: &[Vec<[f32; 2]>],
+) -> (Vec<f32>, [usize; 4]) {
     let bs = ratios.len();
     let l = shapes.len();
     let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
@@ -133,7 +164,15 @@ pub fn encoder_reference_points(shapes: &[[usize; 2]], ratios: &[Vec<[f32; 2]>])
         let (a, b) = (0.5f32, n as f32 - 0.5);
         let step = if n > 1 { (b - a) / (n - 1) as f32 } else { 0.0 };
         let half = n / 2;
-        (0..n).map(|i| if i < half { a + step * i as f32 } else { b - step * (n - 1 - i) as f32 }).collect()
+        (0..n)
+            .map(|i| {
+                if i < half {
+                    a + step * i as f32
+                } else {
+                    b - step * (n - 1 - i) as f32
+                }
+            })
+            .collect()
     };
     for r in ratios {
         for (lvl, &[h, w]) in shapes.iter().enumerate() {

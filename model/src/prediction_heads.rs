@@ -52,7 +52,9 @@ impl Heads {
     /// `bias_pred_a` for `n` decoder layers of width `d`.
     pub fn load(ld: &mut Loader, d: usize, n_layers: usize) -> Self {
         let mlps = |ld: &mut Loader, name: &str| -> Vec<Mlp> {
-            (0..2 * n_layers).map(|i| Mlp::load(ld, &format!("{name}.{i}"), d, d, 4, 3)).collect()
+            (0..2 * n_layers)
+                .map(|i| Mlp::load(ld, &format!("{name}.{i}"), d, d, 4, 3))
+                .collect()
         };
         let sub_bbox = mlps(ld, "sub_bbox_embed");
         let obj_bbox = mlps(ld, "obj_bbox_embed");
@@ -68,12 +70,19 @@ impl Heads {
     /// The (subject, object) box heads of decoder layer `l` of the given decoder.
     pub fn box_heads(&self, relation_decoder: bool, n_layers: usize) -> Vec<(&Mlp, &Mlp)> {
         let off = if relation_decoder { n_layers } else { 0 };
-        (0..n_layers).map(|l| (&self.sub_bbox[off + l], &self.obj_bbox[off + l])).collect()
+        (0..n_layers)
+            .map(|l| (&self.sub_bbox[off + l], &self.obj_bbox[off + l]))
+            .collect()
     }
 
     /// Projected text classifiers `[B, L, d]` from per-round text features `[B, L, d]`.
     pub fn text_classifiers(&self, text: Tensor<3>) -> Tensor<3> {
-        let norm = text.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12);
+        let norm = text
+            .clone()
+            .powi_scalar(2)
+            .sum_dim(2)
+            .sqrt()
+            .clamp_min(1e-12);
         self.projection_text.forward(text / norm / 2.0)
     }
 

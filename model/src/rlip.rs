@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::alif::{AlifConfig, AlifEncoder, AlifTrace};
 use crate::backbone::{Backbone, BackboneConfig, ResNetConfig, SwinConfig};
 use crate::encoder::{InputProjections, MultiScale};
-use crate::prediction_heads::{Heads, LayerPredictions};
 use crate::msda::MsdaConfig;
-use crate::parse_decoder::{DecoderConfig, DecoderKind, DecoderOutput, Memory, MultiBranchFusion, ParseDecoder, Queries};
+use crate::parse_decoder::{
+    DecoderConfig, DecoderKind, DecoderOutput, Memory, MultiBranchFusion, ParseDecoder, Queries,
+};
 use crate::position::PaddingMask;
+use crate::prediction_heads::{Heads, LayerPredictions};
 use crate::text::{RobertaConfig, RobertaModel};
 use crate::weights::Loader;
 
@@ -231,13 +233,30 @@ impl RlipParSeDa {
         let d = cfg.hidden_dim;
         let dec = cfg.decoder();
         let backbone = Backbone::load(ld, "backbone.0.body", &cfg.backbone);
-        let input_proj =
-            InputProjections::load(ld, &cfg.backbone.out_channels(), cfg.num_feature_levels, d, cfg.backbone.pos_offset());
+        let input_proj = InputProjections::load(
+            ld,
+            &cfg.backbone.out_channels(),
+            cfg.num_feature_levels,
+            d,
+            cfg.backbone.pos_offset(),
+        );
         let text_encoder = RobertaModel::load(ld, "transformer.text_encoder", &cfg.text);
         let encoder = AlifEncoder::load(ld, &cfg.alif());
-        let ho_decoder = ParseDecoder::load(ld, "transformer.ho_decoder", &dec, DecoderKind::SubjectObject);
-        let verb_decoder = ParseDecoder::load(ld, "transformer.verb_decoder", &dec, DecoderKind::Relation);
-        let verb_tgt_generator = MultiBranchFusion::load(ld, "transformer.verb_tgt_generator", d, d, cfg.mbf_cardinality);
+        let ho_decoder = ParseDecoder::load(
+            ld,
+            "transformer.ho_decoder",
+            &dec,
+            DecoderKind::SubjectObject,
+        );
+        let verb_decoder =
+            ParseDecoder::load(ld, "transformer.verb_decoder", &dec, DecoderKind::Relation);
+        let verb_tgt_generator = MultiBranchFusion::load(
+            ld,
+            "transformer.verb_tgt_generator",
+            d,
+            d,
+            cfg.mbf_cardinality,
+        );
         let queries = Queries::load(ld, cfg.num_queries, d);
         let heads = Heads::load(ld, d, cfg.dec_layers);
         Self {
@@ -256,22 +275,42 @@ impl RlipParSeDa {
     }
 
     /// Encodes tokenised labels (`[L, T]` ids and attention mask) into pooled features.
-    pub fn encode_labels(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>, n_obj: usize) -> LabelFeatures {
-        LabelFeatures { pooled: self.text_encoder.pooled(input_ids, attention_mask), n_obj }
+    pub fn encode_labels(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+        n_obj: usize,
+    ) -> LabelFeatures {
+        LabelFeatures {
+            pooled: self.text_encoder.pooled(input_ids, attention_mask),
+            n_obj,
+        }
     }
 
     /// Runs the model on a zero-padded image batch `[B, 3, H, W]` with its padding `mask`.
-    pub fn forward(&self, images: Tensor<4>, mask: &PaddingMask, labels: &LabelFeatures) -> RlipOutput {
+    pub fn forward(
+        &self,
+        images: Tensor<4>,
+        mask: &PaddingMask,
+        labels: &LabelFeatures,
+    ) -> RlipOutput {
         let device = images.device();
         let b = mask.batch;
         let feats = self.backbone.forward(images);
         let ms = self.input_proj.forward(&feats, mask);
         let [l, dt] = labels.pooled.dims();
         let lang = labels.pooled.clone().reshape([1, l, dt]).expand([b, l, dt]);
-        let text_mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b * l], [b, l]), &device);
+        let text_mask =
+            Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b * l], [b, l]), &device);
         let (enc, trace) = self.encoder.forward_traced(&ms, lang, text_mask);
 
-        let ratios: Vec<f32> = ms.valid_ratios.iter().flatten().flatten().copied().collect();
+        let ratios: Vec<f32> = ms
+            .valid_ratios
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
         let n_levels = ms.shapes.len();
         let mem = Memory {
             src: enc.memory.clone(),
@@ -283,24 +322,52 @@ impl RlipParSeDa {
         let p = q / 2;
         let d = self.queries.tgt.dims()[1];
         let anchors = burn::tensor::activation::sigmoid(self.queries.anchors.val());
-        let anchor = |r: std::ops::Range<usize>| anchors.clone().slice(s![r]).reshape([1, p, 4]).expand([b, p, 4]);
+        let anchor = |r: std::ops::Range<usize>| {
+            anchors
+                .clone()
+                .slice(s![r])
+                .reshape([1, p, 4])
+                .expand([b, p, 4])
+        };
         let (sub0, obj0) = (anchor(0..p), anchor(p..q));
         let tgt = self.queries.tgt.val().reshape([1, q, d]).expand([b, q, d]);
         let n = self.dec_layers;
-        let ho = self.ho_decoder.forward(tgt, (sub0.clone(), obj0.clone()), &mem, &self.heads.box_heads(false, n));
+        let ho = self.ho_decoder.forward(
+            tgt,
+            (sub0.clone(), obj0.clone()),
+            &mem,
+            &self.heads.box_heads(false, n),
+        );
 
         let last = ho.hs[n - 1].clone();
-        let mbf = self.verb_tgt_generator.forward(last.clone().slice(s![.., 0..p]), last.slice(s![.., p..q]));
+        let mbf = self
+            .verb_tgt_generator
+            .forward(last.clone().slice(s![.., 0..p]), last.slice(s![.., p..q]));
         let vt = self.queries.verb_tgt.val();
-        let verb_tgt = mbf.clone() + (vt.clone().slice(s![0..p]) + vt.slice(s![p..q])).reshape([1, p, d]);
-        let verb = self.verb_decoder.forward(verb_tgt.clone(), ho.refs[n - 1].clone(), &mem, &self.heads.box_heads(true, n));
+        let verb_tgt =
+            mbf.clone() + (vt.clone().slice(s![0..p]) + vt.slice(s![p..q])).reshape([1, p, d]);
+        let verb = self.verb_decoder.forward(
+            verb_tgt.clone(),
+            ho.refs[n - 1].clone(),
+            &mem,
+            &self.heads.box_heads(true, n),
+        );
 
         let [rounds, n_text, _, d_text] = enc.text_resized.dims();
         let layers = (0..n)
             .map(|lvl| {
-                let (a_sub, a_obj) = if lvl == 0 { (sub0.clone(), obj0.clone()) } else { ho.refs[lvl - 1].clone() };
+                let (a_sub, a_obj) = if lvl == 0 {
+                    (sub0.clone(), obj0.clone())
+                } else {
+                    ho.refs[lvl - 1].clone()
+                };
                 let r = lvl.min(rounds - 1);
-                let text = enc.text_resized.clone().slice(s![r..r + 1]).reshape([n_text, b, d_text]).swap_dims(0, 1);
+                let text = enc
+                    .text_resized
+                    .clone()
+                    .slice(s![r..r + 1])
+                    .reshape([n_text, b, d_text])
+                    .swap_dims(0, 1);
                 let hs = ho.hs[lvl].clone();
                 self.heads.predict(
                     lvl,

@@ -65,12 +65,18 @@ impl Fixture {
     pub fn open(dir: impl AsRef<Path>) -> Self {
         let dir = dir.as_ref().to_path_buf();
         let manifest: Value = serde_json::from_slice(
-            &std::fs::read(dir.join("manifest.json")).unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
+            &std::fs::read(dir.join("manifest.json"))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
         )
         .expect("manifest.json");
         let inputs = st::read(&dir.join("inputs.safetensors")).expect("inputs");
         let outputs = st::read(&dir.join("outputs.safetensors")).expect("outputs");
-        Self { dir, manifest, inputs, outputs }
+        Self {
+            dir,
+            manifest,
+            inputs,
+            outputs,
+        }
     }
 
     /// Opens `golden_root()/name`.
@@ -80,24 +86,31 @@ impl Fixture {
 
     /// An input tensor.
     pub fn input(&self, key: &str) -> &RawTensor {
-        self.inputs.get(key).unwrap_or_else(|| panic!("fixture input {key} missing"))
+        self.inputs
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture input {key} missing"))
     }
 
     /// A stored output (full key, e.g. `f64/backbone.feat0`).
     pub fn output(&self, key: &str) -> &RawTensor {
-        self.outputs.get(key).unwrap_or_else(|| panic!("fixture output {key} missing"))
+        self.outputs
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture output {key} missing"))
     }
 
     /// The manifest entry of output `name` (from `outputs` or `postprocess`), if stored.
     pub fn find(&self, name: &str) -> Option<&Value> {
         ["outputs", "postprocess"].iter().find_map(|list| {
-            self.manifest[*list].as_array().and_then(|a| a.iter().find(|e| e["name"] == name))
+            self.manifest[*list]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == name))
         })
     }
 
     /// The manifest entry of output `name`.
     pub fn entry(&self, name: &str) -> &Value {
-        self.find(name).unwrap_or_else(|| panic!("no manifest entry for {name}"))
+        self.find(name)
+            .unwrap_or_else(|| panic!("no manifest entry for {name}"))
     }
 
     /// Whether the fixture stores output `name`.
@@ -110,16 +123,30 @@ impl Fixture {
         let e = self.entry(name);
         let max_abs = e["f32_vs_f64"]["max_abs"].as_f64().unwrap_or(0.0);
         let max_ref = e["f32_vs_f64"]["max_ref"].as_f64().unwrap_or(1.0);
-        if max_abs > 0.0 { 10.0 * max_abs } else { 1e-7 * max_ref.max(1.0) }
+        if max_abs > 0.0 {
+            10.0 * max_abs
+        } else {
+            1e-7 * max_ref.max(1.0)
+        }
     }
 
     /// Compares full-size `values` of `shape` with the stored f64 reference of `name`,
     /// applying the entry's subsampling.
     pub fn check_values(&self, name: &str, shape: &[usize], values: &[f32]) -> Check {
         let e = self.entry(name);
-        let full: Vec<usize> =
-            e["full_shape"].as_array().expect("full_shape").iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        assert_eq!(shape, &full[..], "{name}: shape {shape:?}, fixture full shape {full:?}");
+        let full: Vec<usize> = e
+            .get("full_shape")
+            .or_else(|| e.get("shape"))
+            .and_then(Value::as_array)
+            .expect("full_shape")
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            shape,
+            &full[..],
+            "{name}: shape {shape:?}, fixture full shape {full:?}"
+        );
         let (sub, stored) = match e.get("subsample") {
             Some(s) if !s.is_null() => {
                 let axis = s["axis"].as_u64().unwrap() as usize;
@@ -136,22 +163,40 @@ impl Fixture {
         let mut max_ref: f64 = 0.0;
         for (a, b) in stored.iter().zip(&r) {
             let d = (*a as f64 - b).abs();
-            max_abs = if d.is_nan() { f64::INFINITY } else { max_abs.max(d) };
+            max_abs = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                max_abs.max(d)
+            };
             max_ref = max_ref.max(b.abs());
         }
-        Check { name: name.to_string(), max_abs, rel: max_abs / max_ref.max(1e-30), tol: self.tolerance(name) }
+        Check {
+            name: name.to_string(),
+            max_abs,
+            rel: max_abs / max_ref.max(1e-30),
+            tol: self.tolerance(name),
+        }
     }
 
     /// Compares a tensor with the stored f64 reference of `name`.
     pub fn check<const D: usize>(&self, name: &str, t: Tensor<D>) -> Check {
         let shape = t.dims().to_vec();
-        let v = t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 data");
         self.check_values(name, &shape, &v)
     }
 }
 
 /// `full[..., ::step along axis, ...]`.
-pub fn subsample(shape: &[usize], values: &[f32], axis: usize, step: usize) -> (Vec<usize>, Vec<f32>) {
+pub fn subsample(
+    shape: &[usize],
+    values: &[f32],
+    axis: usize,
+    step: usize,
+) -> (Vec<usize>, Vec<f32>) {
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
     let n = shape[axis];
@@ -173,6 +218,10 @@ pub fn assert_all(checks: &[Check]) {
     for c in checks {
         println!("{c}");
     }
-    let failed: Vec<_> = checks.iter().filter(|c| !c.pass()).map(|c| c.name.as_str()).collect();
+    let failed: Vec<_> = checks
+        .iter()
+        .filter(|c| !c.pass())
+        .map(|c| c.name.as_str())
+        .collect();
     assert!(failed.is_empty(), "outputs outside tolerance: {failed:?}");
 }

@@ -71,8 +71,12 @@ pub fn generate(manifest: &Value, keep: impl Fn(&str) -> bool) -> StateDict {
         if !keep(key) {
             continue;
         }
-        let shape: Vec<usize> =
-            e["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = e["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         let n: usize = shape.iter().product();
         if e.get("natural").and_then(Value::as_bool) == Some(true) {
             let vals: Vec<i64> = if key.ends_with("position_ids") {
@@ -89,7 +93,10 @@ pub fn generate(manifest: &Value, keep: impl Fn(&str) -> bool) -> StateDict {
         let canon = e.get("alias_of").and_then(Value::as_str).unwrap_or(key);
         let center = e["center"].as_f64().expect("center");
         let amp = e["amp"].as_f64().expect("amp");
-        sd.insert(key, RawTensor::from_f32(shape, &splitmix_values(canon, seed_xor, center, amp, n)));
+        sd.insert(
+            key,
+            RawTensor::from_f32(shape, &splitmix_values(canon, seed_xor, center, amp, n)),
+        );
     }
     sd
 }

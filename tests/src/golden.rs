@@ -22,10 +22,27 @@ pub struct Unsupported(pub String);
 /// The backbone configuration named in the fixture's `args_subset`.
 pub fn backbone_config(fx: &Fixture) -> Result<BackboneConfig, Unsupported> {
     let args = fx.manifest["args_subset"].to_string();
-    let name = ["resnet18", "resnet34", "resnet50", "resnet101", "swin_tiny", "swin_small", "swin_base", "swin_large"]
-        .into_iter()
-        .find(|n| args.contains(&format!("'backbone': '{n}'")) || args.contains(&format!("\"backbone\":\"{n}\"")))
-        .ok_or_else(|| Unsupported(format!("{}: unknown backbone in args_subset", fx.dir.display())))?;
+    let name = [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "swin_tiny",
+        "swin_small",
+        "swin_base",
+        "swin_large",
+    ]
+    .into_iter()
+    .find(|n| {
+        args.contains(&format!("'backbone': '{n}'"))
+            || args.contains(&format!("\"backbone\":\"{n}\""))
+    })
+    .ok_or_else(|| {
+        Unsupported(format!(
+            "{}: unknown backbone in args_subset",
+            fx.dir.display()
+        ))
+    })?;
     Ok(match name {
         "resnet18" => BackboneConfig::ResNet(ResNetConfig::resnet18()),
         "resnet34" => BackboneConfig::ResNet(ResNetConfig::resnet34()),
@@ -53,9 +70,21 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
     let mut ld = Loader::new(&sd, device, fx.dir.display().to_string());
     let backbone = Backbone::load(&mut ld, "backbone.0.body", &cfg);
     let proj = InputProjections::load(&mut ld, &cfg.out_channels(), 4, 256, cfg.pos_offset());
-    let msda = MsdaConfig { d_model: 256, n_levels: 4, n_heads: 8, n_points: 4 };
+    let msda = MsdaConfig {
+        d_model: 256,
+        n_levels: 4,
+        n_heads: 8,
+        n_points: 4,
+    };
     let layers: Vec<EncoderLayer> = (0..6)
-        .map(|i| EncoderLayer::load(&mut ld, &format!("transformer.encoder.layers.{i}"), msda, 2048))
+        .map(|i| {
+            EncoderLayer::load(
+                &mut ld,
+                &format!("transformer.encoder.layers.{i}"),
+                msda,
+                2048,
+            )
+        })
         .collect();
     let report = ld.finish().map_err(|e| Unsupported(e.to_string()))?;
     assert!(report.is_clean(), "{report}");
@@ -76,10 +105,18 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
     }
 
     let shapes = fx.output("common/meta.spatial_shapes").to_i64();
-    let ours: Vec<i64> = ms.shapes.iter().flat_map(|[h, w]| [*h as i64, *w as i64]).collect();
+    let ours: Vec<i64> = ms
+        .shapes
+        .iter()
+        .flat_map(|[h, w]| [*h as i64, *w as i64])
+        .collect();
     assert_eq!(ours, shapes, "spatial shapes");
     let starts: Vec<i64> = ms.level_start.iter().map(|&s| s as i64).collect();
-    assert_eq!(starts, fx.output("common/meta.level_start_index").to_i64(), "level starts");
+    assert_eq!(
+        starts,
+        fx.output("common/meta.level_start_index").to_i64(),
+        "level starts"
+    );
     let flat: Vec<i64> = (0..b)
         .flat_map(|i| {
             ms.masks.iter().flat_map(move |m| {
@@ -88,17 +125,38 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
             })
         })
         .collect();
-    assert_eq!(flat, fx.output("common/meta.mask_flat").to_i64(), "flattened mask");
+    assert_eq!(
+        flat,
+        fx.output("common/meta.mask_flat").to_i64(),
+        "flattened mask"
+    );
     for l in 0..3 {
         let m: Vec<i64> = ms.masks[l].data.iter().map(|&x| x as i64).collect();
-        assert_eq!(m, fx.output(&format!("common/meta.backbone_mask{l}")).to_i64(), "mask {l}");
+        assert_eq!(
+            m,
+            fx.output(&format!("common/meta.backbone_mask{l}")).to_i64(),
+            "mask {l}"
+        );
     }
-    let ratios: Vec<f32> = ms.valid_ratios.iter().flatten().flatten().copied().collect();
-    assert_eq!(ratios, fx.output("f32/meta.valid_ratios").to_f32(), "valid ratios");
+    let ratios: Vec<f32> = ms
+        .valid_ratios
+        .iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .collect();
+    assert_eq!(
+        ratios,
+        fx.output("f32/meta.valid_ratios").to_f32(),
+        "valid ratios"
+    );
 
     let last = *ms.level_start.last().expect("levels");
     let s_total = ms.src.dims()[1];
-    checks.push(fx.check("encoder.pos_flat_last", ms.pos.clone().slice(s![.., last..s_total])));
+    checks.push(fx.check(
+        "encoder.pos_flat_last",
+        ms.pos.clone().slice(s![.., last..s_total]),
+    ));
 
     // The encoder needs the fused tokens of all three rounds (batch-2 fixtures store round 0 only).
     if !(0..3).all(|k| fx.has(&format!("alif.vis_fused{k}"))) {
@@ -108,15 +166,26 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
     let mut src = ms.src.clone();
     for (i, layer) in layers.iter().enumerate() {
         if i % 2 == 0 {
-            let fused = fx.output(&format!("f64/alif.vis_fused{}", i / 2)).to_tensor::<3>(device);
+            let fused = fx
+                .output(&format!("f64/alif.vis_fused{}", i / 2))
+                .to_tensor::<3>(device);
             src = src.slice_assign(s![.., last..s_total], fused);
         }
-        src = layer.forward(src, ms.pos.clone(), reference.clone(), &ms.shapes, ms.mask_flat.clone());
+        src = layer.forward(
+            src,
+            ms.pos.clone(),
+            reference.clone(),
+            &ms.shapes,
+            ms.mask_flat.clone(),
+        );
         if fx.has(&format!("encoder.layer_out{i}")) {
             checks.push(fx.check(&format!("encoder.layer_out{i}"), src.clone()));
         }
         if fx.has(&format!("encoder.layer_out_last{i}")) {
-            checks.push(fx.check(&format!("encoder.layer_out_last{i}"), src.clone().slice(s![.., last..s_total])));
+            checks.push(fx.check(
+                &format!("encoder.layer_out_last{i}"),
+                src.clone().slice(s![.., last..s_total]),
+            ));
         }
     }
     checks.push(fx.check("encoder.memory", src));
@@ -128,7 +197,12 @@ pub fn model_config(fx: &Fixture) -> Result<rlip_model::rlip::RlipConfig, Unsupp
     let mut cfg = rlip_model::rlip::RlipConfig::r50();
     cfg.backbone = backbone_config(fx)?;
     let args = fx.manifest["args_subset"].to_string();
-    if let Some(q) = args.split("'num_queries': ").nth(1).and_then(|s| s.split(',').next()).and_then(|s| s.trim().parse().ok()) {
+    if let Some(q) = args
+        .split("'num_queries': ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+    {
         cfg.num_queries = q;
     }
     Ok(cfg)
@@ -185,7 +259,11 @@ pub fn model_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsuppo
     }
     let n = out.layers.len();
     for (lvl, p) in out.layers.iter().enumerate() {
-        let prefix = if lvl + 1 == n { String::new() } else { format!("aux{lvl}.") };
+        let prefix = if lvl + 1 == n {
+            String::new()
+        } else {
+            format!("aux{lvl}.")
+        };
         push3(&format!("{prefix}pred_sub_logits"), p.sub_logits.clone());
         push3(&format!("{prefix}pred_obj_logits"), p.obj_logits.clone());
         push3(&format!("{prefix}pred_verb_logits"), p.verb_logits.clone());
@@ -203,7 +281,12 @@ pub fn model_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsuppo
     push4("ho.ref_input0", out.ho.ref_input[0].clone());
     push4("verb.ref_input0", out.verb.ref_input[0].clone());
     let refs = |r: &[(Tensor<3>, Tensor<3>)]| -> Tensor<5> {
-        Tensor::stack(r.iter().map(|(s, o)| Tensor::stack::<4>(vec![s.clone(), o.clone()], 0)).collect(), 0)
+        Tensor::stack(
+            r.iter()
+                .map(|(s, o)| Tensor::stack::<4>(vec![s.clone(), o.clone()], 0))
+                .collect(),
+            0,
+        )
     };
     if fx.has("ho.refs") {
         checks.push(fx.check("ho.refs", refs(&out.ho.refs)));
@@ -215,5 +298,120 @@ pub fn model_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsuppo
         let (s, o) = out.ho.refs[n - 1].clone();
         checks.push(fx.check("verb.ref_in", Tensor::stack::<4>(vec![s, o], 0)));
     }
+    if fx.has("post.boxes") {
+        checks.extend(postprocess_checks(fx, &out));
+    }
     Ok(checks)
+}
+
+/// Post-processing of the final outputs against the fixture's `post.*` (official
+/// `PostProcessHOI`) and `hico.top100.*` / `hico.nms.*` (the HICO evaluator's prediction side).
+/// Labels and ids must be equal; boxes and scores are compared with the README tolerance, and
+/// the candidate lists as sets keyed by (subject, object, verb), since adjacent scores can differ
+/// by less than the float32 error. Returns the value checks; structural mismatches panic.
+pub fn postprocess_checks(fx: &Fixture, out: &rlip_model::rlip::RlipOutput) -> Vec<Check> {
+    use rlip_train::eval::CorrectMat;
+    use rlip_train::eval::hico::hico_candidates;
+    use rlip_train::eval::postprocess::{PostProcessHoiConfig, RawOutputs, postprocess_hoi};
+
+    let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+    let last = out.layers.last().expect("layers");
+    let [b, p, c] = last.obj_logits.dims();
+    let v = last.verb_logits.dims()[2];
+    let (obj, verb) = (
+        host(last.obj_logits.clone()),
+        host(last.verb_logits.clone()),
+    );
+    let (sb, ob) = (host(last.sub_boxes.clone()), host(last.obj_boxes.clone()));
+    let raw = RawOutputs {
+        batch: b,
+        queries: p,
+        obj_logits: &obj,
+        num_obj_logits: c,
+        sub_logits: None,
+        num_sub_logits: 0,
+        verb_logits: &verb,
+        num_verbs: v,
+        sub_boxes: &sb,
+        obj_boxes: &ob,
+    };
+    let sizes: Vec<[i64; 2]> = fx
+        .input("orig_size")
+        .to_i64()
+        .chunks(2)
+        .map(|s| [s[0], s[1]])
+        .collect();
+    let preds =
+        postprocess_hoi(&raw, &sizes, &PostProcessHoiConfig::default()).expect("postprocess");
+    let pred = &preds[0];
+    let mut checks = Vec::new();
+    assert_eq!(
+        pred.labels,
+        fx.output("f64/post.labels").to_i64(),
+        "post.labels"
+    );
+    let ids = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&pred.sub_ids),
+        fx.output("f64/post.sub_ids").to_i64(),
+        "post.sub_ids"
+    );
+    assert_eq!(
+        ids(&pred.obj_ids),
+        fx.output("f64/post.obj_ids").to_i64(),
+        "post.obj_ids"
+    );
+    let boxes: Vec<f32> = pred.boxes.iter().flatten().copied().collect();
+    checks.push(fx.check_values("post.boxes", &[pred.boxes.len(), 4], &boxes));
+    checks.push(fx.check_values(
+        "post.verb_scores",
+        &[pred.num_pairs(), v],
+        &pred.verb_scores,
+    ));
+
+    let corre = CorrectMat::load(
+        crate::fixture::golden_root().join("eval/hico_eval/default_40img/corre_hico.npy"),
+    )
+    .expect("corre_hico.npy");
+    for (name, nms) in [("hico.top100", None), ("hico.nms", Some((0.7, 1.0, 0.5)))] {
+        let kept = hico_candidates(pred, &corre, 100, nms).expect("candidates");
+        let want_s = fx.output(&format!("f64/{name}.subject_id")).to_i64();
+        let want_o = fx.output(&format!("f64/{name}.object_id")).to_i64();
+        let want_c = fx.output(&format!("f64/{name}.category_id")).to_i64();
+        let want_score = fx.output(&format!("f64/{name}.score")).to_f64();
+        let mut want: Vec<((i64, i64, i64), f64)> = (0..want_s.len())
+            .map(|i| ((want_s[i], want_o[i], want_c[i]), want_score[i]))
+            .collect();
+        let mut got: Vec<((i64, i64, i64), f64)> = kept
+            .iter()
+            .map(|k| {
+                (
+                    (k.subject_id as i64, k.object_id as i64, k.verb as i64),
+                    k.score as f64,
+                )
+            })
+            .collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let wk: Vec<_> = want.iter().map(|w| w.0).collect();
+        let gk: Vec<_> = got.iter().map(|g| g.0).collect();
+        assert_eq!(gk, wk, "{name}: kept (subject, object, verb) sets differ");
+        let scores: Vec<f32> = got.iter().map(|g| g.1 as f32).collect();
+        // compare in the fixture's (sorted-by-key) order
+        let key_order: Vec<f64> = want.iter().map(|w| w.1).collect();
+        let tol = fx.tolerance(&format!("{name}.score"));
+        let max_abs = scores
+            .iter()
+            .zip(&key_order)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        let max_ref = key_order.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        checks.push(Check {
+            name: format!("{name}.score"),
+            max_abs,
+            rel: max_abs / max_ref,
+            tol,
+        });
+    }
+    checks
 }

@@ -35,7 +35,11 @@ impl Outputs {
     /// Records tensor `t` under `name`.
     pub fn push<const D: usize>(&mut self, name: &str, t: Tensor<D>) {
         let shape = t.dims().to_vec();
-        let v = t.into_data().convert::<f32>().try_to_vec::<f32>().expect("float data");
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("float data");
         self.0.push((name.to_string(), shape, v));
     }
 }
@@ -48,7 +52,9 @@ pub fn devices() -> Vec<(BackendKind, Device)> {
         .into_iter()
         .filter(|b| {
             *b == BackendKind::Flex
-                || only.as_deref().is_none_or(|o| o.split(',').any(|x| x.trim() == b.feature()))
+                || only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|x| x.trim() == b.feature()))
         })
         .filter(|b| *b != BackendKind::Cuda || std::env::var("RLIP_PARITY_CUDA").is_ok())
         .map(|b| (b, rlip_backends::device(b, None).expect("compiled backend")))
@@ -59,15 +65,26 @@ pub fn devices() -> Vec<(BackendKind, Device)> {
 /// if any output of any backend is outside `tol` (or has another shape).
 pub fn run_parity(name: &str, tol: Tol, body: impl Fn(&Device, &mut Outputs)) {
     let devs = devices();
-    assert_eq!(devs.first().map(|d| d.0), Some(BackendKind::Flex), "flex must be compiled in");
+    assert_eq!(
+        devs.first().map(|d| d.0),
+        Some(BackendKind::Flex),
+        "flex must be compiled in"
+    );
     let mut reference = Outputs::default();
     body(&devs[0].1, &mut reference);
     let mut failures = Vec::new();
-    println!("parity {name}: tolerance abs {:.1e} + rel {:.1e}", tol.abs, tol.rel);
+    println!(
+        "parity {name}: tolerance abs {:.1e} + rel {:.1e}",
+        tol.abs, tol.rel
+    );
     for (kind, dev) in &devs[1..] {
         let mut got = Outputs::default();
         body(dev, &mut got);
-        assert_eq!(got.0.len(), reference.0.len(), "{name}/{kind}: number of outputs");
+        assert_eq!(
+            got.0.len(),
+            reference.0.len(),
+            "{name}/{kind}: number of outputs"
+        );
         for ((n, s, v), (_, rs, rv)) in got.0.iter().zip(&reference.0) {
             if s != rs {
                 failures.push(format!("{kind}/{n}: shape {s:?} vs flex {rs:?}"));
@@ -104,7 +121,11 @@ macro_rules! parity_test {
     ($name:ident, $tol:expr, |$dev:ident, $out:ident| $body:block) => {
         #[test]
         fn $name() {
-            $crate::run_parity(stringify!($name), $tol, |$dev: &burn::prelude::Device, $out: &mut $crate::Outputs| $body);
+            $crate::run_parity(
+                stringify!($name),
+                $tol,
+                |$dev: &burn::prelude::Device, $out: &mut $crate::Outputs| $body,
+            );
         }
     };
 }

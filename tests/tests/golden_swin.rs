@@ -23,8 +23,11 @@ fn swint_backbone_matches_official() {
     let image = fx.input("image").to_tensor::<4>(&device);
     let feats = swin.forward(image);
     assert_eq!(feats.len(), 3);
-    let checks: Vec<Check> =
-        feats.into_iter().enumerate().map(|(i, f)| fx.check(&format!("backbone.feat{i}"), f)).collect();
+    let checks: Vec<Check> = feats
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| fx.check(&format!("backbone.feat{i}"), f))
+        .collect();
     assert_all(&checks);
 }
 
@@ -49,13 +52,21 @@ fn small_swin_shapes_on_ragged_input() {
     assert!(report.applied.is_empty());
 
     // 2 × 3 × 23 × 37: patch 2 → 12 × 19; stages 12×19, 6×10, 3×5, 2×3.
-    let x = Tensor::<4>::random([2, 3, 23, 37], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [2, 3, 23, 37],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let feats = swin.forward(x);
     let dims: Vec<[usize; 4]> = feats.iter().map(|f| f.dims()).collect();
     assert_eq!(dims, vec![[2, 16, 6, 10], [2, 32, 3, 5], [2, 64, 2, 3]]);
     assert_eq!(swin.out_channels(), vec![16, 32, 64]);
     for f in feats {
-        let v = f.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+        let v = f
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 data");
         assert!(v.iter().all(|x| x.is_finite()), "non-finite output");
     }
 }

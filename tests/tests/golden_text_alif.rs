@@ -9,11 +9,12 @@ use burn::prelude::*;
 use rlip_model::alif::{AlifConfig, AlifEncoder};
 use rlip_model::backbone::Backbone;
 use rlip_model::encoder::{InputProjections, MultiScale};
+use rlip_model::msda::MsdaConfig;
 use rlip_model::position::PaddingMask;
 use rlip_model::text::{
-    LabelTokenizer, RobertaConfig, RobertaEmbeddings, RobertaModel, TextCache, TokenizerError,
+    ConfigError, LabelTokenizer, RobertaConfig, RobertaEmbeddings, RobertaModel, TextCache,
+    TokenizerError,
 };
-use rlip_model::weights::layers::{ConvSpec, conv2d};
 use rlip_model::weights::{Loader, StateDict};
 use rlip_tests::fixture::{assert_all, golden_root};
 use rlip_tests::golden::backbone_config;
@@ -71,6 +72,25 @@ fn tokenizer_reproduces_fixture_ids() {
 
     let from_dir = LabelTokenizer::from_dir(&dir).expect("from_dir");
     assert_eq!(from_dir.batch_encode(&labels(&fx)).expect("encode"), batch);
+
+    // The same tokenizer through a HuggingFace tokenizer.json.
+    let tmp = std::env::temp_dir().join(format!("rlip-tokjson-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let json = tmp.join("tokenizer.json");
+    tok.save(&json).expect("save");
+    let reloaded = LabelTokenizer::from_dir(&tmp).expect("tokenizer.json");
+    assert_eq!(reloaded.batch_encode(&labels(&fx)).expect("encode"), batch);
+
+    // Without the RoBERTa post-processor the ids would silently lack <s> … </s>.
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    v["post_processor"] = Value::Null;
+    std::fs::write(&json, v.to_string()).unwrap();
+    let e = LabelTokenizer::from_tokenizer_json(&json).unwrap_err();
+    assert!(
+        matches!(e, TokenizerError::Malformed { ref path, .. } if path == &json),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&tmp).ok();
 }
 
 #[test]
@@ -287,6 +307,21 @@ fn text_cache_encodes_each_label_list_once() {
         ),
         "{e}"
     );
+    let small = tiny_model(&device, 64);
+    let e = TextCache::new()
+        .get_or_encode(&["person"], &tok, &small, &device)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TokenizerError::IdOutOfRange {
+                index: 0,
+                id: 5970,
+                vocab: 64
+            }
+        ),
+        "{e}"
+    );
     let none: [&str; 0] = [];
     assert!(matches!(
         cache.get_or_encode(&none, &tok, &m, &device),
@@ -306,80 +341,10 @@ fn is_alif_input(k: &str) -> bool {
         || k.starts_with("transformer.resizer.")
 }
 
-/// GroupNorm(32) of `x` `[B, C, H, W]` with the means taken as blocked (two-stage) f32 sums.
-///
-/// TODO(encoder.rs): `burn::nn::GroupNorm` on flex sums each group (26 k values on the padded
-/// batch-2 level 0) in one f32 run; its `input_proj0` error is 4.6e-5 against the official 7.9e-6,
-/// and the padded batch's `encoder.memory` then misses its tolerance (1.3e-4 > 1.15e-4). With
-/// this blocked sum it is 7.0e-6 and the memory 9.8e-6. Drop this once the projections use it.
-fn blocked_group_norm(x: Tensor<4>, gamma: &[f32], beta: &[f32]) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let device = x.device();
-    let n = c / 32 * h * w;
-    let k = 64;
-    let padded = n.div_ceil(k) * k;
-    let mean = |t: Tensor<3>| {
-        let t = Tensor::cat(vec![t, Tensor::zeros([b, 32, padded - n], &device)], 2);
-        t.reshape([b, 32, padded / k, k])
-            .sum_dim(3)
-            .sum_dim(2)
-            .reshape([b, 32, 1])
-            .div_scalar(n as f64)
-    };
-    let x = x.reshape([b, 32, n]);
-    let xc = x.clone() - mean(x);
-    let var = mean(xc.clone().square());
-    let affine = |v: &[f32]| {
-        Tensor::<1>::from_data(TensorData::new(v.to_vec(), [c]), &device).reshape([1, c, 1, 1])
-    };
-    (xc / (var + 1e-5).sqrt()).reshape([b, c, h, w]) * affine(gamma) + affine(beta)
-}
-
-/// The four input projections (`input_proj.{l}`) with [`blocked_group_norm`], flattened into
-/// `ms.maps` / `ms.src` in place of the module's own.
-fn reproject_blocked(
-    ms: &mut MultiScale,
-    sd: &StateDict,
-    feats: &[Tensor<4>],
-    in_channels: [usize; 3],
-    device: &Device,
-) {
-    let mut ld = Loader::new(sd, device, "input_proj").allow_partial(true);
-    // Level 3 is the strided conv on the raw last backbone map.
-    let raw_last = feats[2].clone();
-    let mut flat = Vec::new();
-    for l in 0..4 {
-        let (input, spec) = if l < 3 {
-            (
-                feats[l].clone(),
-                ConvSpec::new(in_channels[l], 256, 1, 1, 0, true),
-            )
-        } else {
-            (
-                raw_last.clone(),
-                ConvSpec::new(in_channels[2], 256, 3, 2, 1, true),
-            )
-        };
-        let y = conv2d(&mut ld, &format!("input_proj.{l}.0"), spec).forward(input);
-        let g = sd
-            .get(&format!("input_proj.{l}.1.weight"))
-            .expect("gn weight")
-            .to_f32();
-        let b = sd
-            .get(&format!("input_proj.{l}.1.bias"))
-            .expect("gn bias")
-            .to_f32();
-        let m = blocked_group_norm(y, &g, &b);
-        flat.push(m.clone().flatten::<3>(2, 3).swap_dims(1, 2));
-        ms.maps[l] = m;
-    }
-    ms.src = Tensor::cat(flat, 1);
-}
-
 /// Runs image → backbone → input projections → ALIF with the official pooled label features
 /// (`f64/text.pooled`, from `pooled_from` when the fixture does not store them) and compares every
-/// stored ALIF and encoder output. `blocked_gn` swaps in [`reproject_blocked`].
-fn alif_checks(name: &str, pooled_from: &str, blocked_gn: bool) -> Vec<Check> {
+/// stored ALIF and encoder output.
+fn alif_checks(name: &str, pooled_from: &str) -> Vec<Check> {
     let fx = Fixture::named(name);
     let device = device();
     let bcfg = backbone_config(&fx).expect("backbone");
@@ -395,17 +360,9 @@ fn alif_checks(name: &str, pooled_from: &str, blocked_gn: bool) -> Vec<Check> {
     let pm = fx.input("pixel_mask");
     let (b, h, w) = (pm.shape[0], pm.shape[1], pm.shape[2]);
     let feats = backbone.forward(image);
-    let mut ms = proj.forward(&feats, &PaddingMask::from_u8(b, h, w, &pm.bytes));
-    let mut checks = Vec::new();
-    if blocked_gn {
-        reproject_blocked(&mut ms, &sd, &feats, bcfg.out_channels(), &device);
-        for (l, m) in ms.maps.iter().enumerate() {
-            let mut c = fx.check(&format!("input_proj{l}"), m.clone());
-            c.name = format!("input_proj{l} (blocked GN)");
-            checks.push(c);
-        }
-    }
+    let ms = proj.forward(&feats, &PaddingMask::from_u8(b, h, w, &pm.bytes));
     drop(sd);
+    let mut checks = Vec::new();
 
     let src = if name == pooled_from {
         &fx
@@ -453,41 +410,196 @@ fn alif_checks(name: &str, pooled_from: &str, blocked_gn: bool) -> Vec<Check> {
 
 #[test]
 fn alif_r50_batch1_matches_official() {
-    assert_all(&alif_checks(
-        "rlipv2_parseda_r50",
-        "rlipv2_parseda_r50",
-        false,
-    ));
+    assert_all(&alif_checks("rlipv2_parseda_r50", "rlipv2_parseda_r50"));
 }
 
 /// The padded batch, where the unmasked bi-attention lets padded image tokens into the fusion.
-/// Runs on projections with blocked GroupNorm sums (see [`blocked_group_norm`]).
 #[test]
 fn alif_r50_batch2_padded_matches_official() {
     assert_all(&alif_checks(
         "rlipv2_parseda_r50_batch2",
         "rlipv2_parseda_r50",
-        true,
-    ));
-}
-
-/// The same through the model's own input projections; fails on `encoder.memory` until
-/// `encoder.rs` sums GroupNorm statistics more accurately (see [`blocked_group_norm`]).
-#[test]
-#[ignore = "input_proj GroupNorm f32 summation error (encoder.rs), see blocked_group_norm"]
-fn alif_r50_batch2_padded_end_to_end() {
-    assert_all(&alif_checks(
-        "rlipv2_parseda_r50_batch2",
-        "rlipv2_parseda_r50",
-        false,
     ));
 }
 
 #[test]
 fn alif_swint_matches_official() {
-    assert_all(&alif_checks(
-        "rlipv2_parseda_swint",
-        "rlipv2_parseda_swint",
-        false,
+    assert_all(&alif_checks("rlipv2_parseda_swint", "rlipv2_parseda_swint"));
+}
+
+// ------------------------------------------------------------------------------------------------
+// ALIF behaviour on a tiny random model
+
+/// Deterministic values in [-1, 1).
+fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+    rlip_tests::splitmix_values("alif-test", seed, 0.0, 1.0, n)
+}
+
+fn tiny_alif_config(n_layers: usize, apply_fusion_masks: bool) -> AlifConfig {
+    AlifConfig {
+        msda: MsdaConfig {
+            d_model: 32,
+            n_levels: 4,
+            n_heads: 4,
+            n_points: 2,
+        },
+        n_layers,
+        d_ffn: 64,
+        fusion_interval: 2,
+        fusion_heads: 4,
+        fusion_dim: 64,
+        text: RobertaConfig::tiny(),
+        apply_fusion_masks,
+    }
+}
+
+/// A tiny ALIF (weights from the loader's fixed-seed init) and the multi-scale input of one
+/// 64×64 image whose right 40 columns are padding: the last level (2×2) has a padded column.
+fn tiny_alif(cfg: &AlifConfig, device: &Device) -> (AlifEncoder, MultiScale) {
+    let sd = StateDict::new();
+    let mut ld = Loader::new(&sd, device, "random").allow_partial(true);
+    let proj = InputProjections::load(&mut ld, &[8, 16, 32], 4, 32, false);
+    let alif = AlifEncoder::load(&mut ld, cfg);
+    let feats: Vec<Tensor<4>> = [(8, 16), (16, 8), (32, 4)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, s))| {
+            Tensor::from_data(
+                TensorData::new(pseudo(c * s * s, i as u64), [1, c, s, s]),
+                device,
+            )
+        })
+        .collect();
+    let ms = proj.forward(&feats, &PaddingMask::from_sizes(&[(64, 24)], 64, 64));
+    (alif, ms)
+}
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+/// Label input `[1, 5, 32]` and a mask with the last label padded.
+fn tiny_labels(device: &Device, seed: u64) -> (Tensor<3>, Tensor<2, Bool>) {
+    let lang = Tensor::from_data(TensorData::new(pseudo(5 * 32, seed), [1, 5, 32]), device);
+    let mask = Tensor::from_data(
+        TensorData::new(vec![false, false, false, false, true], [1, 5]),
+        device,
+    );
+    (lang, mask)
+}
+
+/// Official behaviour: padded image tokens and padded labels reach the other modality through
+/// the unmasked bi-attention. With `apply_fusion_masks` they do not. Two fusion rounds.
+#[test]
+fn fusion_masks_official_quirk_and_switch() {
+    let device = device();
+    for masked in [false, true] {
+        let (alif, ms) = tiny_alif(&tiny_alif_config(4, masked), &device);
+        let last = *ms.level_start.last().unwrap();
+        let padded: Vec<bool> = ms.masks[3].data.clone();
+        assert_eq!(padded, vec![false, true, false, true], "last-level mask");
+        let (lang, text_mask) = tiny_labels(&device, 10);
+        let base = alif.forward(&ms, lang.clone(), text_mask.clone());
+
+        // Change the padded last-level image tokens (1 and 3).
+        let mut ms2 = ms.clone();
+        for t in [1, 3] {
+            let i = last + t;
+            ms2.src = ms2.src.clone().slice_assign(
+                s![.., i..i + 1],
+                Tensor::from_data(
+                    TensorData::new(pseudo(32, 20 + t as u64), [1, 1, 32]),
+                    &device,
+                ),
+            );
+        }
+        let vis = alif.forward(&ms2, lang.clone(), text_mask.clone());
+        let d_text = max_diff(base.text.clone(), vis.text);
+
+        // Change the padded label.
+        let other = Tensor::from_data(TensorData::new(pseudo(32, 30), [1, 1, 32]), &device);
+        let lang2 = lang.slice_assign(s![.., 4..5], other);
+        let lab = alif.forward(&ms, lang2, text_mask);
+        let d_mem = max_diff(base.memory.clone(), lab.memory.clone());
+        let d_real = max_diff(
+            base.text.clone().slice(s![.., .., 0..4]),
+            lab.text.slice(s![.., .., 0..4]),
+        );
+        if masked {
+            assert!(
+                d_text < 1e-6,
+                "masked: padded image tokens changed labels by {d_text}"
+            );
+            assert!(
+                d_mem < 1e-6,
+                "masked: a padded label changed the memory by {d_mem}"
+            );
+            assert!(
+                d_real < 1e-6,
+                "masked: a padded label changed real labels by {d_real}"
+            );
+        } else {
+            assert!(
+                d_text > 1e-3,
+                "official: padded image tokens must reach labels ({d_text})"
+            );
+            assert!(
+                d_mem > 1e-3,
+                "official: a padded label must reach the memory ({d_mem})"
+            );
+            // Within a round labels attend only to image tokens, and the RoBERTa layer masks the
+            // padded label; it reaches the real labels through the image tokens of round 0 in
+            // round 1.
+            assert!(d_real > 1e-3, "official: {d_real}");
+        }
+    }
+}
+
+/// With fewer layers than the fusion interval nothing is fused: the label features pass through.
+#[test]
+fn alif_without_fusion_rounds_passes_labels_through() {
+    let device = device();
+    let cfg = tiny_alif_config(1, false);
+    assert_eq!(cfg.rounds(), 0);
+    let (alif, ms) = tiny_alif(&cfg, &device);
+    let (lang, mask) = tiny_labels(&device, 10);
+    let out = alif.forward(&ms, lang.clone(), mask);
+    assert_eq!(out.text.dims(), [1, 1, 5, 32]);
+    assert_eq!(out.text_resized.dims(), [1, 5, 1, 32]);
+    assert_eq!(max_diff(out.text.reshape([1, 5, 32]), lang), 0.0);
+    assert_eq!(out.memory.dims(), ms.src.dims());
+}
+
+#[test]
+fn alif_config_validation() {
+    assert_eq!(AlifConfig::parseda().validate(), Ok(()));
+    let bad = AlifConfig {
+        fusion_dim: 100,
+        ..AlifConfig::parseda()
+    };
+    assert!(matches!(
+        bad.validate(),
+        Err(ConfigError::NotDivisible {
+            name: "fusion_dim",
+            ..
+        })
     ));
+    let zero = AlifConfig {
+        fusion_interval: 0,
+        ..AlifConfig::parseda()
+    };
+    assert_eq!(
+        zero.validate(),
+        Err(ConfigError::Zero {
+            name: "fusion_interval"
+        })
+    );
+    let text = AlifConfig {
+        text: RobertaConfig {
+            num_attention_heads: 7,
+            ..RobertaConfig::roberta_base()
+        },
+        ..AlifConfig::parseda()
+    };
+    assert!(text.validate().is_err());
 }

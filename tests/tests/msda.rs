@@ -161,7 +161,12 @@ fn gen_locations(rng: &mut Rng, g: &Geom, special: bool, smooth: bool) -> Vec<f3
                     7 | 8 => (rng.below(size) as f64 + 0.5) / sz,
                     9 => rng.below(size + 1) as f64 / sz,
                     10 => [-0.5 / sz, (sz + 0.5) / sz][rng.below(2)],
-                    _ => [-1.0 / sz, (sz + 1.0) / sz, 0.5 / sz - 1e-7, 1.0 - 0.5 / sz + 1e-7][rng.below(4)],
+                    _ => [
+                        -1.0 / sz,
+                        (sz + 1.0) / sz,
+                        0.5 / sz - 1e-7,
+                        1.0 - 0.5 / sz + 1e-7,
+                    ][rng.below(4)],
                 } as f32 as f64;
                 if !smooth || grid_dist(u, size) > GRID_MARGIN_PX {
                     break u;
@@ -178,7 +183,12 @@ fn gen_core_case(seed: u64, g: Geom, special: bool, smooth: bool) -> CoreCase {
     let value = rng.vec(g.value_len(), -1.0, 1.0);
     let loc = gen_locations(&mut rng, &g, special, smooth);
     let attw = rng.vec(g.samples(), -0.3, 1.0);
-    CoreCase { g, value, loc, attw }
+    CoreCase {
+        g,
+        value,
+        loc,
+        attw,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,7 +240,10 @@ fn linear_ref(x: &[f64], w: &[f64], b: &[f64], d_in: usize, d_out: usize) -> Vec
     let mut out = vec![0.0; rows * d_out];
     for r in 0..rows {
         for o in 0..d_out {
-            out[r * d_out + o] = b[o] + (0..d_in).map(|i| x[r * d_in + i] * w[o * d_in + i]).sum::<f64>();
+            out[r * d_out + o] = b[o]
+                + (0..d_in)
+                    .map(|i| x[r * d_in + i] * w[o * d_in + i])
+                    .sum::<f64>();
         }
     }
     out
@@ -316,7 +329,10 @@ fn tensor<const D: usize>(v: &[f32], shape: [usize; D], dev: &Device) -> Tensor<
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
 }
 
 fn f64s(v: &[f32]) -> Vec<f64> {
@@ -349,7 +365,10 @@ fn check_grad(name: &str, got: &[f32], want: &[f64]) -> f64 {
         }
     }
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    println!("{name:<24} max |autodiff − fd| {:.3e} (at {}; max |fd| {scale:.3e})", worst.0, worst.1);
+    println!(
+        "{name:<24} max |autodiff − fd| {:.3e} (at {}; max |fd| {scale:.3e})",
+        worst.0, worst.1
+    );
     worst.0
 }
 
@@ -389,9 +408,30 @@ fn run_core(c: &CoreCase, dev: &Device) -> Vec<f32> {
 fn core_matches_f64_reference() {
     let dev = device();
     let geoms = [
-        Geom { n: 2, lq: 6, m: 4, d: 3, p: 3, shapes: vec![[5, 7], [3, 2], [1, 1], [2, 5]] },
-        Geom { n: 2, lq: 5, m: 8, d: 2, p: 2, shapes: vec![[1, 1], [4, 3]] },
-        Geom { n: 2, lq: 4, m: 2, d: 4, p: 4, shapes: vec![[3, 3], [1, 4], [6, 1]] },
+        Geom {
+            n: 2,
+            lq: 6,
+            m: 4,
+            d: 3,
+            p: 3,
+            shapes: vec![[5, 7], [3, 2], [1, 1], [2, 5]],
+        },
+        Geom {
+            n: 2,
+            lq: 5,
+            m: 8,
+            d: 2,
+            p: 2,
+            shapes: vec![[1, 1], [4, 3]],
+        },
+        Geom {
+            n: 2,
+            lq: 4,
+            m: 2,
+            d: 4,
+            p: 4,
+            shapes: vec![[3, 3], [1, 4], [6, 1]],
+        },
     ];
     let mut worst: f64 = 0.0;
     for (gi, g) in geoms.iter().enumerate() {
@@ -405,7 +445,10 @@ fn core_matches_f64_reference() {
                 "geometry {gi} special {special:<5}: max |f32 − f64| {err:.3e} ({outside}/{} coords outside [0,1])",
                 c.loc.len()
             );
-            assert!(err <= CORE_TOL, "geometry {gi} {g:?} special {special}: max error {err:.3e}");
+            assert!(
+                err <= CORE_TOL,
+                "geometry {gi} {g:?} special {special}: max error {err:.3e}"
+            );
             worst = worst.max(err);
         }
     }
@@ -417,15 +460,22 @@ fn core_matches_f64_reference() {
 #[test]
 fn core_exact_points() {
     let dev = device();
-    let g = Geom { n: 1, lq: 1, m: 1, d: 1, p: 6, shapes: vec![[2, 3]] };
+    let g = Geom {
+        n: 1,
+        lq: 1,
+        m: 1,
+        d: 1,
+        p: 6,
+        shapes: vec![[2, 3]],
+    };
     let value: Vec<f32> = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0]; // rows (y) of 3 (x)
     // (x, y) normalised.
     let pts: [(f32, f32, f64); 6] = [
-        (0.5 / 3.0, 0.25, 1.0),        // centre of pixel (0, 0)
-        (2.5 / 3.0, 0.75, 32.0),       // centre of pixel (2, 1)
-        (0.0, 0.25, 0.5),              // left border beside (0, 0): half of it
-        (1.0, 1.0, 8.0),               // bottom-right corner: a quarter of 32
-        (-1.0 / 3.0 + 0.5 / 3.0, 0.25, 0.0), // one pixel left of (0, 0): nothing
+        (0.5 / 3.0, 0.25, 1.0),               // centre of pixel (0, 0)
+        (2.5 / 3.0, 0.75, 32.0),              // centre of pixel (2, 1)
+        (0.0, 0.25, 0.5),                     // left border beside (0, 0): half of it
+        (1.0, 1.0, 8.0),                      // bottom-right corner: a quarter of 32
+        (-1.0 / 3.0 + 0.5 / 3.0, 0.25, 0.0),  // one pixel left of (0, 0): nothing
         (1.5 / 3.0, 0.5, (2.0 + 16.0) / 2.0), // centre column, between the two rows
     ];
     let mut loc = Vec::new();
@@ -435,11 +485,23 @@ fn core_exact_points() {
     for (k, (_, _, want)) in pts.iter().enumerate() {
         let mut attw = vec![0.0f32; g.p];
         attw[k] = 1.0;
-        let c = CoreCase { g: g.clone(), value: value.clone(), loc: loc.clone(), attw };
+        let c = CoreCase {
+            g: g.clone(),
+            value: value.clone(),
+            loc: loc.clone(),
+            attw,
+        };
         let got = run_core(&c, &dev)[0] as f64;
         let r = core_ref(&g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw))[0];
-        assert!((r - want).abs() < 1e-6, "reference at point {k}: {r} vs {want}");
-        assert!((got - want).abs() < CORE_TOL, "point {k} {:?}: got {got}, expected {want}", pts[k]);
+        assert!(
+            (r - want).abs() < 1e-6,
+            "reference at point {k}: {r} vs {want}"
+        );
+        assert!(
+            (got - want).abs() < CORE_TOL,
+            "point {k} {:?}: got {got}, expected {want}",
+            pts[k]
+        );
     }
 }
 
@@ -459,14 +521,24 @@ fn padded_batch(m: usize, d: usize, p: usize) -> Padded {
     let shapes = vec![[4, 5], [2, 3], [1, 2]];
     let valid = [[[4, 5], [2, 3], [1, 2]], [[3, 3], [2, 2], [1, 1]]];
     let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
-    let g = Geom { n: 2, lq: s, m, d, p, shapes: shapes.clone() };
+    let g = Geom {
+        n: 2,
+        lq: s,
+        m,
+        d,
+        p,
+        shapes: shapes.clone(),
+    };
     let l = shapes.len();
     let mut padding = Vec::new();
     let mut reference = Vec::new();
     for vb in &valid {
         // valid ratios (w, h) per level, as the official get_valid_ratio computes them
-        let vr: Vec<[f64; 2]> =
-            shapes.iter().zip(vb).map(|([h, w], [vh, vw])| [*vw as f64 / *w as f64, *vh as f64 / *h as f64]).collect();
+        let vr: Vec<[f64; 2]> = shapes
+            .iter()
+            .zip(vb)
+            .map(|([h, w], [vh, vw])| [*vw as f64 / *w as f64, *vh as f64 / *h as f64])
+            .collect();
         for (lv, &[h, w]) in shapes.iter().enumerate() {
             for y in 0..h {
                 for x in 0..w {
@@ -480,7 +552,11 @@ fn padded_batch(m: usize, d: usize, p: usize) -> Padded {
             }
         }
     }
-    Padded { g, padding, reference }
+    Padded {
+        g,
+        padding,
+        reference,
+    }
 }
 
 #[test]
@@ -493,7 +569,9 @@ fn padded_levels_with_valid_ratios() {
     let mut value = rng.vec(g.value_len(), -1.0, 1.0);
     for (t, &pad) in pb.padding.iter().enumerate() {
         if pad {
-            value[t * g.m * g.d..(t + 1) * g.m * g.d].iter_mut().for_each(|v| *v = 0.0);
+            value[t * g.m * g.d..(t + 1) * g.m * g.d]
+                .iter_mut()
+                .for_each(|v| *v = 0.0);
         }
     }
     let offsets = rng.vec(2 * g.samples(), -1.5, 1.5); // pixels of each level
@@ -515,16 +593,27 @@ fn padded_levels_with_valid_ratios() {
         lw[1] = pb.reference[(bq * l + lv) * 2 + 1] as f64 + offsets[2 * i + 1] as f64 / h as f64;
     }
     let loc_err = max_abs_err(&loc, &loc_want);
-    assert!(loc_err <= 1e-6, "sampling locations: max error {loc_err:.3e}");
+    assert!(
+        loc_err <= 1e-6,
+        "sampling locations: max error {loc_err:.3e}"
+    );
     // Reference points of element 1's unpadded tokens stay inside its valid region.
     let per_token = 2 * l;
     let b1 = &pb.reference[pb.reference.len() / 2..];
     let pad1 = &pb.padding[g.lq..];
     assert!(
-        b1.chunks(per_token).zip(pad1).filter(|(_, p)| !**p).all(|(r, _)| r.iter().all(|&u| u > 0.0 && u < 1.0))
+        b1.chunks(per_token)
+            .zip(pad1)
+            .filter(|(_, p)| !**p)
+            .all(|(r, _)| r.iter().all(|&u| u > 0.0 && u < 1.0))
     );
 
-    let c = CoreCase { g: g.clone(), value, loc, attw };
+    let c = CoreCase {
+        g: g.clone(),
+        value,
+        loc,
+        attw,
+    };
     let want = core_ref(g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw));
     let err = max_abs_err(&run_core(&c, &dev), &want);
     println!("padded batch: locations max err {loc_err:.3e}, core max |f32 − f64| {err:.3e}");
@@ -563,7 +652,10 @@ fn load_module(sd: &StateDict, cfg: MsdaConfig, dev: &Device) -> MsDeformAttn {
 }
 
 fn padding_tensor(padding: &[bool], n: usize, dev: &Device) -> Tensor<2, Bool> {
-    Tensor::from_data(TensorData::new(padding.to_vec(), [n, padding.len() / n]), dev)
+    Tensor::from_data(
+        TensorData::new(padding.to_vec(), [n, padding.len() / n]),
+        dev,
+    )
 }
 
 /// 4-d box references `(cx, cy, w, h)` `[N, Lq, L, 4]`.
@@ -585,7 +677,12 @@ fn module_matches_f64_reference() {
     let c = m * d;
     let l = pb.g.l();
     let s = pb.g.s();
-    let cfg = MsdaConfig { d_model: c, n_levels: l, n_heads: m, n_points: p };
+    let cfg = MsdaConfig {
+        d_model: c,
+        n_levels: l,
+        n_heads: m,
+        n_points: p,
+    };
     let (sd, params) = module_params(31, c, m, l, p);
     let module = load_module(&sd, cfg, &dev);
     let mut rng = Rng(32);
@@ -594,7 +691,9 @@ fn module_matches_f64_reference() {
     let mut input2 = input.clone();
     for (t, &pad) in pb.padding.iter().enumerate() {
         if pad {
-            input2[t * c..(t + 1) * c].iter_mut().for_each(|v| *v = rng.range(-50.0, 50.0) as f32);
+            input2[t * c..(t + 1) * c]
+                .iter_mut()
+                .for_each(|v| *v = rng.range(-50.0, 50.0) as f32);
         }
     }
     let mask = || padding_tensor(&pb.padding, 2, &dev);
@@ -613,28 +712,62 @@ fn module_matches_f64_reference() {
         host(out)
     };
     let got = run(&input, &pb.reference, 2, g, &input);
-    let (want, _) = module_ref(g, &params, &f64s(&input), &f64s(&pb.reference), 2, &f64s(&input), &pb.padding);
+    let (want, _) = module_ref(
+        g,
+        &params,
+        &f64s(&input),
+        &f64s(&pb.reference),
+        2,
+        &f64s(&input),
+        &pb.padding,
+    );
     let err2 = max_abs_err(&got, &want);
     let got_garbage = run(&input, &pb.reference, 2, g, &input2);
-    assert_eq!(got, got_garbage, "padded tokens' contents changed the output");
+    assert_eq!(
+        got, got_garbage,
+        "padded tokens' contents changed the output"
+    );
 
     // Decoder-style cross-attention: 7 queries with 4-d box references.
     let gq = Geom { lq: 7, ..g.clone() };
     let query = rng.vec(2 * gq.lq * c, -1.0, 1.0);
     let boxes = box_reference(&mut rng, 2, gq.lq, l);
     let got4 = run(&query, &boxes, 4, &gq, &input);
-    let (want4, _) = module_ref(&gq, &params, &f64s(&query), &f64s(&boxes), 4, &f64s(&input), &pb.padding);
+    let (want4, _) = module_ref(
+        &gq,
+        &params,
+        &f64s(&query),
+        &f64s(&boxes),
+        4,
+        &f64s(&input),
+        &pb.padding,
+    );
     let err4 = max_abs_err(&got4, &want4);
-    println!("module: 2-d reference max |f32 − f64| {err2:.3e}, 4-d reference {err4:.3e} (tol {MODULE_TOL:.0e})");
-    assert!(err2 <= MODULE_TOL, "module (2-d reference): max error {err2:.3e}");
-    assert!(err4 <= MODULE_TOL, "module (4-d reference): max error {err4:.3e}");
+    println!(
+        "module: 2-d reference max |f32 − f64| {err2:.3e}, 4-d reference {err4:.3e} (tol {MODULE_TOL:.0e})"
+    );
+    assert!(
+        err2 <= MODULE_TOL,
+        "module (2-d reference): max error {err2:.3e}"
+    );
+    assert!(
+        err4 <= MODULE_TOL,
+        "module (4-d reference): max error {err4:.3e}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. Gradients.
 
 fn grad_geom() -> Geom {
-    Geom { n: 2, lq: 3, m: 2, d: 3, p: 2, shapes: vec![[3, 4], [2, 2], [1, 1]] }
+    Geom {
+        n: 2,
+        lq: 3,
+        m: 2,
+        d: 3,
+        p: 2,
+        shapes: vec![[3, 4], [2, 2], [1, 1]],
+    }
 }
 
 #[test]
@@ -652,12 +785,19 @@ fn core_gradients_match_finite_differences() {
     check_grad("d/d value", &gv, &fd_v);
     check_grad("d/d locations", &gl, &fd_l);
     check_grad("d/d weights", &gw, &fd_w);
-    assert!(fd_l.iter().any(|v| v.abs() > 0.1), "location gradient unexpectedly ~0");
+    assert!(
+        fd_l.iter().any(|v| v.abs() > 0.1),
+        "location gradient unexpectedly ~0"
+    );
 }
 
 /// Output and gradients of `Σ out·R` w.r.t. value, locations and weights (on the autodiff
 /// version of `dev`).
-fn core_grad_tensors(c: &CoreCase, r: &[f32], dev: &Device) -> (Tensor<4>, Tensor<6>, Tensor<5>, Tensor<3>) {
+fn core_grad_tensors(
+    c: &CoreCase,
+    r: &[f32],
+    dev: &Device,
+) -> (Tensor<4>, Tensor<6>, Tensor<5>, Tensor<3>) {
     let ad = dev.clone().autodiff();
     let g = &c.g;
     let v = tensor(&c.value, [g.n, g.s(), g.m, g.d], &ad).require_grad();
@@ -681,8 +821,20 @@ fn module_query_gradient_matches_finite_differences() {
     let shapes = vec![[3, 4], [2, 2], [1, 2]];
     let l = shapes.len();
     let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
-    let g = Geom { n: 2, lq: 3, m, d, p, shapes };
-    let cfg = MsdaConfig { d_model: c, n_levels: l, n_heads: m, n_points: p };
+    let g = Geom {
+        n: 2,
+        lq: 3,
+        m,
+        d,
+        p,
+        shapes,
+    };
+    let cfg = MsdaConfig {
+        d_model: c,
+        n_levels: l,
+        n_heads: m,
+        n_points: p,
+    };
     let padding: Vec<bool> = (0..2 * s).map(|t| t >= s && (t - s) % 4 == 3).collect();
     // Find a seed whose sampling points all stay clear of pixel-grid lines.
     let (params, sd, query, boxes, input) = (0..64u64)
@@ -692,7 +844,15 @@ fn module_query_gradient_matches_finite_differences() {
             let query = rng.vec(g.n * g.lq * c, -1.0, 1.0);
             let boxes = box_reference(&mut rng, g.n, g.lq, l);
             let input = rng.vec(g.n * s * c, -1.0, 1.0);
-            let (_, dist) = module_ref(&g, &params, &f64s(&query), &f64s(&boxes), 4, &f64s(&input), &padding);
+            let (_, dist) = module_ref(
+                &g,
+                &params,
+                &f64s(&query),
+                &f64s(&boxes),
+                4,
+                &f64s(&input),
+                &padding,
+            );
             (dist > 1e-3).then_some((params, sd, query, boxes, input))
         })
         .expect("a seed with sampling points off the pixel grid");
@@ -709,12 +869,18 @@ fn module_query_gradient_matches_finite_differences() {
     );
     let grads = (out * tensor(&r, [g.n, g.lq, c], &ad)).sum().backward();
     let gq = host(q.grad(&grads).expect("query gradient"));
-    assert!(gq.iter().all(|v| v.is_finite()), "non-finite query gradient");
+    assert!(
+        gq.iter().all(|v| v.is_finite()),
+        "non-finite query gradient"
+    );
     assert!(gq.iter().any(|v| v.abs() > 1e-3), "query gradient is ~0");
 
     let (b64, in64, r64) = (f64s(&boxes), f64s(&input), f64s(&r));
     let fd = central_diff(&f64s(&query), FD_STEP_QUERY, |x| {
-        dot(&module_ref(&g, &params, x, &b64, 4, &in64, &padding).0, &r64)
+        dot(
+            &module_ref(&g, &params, x, &b64, 4, &in64, &padding).0,
+            &r64,
+        )
     });
     check_grad("module d/d query", &gq, &fd);
 }

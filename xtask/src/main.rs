@@ -32,11 +32,16 @@ enum Cmd {
         /// Skip the `cargo check --features cuda` step.
         #[arg(long)]
         no_cuda_check: bool,
+        /// Also build the suite with the wgpu and tch backends found on this machine and run the
+        /// cross-backend parity tests on them (not yet part of CI: see the README).
+        #[arg(long)]
+        parity: bool,
     },
     /// Compare the model with golden fixture folders (manifest.json, inputs/outputs.safetensors).
     Golden {
-        /// What to compare (`backbone`: backbone, projections, encoder).
-        #[arg(value_parser = ["backbone"])]
+        /// What to compare: `model` (everything, end to end) or `backbone` (backbone,
+        /// projections and deformable encoder layers with the fixture's fused tokens).
+        #[arg(value_parser = ["model", "backbone"])]
         what: String,
         /// Fixture folders.
         #[arg(required = true)]
@@ -45,7 +50,10 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<ExitStatus> {
@@ -80,26 +88,41 @@ fn torch_lib() -> Option<PathBuf> {
     let mut lines = text.lines();
     let version = lines.next()?;
     let lib = lines.next()?;
-    (out.status.success() && version.split('+').next() == Some(TORCH_VERSION)).then(|| PathBuf::from(lib))
+    (out.status.success() && version.split('+').next() == Some(TORCH_VERSION))
+        .then(|| PathBuf::from(lib))
 }
 
 /// Whether a Vulkan driver (a GPU, or Mesa's lavapipe) is installed.
 fn vulkan_available() -> bool {
-    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"].iter().any(|d| {
-        std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false)
-    })
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| {
+            std::fs::read_dir(d)
+                .map(|mut r| r.next().is_some())
+                .unwrap_or(false)
+        })
 }
 
 fn setup(no_torch: bool) -> Result<()> {
     if !vulkan_available() {
         ok(Command::new("apt-get").arg("update").arg("-qq"))?;
-        ok(Command::new("apt-get").args(["install", "-y", "-qq", "mesa-vulkan-drivers", "libvulkan1"]))?;
+        ok(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "-qq",
+            "mesa-vulkan-drivers",
+            "libvulkan1",
+        ]))?;
     }
     if !no_torch && torch_lib().is_none() {
         if !venv_python().exists() {
-            ok(Command::new("python3").args(["-m", "venv"]).arg(root().join(".venv")))?;
+            ok(Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(root().join(".venv")))?;
         }
-        ok(Command::new(venv_python()).args(["-m", "pip", "install", "-q", "--no-cache-dir"]).arg(format!("torch=={TORCH_VERSION}")))?;
+        ok(Command::new(venv_python())
+            .args(["-m", "pip", "install", "-q", "--no-cache-dir"])
+            .arg(format!("torch=={TORCH_VERSION}")))?;
     }
     Ok(())
 }
@@ -114,7 +137,11 @@ fn cargo() -> Command {
 /// every test binary (wgpu may crash while tearing down the GPU device at process exit).
 fn run_tests_tolerating_gpu_teardown(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
-    let out = cmd.stderr(Stdio::piped()).stdout(Stdio::piped()).output().context("running cargo test")?;
+    let out = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .context("running cargo test")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     print!("{stdout}");
@@ -131,8 +158,12 @@ fn run_tests_tolerating_gpu_teardown(cmd: &mut Command) -> Result<()> {
             && !stdout.contains("FAILED")
             && !stdout.contains("panicked")
             && last_binary_reported_ok(&stdout);
-        if crashed_after_success || out.status.signal() == Some(11) && last_binary_reported_ok(&stdout) {
-            eprintln!("note: a test binary crashed at exit after all its tests passed (GPU teardown); accepted");
+        if crashed_after_success
+            || out.status.signal() == Some(11) && last_binary_reported_ok(&stdout)
+        {
+            eprintln!(
+                "note: a test binary crashed at exit after all its tests passed (GPU teardown); accepted"
+            );
             return Ok(());
         }
     }
@@ -140,33 +171,58 @@ fn run_tests_tolerating_gpu_teardown(cmd: &mut Command) -> Result<()> {
 }
 
 fn last_binary_reported_ok(stdout: &str) -> bool {
-    stdout.lines().rev().find(|l| l.starts_with("test result:")).is_some_and(|l| l.starts_with("test result: ok."))
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("test result:"))
+        .is_some_and(|l| l.starts_with("test result: ok."))
 }
 
-fn test(no_cuda_check: bool) -> Result<()> {
+fn test(no_cuda_check: bool, parity: bool) -> Result<()> {
     let mut features = vec!["rlip-tests/flex"];
     let mut cmd = cargo();
-    if vulkan_available() {
+    if !parity {
+        eprintln!("note: flex only; `cargo xtask test --parity` adds wgpu and tch where available");
+    } else if vulkan_available() {
         features.push("rlip-tests/wgpu");
         cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
         if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
             cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
         }
     } else {
-        eprintln!("note: no Vulkan driver: wgpu parity skipped (`cargo xtask setup` installs lavapipe)");
+        eprintln!(
+            "note: no Vulkan driver: wgpu parity skipped (`cargo xtask setup` installs lavapipe)"
+        );
     }
-    if let Some(lib) = torch_lib() {
+    let torch = if parity { torch_lib() } else { None };
+    if let Some(lib) = torch {
         features.push("rlip-tests/tch");
         let venv = root().join(".venv");
-        let path = format!("{}:{}", venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
-        cmd.env("LIBTORCH_USE_PYTORCH", "1").env("VIRTUAL_ENV", &venv).env("PATH", path).env("LD_LIBRARY_PATH", lib);
-    } else {
-        eprintln!("note: no torch=={TORCH_VERSION} in .venv: tch parity skipped (`cargo xtask setup` installs it)");
+        let path = format!(
+            "{}:{}",
+            venv.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("LIBTORCH_USE_PYTORCH", "1")
+            .env("VIRTUAL_ENV", &venv)
+            .env("PATH", path)
+            .env("LD_LIBRARY_PATH", lib);
+    } else if parity {
+        eprintln!(
+            "note: no torch=={TORCH_VERSION} in .venv: tch parity skipped (`cargo xtask setup` installs it)"
+        );
     }
-    cmd.args(["test", "--workspace", "--features"]).arg(features.join(","));
+    cmd.args(["test", "--workspace", "--features"])
+        .arg(features.join(","));
     run_tests_tolerating_gpu_teardown(&mut cmd)?;
     if !no_cuda_check {
-        ok(cargo().env("CUDARC_CUDA_VERSION", "13000").args(["check", "-p", "rlip-backends", "--features", "cuda"]))?;
+        ok(cargo().env("CUDARC_CUDA_VERSION", "13000").args([
+            "check",
+            "-p",
+            "rlip-backends",
+            "--features",
+            "cuda",
+        ]))?;
     }
     Ok(())
 }
@@ -174,12 +230,27 @@ fn test(no_cuda_check: bool) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup { no_torch } => setup(no_torch),
-        Cmd::Test { no_cuda_check } => test(no_cuda_check),
-        Cmd::Golden { what: _, dirs } => {
+        Cmd::Test {
+            no_cuda_check,
+            parity,
+        } => test(no_cuda_check, parity),
+        Cmd::Golden { what, dirs } => {
             let mut c = cargo();
-            c.args(["run", "--quiet", "-p", "rlip-tests", "--bin", "rlip-golden", "--"]);
+            c.args([
+                "run",
+                "--quiet",
+                "-p",
+                "rlip-tests",
+                "--bin",
+                "rlip-golden",
+                "--",
+            ])
+            .arg(what);
             for d in dirs {
-                c.arg(std::fs::canonicalize(&d).with_context(|| format!("{}: no such folder", d.display()))?);
+                c.arg(
+                    std::fs::canonicalize(&d)
+                        .with_context(|| format!("{}: no such folder", d.display()))?,
+                );
             }
             let st = run(&mut c)?;
             std::process::exit(st.code().unwrap_or(1));

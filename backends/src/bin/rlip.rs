@@ -63,13 +63,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Backends => {
             for b in BackendKind::ALL {
-                println!("{:<5} {}", b, if b.compiled() { "compiled in" } else { "not compiled in" });
+                println!(
+                    "{:<5} {}",
+                    b,
+                    if b.compiled() {
+                        "compiled in"
+                    } else {
+                        "not compiled in"
+                    }
+                );
             }
             let dev = device(cli.backend, cli.device)?;
             let x = burn::Tensor::<2>::ones([2, 2], &dev);
             let s: f32 = (x.clone().matmul(x)).sum().into_scalar();
             if s != 8.0 {
-                bail!("{} computed 2x2 ones·ones sum = {s}, expected 8", cli.backend);
+                bail!(
+                    "{} computed 2x2 ones·ones sum = {s}, expected 8",
+                    cli.backend
+                );
             }
             println!("{} ({:?}): ok", cli.backend, dev);
             Ok(())
@@ -97,7 +108,9 @@ fn inspect(file: &std::path::Path) -> Result<()> {
                     println!("{name}: state dict");
                     print_sd("  ", sd);
                 }
-                pth::Entry::Tensor(t) => println!("{name}: tensor {} {:?}", t.dtype.name(), t.shape),
+                pth::Entry::Tensor(t) => {
+                    println!("{name}: tensor {} {:?}", t.dtype.name(), t.shape)
+                }
                 pth::Entry::Value(v) => println!("{name}: {v}"),
             }
         }

@@ -5,9 +5,9 @@
 //! outputs of `layer2`, `layer3`, `layer4` (strides 8, 16, 32). Bottleneck blocks put the stride on
 //! the 3×3 convolution (torchvision's "v1.5").
 
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
@@ -37,19 +37,31 @@ pub struct ResNetConfig {
 impl ResNetConfig {
     /// ResNet-18.
     pub fn resnet18() -> Self {
-        Self { block: BlockKind::Basic, layers: [2, 2, 2, 2] }
+        Self {
+            block: BlockKind::Basic,
+            layers: [2, 2, 2, 2],
+        }
     }
     /// ResNet-34.
     pub fn resnet34() -> Self {
-        Self { block: BlockKind::Basic, layers: [3, 4, 6, 3] }
+        Self {
+            block: BlockKind::Basic,
+            layers: [3, 4, 6, 3],
+        }
     }
     /// ResNet-50.
     pub fn resnet50() -> Self {
-        Self { block: BlockKind::Bottleneck, layers: [3, 4, 6, 3] }
+        Self {
+            block: BlockKind::Bottleneck,
+            layers: [3, 4, 6, 3],
+        }
     }
     /// ResNet-101.
     pub fn resnet101() -> Self {
-        Self { block: BlockKind::Bottleneck, layers: [3, 4, 23, 3] }
+        Self {
+            block: BlockKind::Bottleneck,
+            layers: [3, 4, 23, 3],
+        }
     }
 
     fn expansion(&self) -> usize {
@@ -75,7 +87,10 @@ struct ConvBn {
 
 impl ConvBn {
     fn load(ld: &mut Loader, conv: &str, bn: &str, spec: ConvSpec) -> Self {
-        Self { conv: conv2d(ld, conv, spec), bn: FrozenBatchNorm::load(ld, bn, spec.c_out) }
+        Self {
+            conv: conv2d(ld, conv, spec),
+            bn: FrozenBatchNorm::load(ld, bn, spec.c_out),
+        }
     }
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.bn.forward(self.conv.forward(x))
@@ -90,20 +105,52 @@ struct Block {
 }
 
 impl Block {
-    fn load(ld: &mut Loader, p: &str, kind: BlockKind, c_in: usize, width: usize, stride: usize) -> Self {
+    fn load(
+        ld: &mut Loader,
+        p: &str,
+        kind: BlockKind,
+        c_in: usize,
+        width: usize,
+        stride: usize,
+    ) -> Self {
         let (convs, c_out) = match kind {
             BlockKind::Basic => (
                 vec![
-                    ConvBn::load(ld, &format!("{p}.conv1"), &format!("{p}.bn1"), ConvSpec::new(c_in, width, 3, stride, 1, false)),
-                    ConvBn::load(ld, &format!("{p}.conv2"), &format!("{p}.bn2"), ConvSpec::new(width, width, 3, 1, 1, false)),
+                    ConvBn::load(
+                        ld,
+                        &format!("{p}.conv1"),
+                        &format!("{p}.bn1"),
+                        ConvSpec::new(c_in, width, 3, stride, 1, false),
+                    ),
+                    ConvBn::load(
+                        ld,
+                        &format!("{p}.conv2"),
+                        &format!("{p}.bn2"),
+                        ConvSpec::new(width, width, 3, 1, 1, false),
+                    ),
                 ],
                 width,
             ),
             BlockKind::Bottleneck => (
                 vec![
-                    ConvBn::load(ld, &format!("{p}.conv1"), &format!("{p}.bn1"), ConvSpec::new(c_in, width, 1, 1, 0, false)),
-                    ConvBn::load(ld, &format!("{p}.conv2"), &format!("{p}.bn2"), ConvSpec::new(width, width, 3, stride, 1, false)),
-                    ConvBn::load(ld, &format!("{p}.conv3"), &format!("{p}.bn3"), ConvSpec::new(width, width * 4, 1, 1, 0, false)),
+                    ConvBn::load(
+                        ld,
+                        &format!("{p}.conv1"),
+                        &format!("{p}.bn1"),
+                        ConvSpec::new(c_in, width, 1, 1, 0, false),
+                    ),
+                    ConvBn::load(
+                        ld,
+                        &format!("{p}.conv2"),
+                        &format!("{p}.bn2"),
+                        ConvSpec::new(width, width, 3, stride, 1, false),
+                    ),
+                    ConvBn::load(
+                        ld,
+                        &format!("{p}.conv3"),
+                        &format!("{p}.bn3"),
+                        ConvSpec::new(width, width * 4, 1, 1, 0, false),
+                    ),
                 ],
                 width * 4,
             ),
@@ -147,7 +194,12 @@ pub struct ResNet {
 impl ResNet {
     /// Builds the network from `{prefix}.conv1`, `{prefix}.bn1`, `{prefix}.layer{1..4}.*`.
     pub fn load(ld: &mut Loader, prefix: &str, cfg: &ResNetConfig) -> Self {
-        let stem = ConvBn::load(ld, &format!("{prefix}.conv1"), &format!("{prefix}.bn1"), ConvSpec::new(3, 64, 7, 2, 3, false));
+        let stem = ConvBn::load(
+            ld,
+            &format!("{prefix}.conv1"),
+            &format!("{prefix}.bn1"),
+            ConvSpec::new(3, 64, 7, 2, 3, false),
+        );
         let pool = MaxPool2dConfig::new([3, 3])
             .with_strides([2, 2])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -159,7 +211,14 @@ impl ResNet {
             let mut blocks = Vec::new();
             for b in 0..n {
                 let stride = if b == 0 && li > 0 { 2 } else { 1 };
-                let blk = Block::load(ld, &format!("{prefix}.layer{}.{b}", li + 1), cfg.block, c_in, width, stride);
+                let blk = Block::load(
+                    ld,
+                    &format!("{prefix}.layer{}.{b}", li + 1),
+                    cfg.block,
+                    c_in,
+                    width,
+                    stride,
+                );
                 c_in = width * cfg.expansion();
                 blocks.push(blk);
             }

@@ -100,23 +100,39 @@ impl SwinConfig {
 
     /// Channels of the returned levels, in `out_indices` order.
     pub fn out_channels(&self) -> Vec<usize> {
-        self.out_indices.iter().map(|&i| self.stage_channels(i)).collect()
+        self.out_indices
+            .iter()
+            .map(|&i| self.stage_channels(i))
+            .collect()
     }
 
     /// Strides of the returned levels relative to the input image.
     pub fn out_strides(&self) -> Vec<usize> {
-        self.out_indices.iter().map(|&i| self.patch_size << i).collect()
+        self.out_indices
+            .iter()
+            .map(|&i| self.patch_size << i)
+            .collect()
     }
 
     /// Panics with a clear message if the configuration cannot be built.
     fn validate(&self) {
         let n = self.depths.len();
         assert!(n > 0, "SwinConfig: at least one stage is required");
-        assert_eq!(self.num_heads.len(), n, "SwinConfig: num_heads must have one entry per stage");
-        assert!(self.window_size > 0 && self.patch_size > 0, "SwinConfig: window and patch must be > 0");
+        assert_eq!(
+            self.num_heads.len(),
+            n,
+            "SwinConfig: num_heads must have one entry per stage"
+        );
+        assert!(
+            self.window_size > 0 && self.patch_size > 0,
+            "SwinConfig: window and patch must be > 0"
+        );
         for (i, &h) in self.num_heads.iter().enumerate() {
             let c = self.stage_channels(i);
-            assert!(h > 0 && c.is_multiple_of(h), "SwinConfig: stage {i} width {c} is not divisible by {h} heads");
+            assert!(
+                h > 0 && c.is_multiple_of(h),
+                "SwinConfig: stage {i} width {c} is not divisible by {h} heads"
+            );
         }
         for &i in &self.out_indices {
             assert!(i < n, "SwinConfig: out index {i} is outside the {n} stages");
@@ -178,7 +194,11 @@ fn shift_mask_values(hp: usize, wp: usize, w: usize, shift: usize) -> Vec<f32> {
 
 /// `nn.Linear` with Swin's own initialisation (weight N(0, 0.02), bias 0) when not loaded.
 fn swin_linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
-    let w = ld.tensor(&format!("{prefix}.weight"), [d_out, d_in], Init::Normal(0.02));
+    let w = ld.tensor(
+        &format!("{prefix}.weight"),
+        [d_out, d_in],
+        Init::Normal(0.02),
+    );
     let b = bias.then(|| ld.tensor(&format!("{prefix}.bias"), [d_out], Init::Zeros));
     linear_from(w, b)
 }
@@ -231,7 +251,12 @@ impl WindowAttention {
         let [bw, n, c] = x.dims();
         let (h, hd) = (self.heads, c / self.heads);
         let qkv = self.qkv.forward(x).reshape([bw, n, 3, h, hd]);
-        let part = |i: usize| qkv.clone().slice_dim(2, i..i + 1).reshape([bw, n, h, hd]).swap_dims(1, 2);
+        let part = |i: usize| {
+            qkv.clone()
+                .slice_dim(2, i..i + 1)
+                .reshape([bw, n, h, hd])
+                .swap_dims(1, 2)
+        };
         let scale = (hd as f64).powf(-0.5);
         let q = part(0) * scale;
         let (k, v) = (part(1), part(2));
@@ -276,7 +301,14 @@ struct SwinBlock {
 }
 
 impl SwinBlock {
-    fn load(ld: &mut Loader, p: &str, dim: usize, heads: usize, shift: usize, cfg: &SwinConfig) -> Self {
+    fn load(
+        ld: &mut Loader,
+        p: &str,
+        dim: usize,
+        heads: usize,
+        shift: usize,
+        cfg: &SwinConfig,
+    ) -> Self {
         let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
         Self {
             norm1: frozen_norm(ld, &format!("{p}.norm1"), dim, cfg.norm_eps),
@@ -305,10 +337,15 @@ impl SwinBlock {
             y = y.roll(&[-s, -s], &[1, 2]);
         }
         let (nh, nw) = (hp / ws, wp / ws);
-        let windows = y.reshape([b, nh, ws, nw, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b * nh * nw, ws * ws, c]);
+        let windows = y
+            .reshape([b, nh, ws, nw, ws, c])
+            .permute([0, 1, 3, 2, 4, 5])
+            .reshape([b * nh * nw, ws * ws, c]);
         let windows = self.attn.forward(windows, (s > 0).then_some(mask));
-        let mut y: Tensor<4> =
-            windows.reshape([b, nh, nw, ws, ws, c]).permute([0, 1, 3, 2, 4, 5]).reshape([b, hp, wp, c]);
+        let mut y: Tensor<4> = windows
+            .reshape([b, nh, nw, ws, ws, c])
+            .permute([0, 1, 3, 2, 4, 5])
+            .reshape([b, hp, wp, c]);
         if s > 0 {
             y = y.roll(&[s, s], &[1, 2]);
         }
@@ -339,11 +376,16 @@ impl PatchMerging {
     /// `[B, H·W, C]` → `[B, ⌈H/2⌉·⌈W/2⌉, 2C]`.
     fn forward(&self, x: Tensor<3>, h: usize, w: usize) -> Tensor<3> {
         let [b, _, c] = x.dims();
-        let x = x.reshape([b, h, w, c]).pad([(0, h % 2), (0, w % 2), (0, 0)], PadMode::Constant(0.0));
+        let x = x
+            .reshape([b, h, w, c])
+            .pad([(0, h % 2), (0, w % 2), (0, 0)], PadMode::Constant(0.0));
         let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
         // [B, h2, dr, w2, dc, C] → [B, h2, w2, dc, dr, C]: the 4C channels come in the order
         // (dr, dc) = (0,0), (1,0), (0,1), (1,1).
-        let x = x.reshape([b, h2, 2, w2, 2, c]).permute([0, 1, 3, 4, 2, 5]).reshape([b, h2 * w2, 4 * c]);
+        let x = x
+            .reshape([b, h2, 2, w2, 2, c])
+            .permute([0, 1, 3, 4, 2, 5])
+            .reshape([b, h2 * w2, 4 * c]);
         self.reduction.forward(self.norm.forward(x))
     }
 }
@@ -363,7 +405,10 @@ impl Stage {
         let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
         let mask_values = shift_mask_values(hp, wp, ws, ws / 2);
         let nw = (hp / ws) * (wp / ws);
-        let mask = Tensor::from_data(TensorData::new(mask_values, [nw, ws * ws, ws * ws]), &x.device());
+        let mask = Tensor::from_data(
+            TensorData::new(mask_values, [nw, ws * ws, ws * ws]),
+            &x.device(),
+        );
         let mut x = x;
         for blk in &self.blocks {
             x = blk.forward(x, h, w, &mask);
@@ -417,20 +462,45 @@ impl Swin {
                 let blocks = (0..cfg.depths[i])
                     .map(|j| {
                         let shift = if j % 2 == 0 { 0 } else { cfg.window_size / 2 };
-                        SwinBlock::load(ld, &format!("{p}.layers.{i}.blocks.{j}"), dim, cfg.num_heads[i], shift, cfg)
+                        SwinBlock::load(
+                            ld,
+                            &format!("{p}.layers.{i}.blocks.{j}"),
+                            dim,
+                            cfg.num_heads[i],
+                            shift,
+                            cfg,
+                        )
                     })
                     .collect();
-                let downsample =
-                    (i + 1 < n).then(|| PatchMerging::load(ld, &format!("{p}.layers.{i}.downsample"), dim, cfg));
-                Stage { blocks, downsample, window: cfg.window_size }
+                let downsample = (i + 1 < n).then(|| {
+                    PatchMerging::load(ld, &format!("{p}.layers.{i}.downsample"), dim, cfg)
+                });
+                Stage {
+                    blocks,
+                    downsample,
+                    window: cfg.window_size,
+                }
             })
             .collect();
         let out_norms = cfg
             .out_indices
             .iter()
-            .map(|&i| frozen_norm(ld, &format!("{p}.norm{i}"), cfg.stage_channels(i), cfg.norm_eps))
+            .map(|&i| {
+                frozen_norm(
+                    ld,
+                    &format!("{p}.norm{i}"),
+                    cfg.stage_channels(i),
+                    cfg.norm_eps,
+                )
+            })
             .collect();
-        Self { patch_embed, stages, out_norms, out_indices: cfg.out_indices.clone(), channels: cfg.out_channels() }
+        Self {
+            patch_embed,
+            stages,
+            out_norms,
+            out_indices: cfg.out_indices.clone(),
+            channels: cfg.out_channels(),
+        }
     }
 
     /// Channels of the returned levels, in `out_indices` order.
@@ -443,8 +513,15 @@ impl Swin {
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
         let pe = &self.patch_embed;
         let [_, _, h, w] = x.dims();
-        let (pad_b, pad_r) = ((pe.patch - h % pe.patch) % pe.patch, (pe.patch - w % pe.patch) % pe.patch);
-        let x = if pad_b > 0 || pad_r > 0 { x.pad((0, pad_r, 0, pad_b), PadMode::Constant(0.0)) } else { x };
+        let (pad_b, pad_r) = (
+            (pe.patch - h % pe.patch) % pe.patch,
+            (pe.patch - w % pe.patch) % pe.patch,
+        );
+        let x = if pad_b > 0 || pad_r > 0 {
+            x.pad((0, pad_r, 0, pad_b), PadMode::Constant(0.0))
+        } else {
+            x
+        };
         let x = pe.proj.forward(x);
         let [b, c, mut h, mut w] = x.dims();
         let mut x = pe.norm.forward(x.flatten::<3>(2, 3).swap_dims(1, 2)); // [B, H·W, C]
@@ -453,8 +530,16 @@ impl Swin {
         let mut c = c;
         for (i, stage) in self.stages.iter().enumerate() {
             let (y, next) = stage.forward(x.clone(), h, w);
-            for (k, _) in self.out_indices.iter().enumerate().filter(|(_, oi)| **oi == i) {
-                let t = self.out_norms[k].forward(y.clone()).reshape([b, h, w, c]).permute([0, 3, 1, 2]);
+            for (k, _) in self
+                .out_indices
+                .iter()
+                .enumerate()
+                .filter(|(_, oi)| **oi == i)
+            {
+                let t = self.out_norms[k]
+                    .forward(y.clone())
+                    .reshape([b, h, w, c])
+                    .permute([0, 3, 1, 2]);
                 outs[k] = Some(t);
             }
             match next {

@@ -13,6 +13,7 @@ pub mod tokenizer;
 
 pub use cache::{TextCache, encode_labels};
 pub use roberta::{
-    RobertaConfig, RobertaEmbeddings, RobertaLayer, RobertaModel, RobertaOutput, padding_bias,
+    ConfigError, RobertaConfig, RobertaEmbeddings, RobertaLayer, RobertaModel, RobertaOutput,
+    padding_bias,
 };
 pub use tokenizer::{LabelTokenizer, TokenBatch, TokenizerError};

@@ -2,18 +2,30 @@
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d,
+};
 use burn::prelude::*;
 
 use super::{Init, Loader};
 
 /// `nn.Linear(d_in, d_out)` at `prefix` (`{prefix}.weight` `[out, in]`, transposed for Burn).
 pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
-    let mut l = LinearConfig::new(d_in, d_out).with_bias(bias).init(ld.device());
-    let w: Tensor<2> = ld.tensor(&format!("{prefix}.weight"), [d_out, d_in], Init::KaimingUniform);
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .init(ld.device());
+    let w: Tensor<2> = ld.tensor(
+        &format!("{prefix}.weight"),
+        [d_out, d_in],
+        Init::KaimingUniform,
+    );
     l.weight = Param::from_tensor(w.transpose());
     if bias {
-        let b = ld.tensor(&format!("{prefix}.bias"), [d_out], Init::Uniform(-bound(d_in), bound(d_in)));
+        let b = ld.tensor(
+            &format!("{prefix}.bias"),
+            [d_out],
+            Init::Uniform(-bound(d_in), bound(d_in)),
+        );
         l.bias = Some(Param::from_tensor(b));
     }
     l
@@ -22,7 +34,9 @@ pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bo
 /// Builds a Linear from an already-loaded PyTorch-layout weight `[out, in]` and bias.
 pub fn linear_from(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Linear {
     let [d_out, d_in] = weight.dims();
-    let mut l = LinearConfig::new(d_in, d_out).with_bias(bias.is_some()).init(&weight.device());
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_bias(bias.is_some())
+        .init(&weight.device());
     l.weight = Param::from_tensor(weight.transpose());
     l.bias = bias.map(Param::from_tensor);
     l
@@ -52,7 +66,14 @@ pub struct ConvSpec {
 impl ConvSpec {
     /// A `k×k` convolution with stride and padding.
     pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Self {
-        Self { c_in, c_out, k, stride, pad, bias }
+        Self {
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+            bias,
+        }
     }
 }
 
@@ -70,7 +91,11 @@ pub fn conv2d(ld: &mut Loader, prefix: &str, s: ConvSpec) -> Conv2d {
     ));
     if s.bias {
         let b = bound(s.c_in * s.k * s.k);
-        c.bias = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.bias"), [s.c_out], Init::Uniform(-b, b))));
+        c.bias = Some(Param::from_tensor(ld.tensor(
+            &format!("{prefix}.bias"),
+            [s.c_out],
+            Init::Uniform(-b, b),
+        )));
     }
     c
 }
@@ -79,15 +104,29 @@ pub fn conv2d(ld: &mut Loader, prefix: &str, s: ConvSpec) -> Conv2d {
 pub fn layer_norm(ld: &mut Loader, prefix: &str, d: usize, eps: f64) -> LayerNorm {
     let mut n = LayerNormConfig::new(d).with_epsilon(eps).init(ld.device());
     n.gamma = Param::from_tensor(ld.tensor(&format!("{prefix}.weight"), [d], Init::Ones));
-    n.beta = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.bias"), [d], Init::Zeros)));
+    n.beta = Some(Param::from_tensor(ld.tensor(
+        &format!("{prefix}.bias"),
+        [d],
+        Init::Zeros,
+    )));
     n
 }
 
 /// `nn.GroupNorm(groups, c)` at `prefix` (eps 1e-5).
 pub fn group_norm(ld: &mut Loader, prefix: &str, groups: usize, c: usize) -> GroupNorm {
-    let mut n = GroupNormConfig::new(groups, c).with_epsilon(1e-5).init(ld.device());
-    n.gamma = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.weight"), [c], Init::Ones)));
-    n.beta = Some(Param::from_tensor(ld.tensor(&format!("{prefix}.bias"), [c], Init::Zeros)));
+    let mut n = GroupNormConfig::new(groups, c)
+        .with_epsilon(1e-5)
+        .init(ld.device());
+    n.gamma = Some(Param::from_tensor(ld.tensor(
+        &format!("{prefix}.weight"),
+        [c],
+        Init::Ones,
+    )));
+    n.beta = Some(Param::from_tensor(ld.tensor(
+        &format!("{prefix}.bias"),
+        [c],
+        Init::Zeros,
+    )));
     n
 }
 

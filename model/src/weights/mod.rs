@@ -113,16 +113,32 @@ impl RawTensor {
 
     /// A float32 tensor from values.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/len mismatch");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "shape/len mismatch"
+        );
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self { dtype: DType::F32, shape, bytes }
+        Self {
+            dtype: DType::F32,
+            shape,
+            bytes,
+        }
     }
 
     /// An int64 tensor from values.
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape/len mismatch");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "shape/len mismatch"
+        );
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self { dtype: DType::I64, shape, bytes }
+        Self {
+            dtype: DType::I64,
+            shape,
+            bytes,
+        }
     }
 
     /// Values converted to f32 (integers and bools by value, halves widened).
@@ -180,7 +196,10 @@ impl RawTensor {
 
     /// Converts to a float Burn tensor of rank `D` on `device` (values cast to f32).
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(self.f32_values(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.f32_values(), self.shape.clone()),
+            device,
+        )
     }
 }
 
@@ -282,12 +301,18 @@ pub enum WeightError {
 impl WeightError {
     /// An I/O error on `path`.
     pub fn io(path: &Path, e: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source: e }
+        Self::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 
     /// A format error on `path`.
     pub fn format(path: &Path, msg: impl Into<String>) -> Self {
-        Self::Format { path: path.to_path_buf(), msg: msg.into() }
+        Self::Format {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -355,7 +380,9 @@ impl<'a> Loader<'a> {
                 Some(t)
             }
             Some(t) => {
-                self.report.misshaped.push((key.to_string(), shape.to_vec(), t.shape.clone()));
+                self.report
+                    .misshaped
+                    .push((key.to_string(), shape.to_vec(), t.shape.clone()));
                 None
             }
             None => {
@@ -366,7 +393,12 @@ impl<'a> Loader<'a> {
     }
 
     /// A float tensor of `shape` from `key`, or initialised by `init` if absent.
-    pub fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Tensor<D> {
+    pub fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Tensor<D> {
         match self.take(key, &shape) {
             Some(t) => t.to_tensor(&self.device),
             None => self.init_tensor(shape, init),
@@ -454,7 +486,10 @@ impl<'a> Loader<'a> {
             || (!self.allow_partial
                 && (!self.report.missing.is_empty() || !self.report.unexpected.is_empty()));
         if fail {
-            Err(WeightError::Mismatch { origin: self.source, report: Box::new(self.report) })
+            Err(WeightError::Mismatch {
+                origin: self.source,
+                report: Box::new(self.report),
+            })
         } else {
             Ok(self.report)
         }
@@ -463,5 +498,9 @@ impl<'a> Loader<'a> {
 
 /// PyTorch's fan-in: elements per output row.
 fn fan_in(shape: &[usize]) -> usize {
-    if shape.len() < 2 { shape.iter().product() } else { shape[1..].iter().product() }
+    if shape.len() < 2 {
+        shape.iter().product()
+    } else {
+        shape[1..].iter().product()
+    }
 }

@@ -1000,7 +1000,8 @@ impl<'a> Machine<'a> {
                 _ => Ok(opaque(self)),
             },
             ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-                let vals = self.small_values(&items)?;
+                // (storage, offset, size, stride, requires_grad); hooks and metadata unused.
+                let vals = self.small_values(&items[..items.len().min(5)])?;
                 match rebuild_tensor(&vals) {
                     Ok(t) => Ok(self.add(Node::Leaf(Value::Tensor(t)))),
                     Err(e) => self.err(format!("{module}.{name}: {e}")),
@@ -1057,8 +1058,8 @@ impl<'a> Machine<'a> {
     /// Converts a few call arguments to values (a small, separately bounded budget).
     fn small_values(&mut self, items: &[usize]) -> Res<Vec<Value>> {
         let saved = (self.nodes_left, self.bytes_left);
-        self.nodes_left = 100_000;
-        self.bytes_left = 1 << 20;
+        self.nodes_left = 4096;
+        self.bytes_left = 64 << 10;
         let r = items.iter().map(|&i| self.build_value(i, 0)).collect();
         (self.nodes_left, self.bytes_left) = saved;
         r
@@ -1440,7 +1441,6 @@ mod tests {
         w.op(b"tR\x88h\x00)RtR");
         w.str("n")
             .global("torch", "Size")
-            .op(b"(")
             .int(2)
             .int(3)
             .op(b"\x86\x85R");

@@ -33,10 +33,17 @@ pub struct KeyReport {
 /// `transformer.verb_decoder.{sub,obj}_bbox_embed.<i>.*` is `{sub,obj}_bbox_embed.<i+n_ho>.*`
 /// where `n_ho` is the number of subject/object decoder layers (3 in every official model).
 pub fn alias_target(key: &str, n_ho_layers: usize) -> Option<String> {
-    for (prefix, offset) in [("transformer.ho_decoder.", 0), ("transformer.verb_decoder.", n_ho_layers)] {
-        let Some(rest) = key.strip_prefix(prefix) else { continue };
+    for (prefix, offset) in [
+        ("transformer.ho_decoder.", 0),
+        ("transformer.verb_decoder.", n_ho_layers),
+    ] {
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
         for head in ["sub_bbox_embed.", "obj_bbox_embed."] {
-            let Some(tail) = rest.strip_prefix(head) else { continue };
+            let Some(tail) = rest.strip_prefix(head) else {
+                continue;
+            };
             let (idx, after) = tail.split_once('.')?;
             let idx: usize = idx.parse().ok()?;
             return Some(format!("{head}{}.{after}", idx + offset));
@@ -110,7 +117,15 @@ impl fmt::Display for KeyReport {
                 writeln!(f, "  {k}: model {want:?}, checkpoint {got:?}")?;
             }
         }
-        list(f, "aliases that differ from their canonical key", &self.bad_aliases)?;
-        list(f, "integer buffers that differ from the recomputed values", &self.bad_buffers)
+        list(
+            f,
+            "aliases that differ from their canonical key",
+            &self.bad_aliases,
+        )?;
+        list(
+            f,
+            "integer buffers that differ from the recomputed values",
+            &self.bad_buffers,
+        )
     }
 }

@@ -47,9 +47,19 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<StateDict, WeightError> {
     let mut sd = StateDict::new();
     for (name, view) in entries {
         let dtype = from_st(view.dtype()).ok_or_else(|| {
-            WeightError::format(path, format!("tensor {name}: unsupported dtype {:?}", view.dtype()))
+            WeightError::format(
+                path,
+                format!("tensor {name}: unsupported dtype {:?}", view.dtype()),
+            )
         })?;
-        sd.insert(name, RawTensor { dtype, shape: view.shape().to_vec(), bytes: view.data().to_vec() });
+        sd.insert(
+            name,
+            RawTensor {
+                dtype,
+                shape: view.shape().to_vec(),
+                bytes: view.data().to_vec(),
+            },
+        );
     }
     Ok(sd)
 }

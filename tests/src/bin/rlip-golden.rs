@@ -1,17 +1,22 @@
-//! `rlip-golden DIR...`: compares RLIP-rs with golden model fixtures and prints PASS/FAIL per
+//! `rlip-golden model|backbone DIR...`: compares RLIP-rs with golden model fixtures and prints PASS/FAIL per
 //! output (run through `cargo xtask golden`). Exits 0 only if every output passes.
 
 use std::process::ExitCode;
 
 use rlip_tests::Fixture;
-use rlip_tests::golden::encoder_checks;
+use rlip_tests::golden::{encoder_checks, model_checks};
 
 fn main() -> ExitCode {
-    let dirs: Vec<String> = std::env::args().skip(1).collect();
-    if dirs.is_empty() {
-        eprintln!("usage: rlip-golden FIXTURE_DIR...");
-        return ExitCode::from(2);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (what, dirs) = match args.split_first() {
+        Some((w, d)) if (w == "model" || w == "backbone") && !d.is_empty() => {
+            (w.clone(), d.to_vec())
+        }
+        _ => {
+            eprintln!("usage: rlip-golden model|backbone FIXTURE_DIR...");
+            return ExitCode::from(2);
+        }
+    };
     let device = match rlip_backends::default_device() {
         Ok(d) => d,
         Err(e) => {
@@ -29,7 +34,13 @@ fn main() -> ExitCode {
             }
         }
         println!("== {dir}");
-        match encoder_checks(&Fixture::open(path), &device) {
+        let fx = Fixture::open(path);
+        let result = if what == "model" {
+            model_checks(&fx, &device)
+        } else {
+            encoder_checks(&fx, &device)
+        };
+        match result {
             Ok(checks) => {
                 for c in &checks {
                     println!("{c}");
@@ -43,5 +54,9 @@ fn main() -> ExitCode {
         }
     }
     println!("{}", if ok { "ALL PASS" } else { "SOME FAILED" });
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
