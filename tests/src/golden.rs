@@ -314,7 +314,12 @@ pub fn postprocess_checks(fx: &Fixture, out: &rlip_model::rlip::RlipOutput) -> V
     use rlip_train::eval::hico::hico_candidates;
     use rlip_train::eval::postprocess::{PostProcessHoiConfig, RawOutputs, postprocess_hoi};
 
-    let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+    let host = |t: Tensor<3>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
+    };
     let last = out.layers.last().expect("layers");
     let [b, p, c] = last.obj_logits.dims();
     let v = last.verb_logits.dims()[2];
