@@ -60,7 +60,8 @@ pub struct AlifConfig {
 
 impl AlifConfig {
     /// The RLIPv2-ParSeDA setting: 6 layers of width 256 (4 levels, 8 heads, 4 points, FFN 2048),
-    /// fusion every 2 layers, bi-attention 8 heads × 256, roberta-base label layers.
+    /// fusion every 2 layers, bi-attention inner width 2048 over 8 heads, roberta-base label
+    /// layers.
     pub fn parseda() -> Self {
         Self {
             msda: MsdaConfig {
@@ -293,7 +294,7 @@ pub struct AlifOutput {
     /// Encoder memory `[B, S, d]`.
     pub memory: Tensor<3>,
     /// Label features after each round's RoBERTa layer, `[rounds, B, L, d_text]`
-    /// (official `text_memory_bf_resize`). With no fusion round it is the input, `[1, B, L, d_text]`.
+    /// (official `text_memory_bf_resize`). With no fusion round: the input, `[1, B, L, d_text]`.
     pub text: Tensor<4>,
     /// The same through the FeatureResizer, `[rounds, L, B, d]` (official `text_memory_resized`;
     /// round `k` feeds decoder layer `k`).

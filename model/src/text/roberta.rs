@@ -1,5 +1,6 @@
 //! RoBERTa (Liu et al., 2019) as RLIPv2's label encoder, matching HuggingFace `RobertaModel`
-//! (transformers 4.30, used by the official RLIPv2 code `models/dab_deformable/deformable_transformer.py`)
+//! (transformers 4.30, used by the official RLIPv2 code
+//! `models/dab_deformable/deformable_transformer.py`)
 //! and the official `models/modeling_roberta.py::RobertaLayer` used inside the ALIF encoder.
 //!
 //! Post-LayerNorm transformer: embeddings (word + position + token type, LayerNorm), then layers of
