@@ -89,9 +89,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn inspect(file: &std::path::Path) -> Result<()> {
-    let is_zip = std::fs::read(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .starts_with(b"PK\x03\x04");
+    let head = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    // Zip (torch.save) and bare pickle streams (legacy torch.save, reported as unsupported) go to
+    // the .pth reader; everything else is read as safetensors.
+    let is_zip = head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80);
     let print_sd = |prefix: &str, sd: &StateDict| {
         let mut numel = 0usize;
         for (k, t) in sd.iter() {

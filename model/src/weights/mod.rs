@@ -250,7 +250,8 @@ impl StateDict {
     }
 
     /// Reads a `.pth` (its top-level `model` entry, or the whole pickle when it is a bare
-    /// state dict) or a `.safetensors` file, chosen by content, not by extension.
+    /// state dict) or a `.safetensors` file, chosen by content, not by extension (a bare pickle
+    /// stream goes to the `.pth` reader, which reports the legacy format as unsupported).
     pub fn read(path: &Path) -> Result<Self, WeightError> {
         let mut magic = [0u8; 4];
         {
@@ -261,7 +262,7 @@ impl StateDict {
                 return Err(WeightError::format(path, "file is shorter than 4 bytes"));
             }
         }
-        if &magic == b"PK\x03\x04" {
+        if &magic == b"PK\x03\x04" || magic[0] == 0x80 {
             pth::read_state_dict(path, Some("model"))
         } else {
             st::read(path)
