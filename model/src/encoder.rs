@@ -43,7 +43,7 @@ pub fn group_norm_blocked(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
     let g = norm.num_groups;
     let n = c / g * h * w;
     let block = (1..=n)
-        .filter(|d| n % d == 0 && d * d <= n)
+        .filter(|d| n.is_multiple_of(*d) && d * d <= n)
         .max()
         .unwrap_or(1);
     let blocked = x.clone().reshape([b, g, n / block, block]);

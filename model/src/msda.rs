@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 
-use crate::weights::layers::linear;
+use crate::weights::layers::linear_from;
 use crate::weights::{Init, Loader};
 
 /// Per-level feature-map sizes `(H, W)` of a flattened multi-scale value tensor.
@@ -180,8 +180,8 @@ impl MsDeformAttn {
         let value_proj = xavier_linear(ld, &format!("{prefix}.value_proj"), d);
         let output_proj = xavier_linear(ld, &format!("{prefix}.output_proj"), d);
         Self {
-            sampling_offsets: crate::weights::layers::linear_from(sw, Some(sb)),
-            attention_weights: crate::weights::layers::linear_from(aw, Some(ab)),
+            sampling_offsets: linear_from(sw, Some(sb)),
+            attention_weights: linear_from(aw, Some(ab)),
             value_proj,
             output_proj,
             n_levels: l,
@@ -263,15 +263,8 @@ pub fn sampling_locations(
 }
 
 fn xavier_linear(ld: &mut Loader, prefix: &str, d: usize) -> Linear {
-    let w = ld.tensor::<2>(
-        &format!("{prefix}.weight"),
-        [d, d],
-        Init::Uniform(
-            -(6.0 / (2 * d) as f64).sqrt(),
-            (6.0 / (2 * d) as f64).sqrt(),
-        ),
-    );
+    // Xavier bound sqrt(6 / (d + d)) = sqrt(3 / fan_in) for a square weight.
+    let w = ld.tensor::<2>(&format!("{prefix}.weight"), [d, d], Init::XavierUniform);
     let b = ld.tensor::<1>(&format!("{prefix}.bias"), [d], Init::Zeros);
-    let _ = linear;
-    crate::weights::layers::linear_from(w, Some(b))
+    linear_from(w, Some(b))
 }
