@@ -4,6 +4,8 @@
 //! index turns into a [`Device`] at run time, with a clear error when the binary was built without
 //! the requested backend.
 
+pub mod bench;
+
 use std::fmt;
 use std::str::FromStr;
 

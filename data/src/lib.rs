@@ -1,14 +1,18 @@
 #![warn(missing_docs)]
 //! rlip-data: readers for the dataset and evaluation file formats RLIPv2 uses.
 //!
+//! - [`draw`]: boxes and bitmap-font labels on images, PNG encoding.
 //! - [`npy`]: a small, safe `.npy` reader (no pickled objects).
 //! - [`pickle`]: a minimal reader for plain-data pickles (lists, dicts, numbers, strings), enough
 //!   for the V-COCO detection file `generate_vcoco_official.py` writes.
 //! - [`hico`], [`vcoco`], [`oi`]: ground-truth readers for the official JSON annotation formats.
+//! - [`labels`]: built-in HICO-DET / V-COCO label texts and label files.
 //! - [`preprocess`]: the official evaluation resize (Pillow-exact), normalisation and padded batching.
 
+pub mod draw;
 pub mod error;
 pub mod hico;
+pub mod labels;
 pub mod npy;
 pub mod oi;
 pub mod pickle;

@@ -209,8 +209,20 @@ pub fn pad_batch(images: &[(Vec<f32>, usize, usize)]) -> PaddedBatch {
     }
 }
 
-/// Decodes an image file (PNG or JPEG) to RGB, applying the EXIF orientation of JPEGs.
+/// Decodes an image file (PNG or JPEG) to RGB as stored, ignoring any EXIF orientation, as the
+/// official loaders do (`Image.open(..).convert('RGB')`): dataset annotations are in these pixel
+/// coordinates.
 pub fn load_rgb(path: &std::path::Path) -> Result<RgbImage, crate::DataError> {
+    load_rgb_with(path, false)
+}
+
+/// Decodes an image file to RGB, turned upright by its EXIF orientation (for photos without
+/// annotations, e.g. `rlip infer` on a phone picture).
+pub fn load_rgb_upright(path: &std::path::Path) -> Result<RgbImage, crate::DataError> {
+    load_rgb_with(path, true)
+}
+
+fn load_rgb_with(path: &std::path::Path, exif: bool) -> Result<RgbImage, crate::DataError> {
     let bytes = crate::read_bytes(path)?;
     let bad = |msg: String| crate::DataError::Image {
         path: path.to_path_buf(),
@@ -227,7 +239,9 @@ pub fn load_rgb(path: &std::path::Path) -> Result<RgbImage, crate::DataError> {
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| bad(format!("cannot decode: {e}")))?;
-    img.apply_orientation(orientation);
+    if exif {
+        img.apply_orientation(orientation);
+    }
     let rgb = img.to_rgb8();
     Ok(RgbImage {
         width: rgb.width() as usize,
@@ -325,5 +339,28 @@ mod tests {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(batch.data, want, "normalised batch must be bit-identical");
+    }
+
+    /// A JPEG tagged "rotate 90° clockwise" (EXIF orientation 6): the official loaders ignore the
+    /// tag, `load_rgb_upright` applies it.
+    #[test]
+    fn exif_orientation_only_when_asked() {
+        use image::ImageEncoder;
+        let (w, h) = (8u32, 4u32);
+        let pixels = vec![128u8; (w * h * 3) as usize];
+        let mut jpg = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new(&mut jpg);
+        // TIFF header (big endian), one IFD entry: Orientation (0x0112), SHORT, 1, value 6
+        let exif = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00".to_vec();
+        enc.set_exif_metadata(exif).unwrap();
+        enc.write_image(&pixels, w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let path = std::env::temp_dir().join(format!("rlip-exif-{}.jpg", std::process::id()));
+        std::fs::write(&path, &jpg).unwrap();
+        let raw = load_rgb(&path).unwrap();
+        assert_eq!((raw.width, raw.height), (8, 4));
+        let up = load_rgb_upright(&path).unwrap();
+        assert_eq!((up.width, up.height), (4, 8));
+        std::fs::remove_file(&path).ok();
     }
 }

@@ -194,12 +194,12 @@ pub struct Memory<'a> {
     pub valid_ratios: Tensor<3>,
 }
 
-/// Sine embedding of normalised boxes `[B, Q, 4]` → `[B, Q, 512]` in (y, x, w, h) order, each
-/// coordinate as DETR's 128 interleaved sin/cos features (`gen_sineembed_for_position`).
-pub fn sine_embed_boxes(pos: Tensor<3>) -> Tensor<3> {
+/// Sine embedding of normalised boxes `[B, Q, 4]` → `[B, Q, 4n]` in (y, x, w, h) order, each
+/// coordinate as DETR's `n` interleaved sin/cos features (`gen_sineembed_for_position`, where
+/// `n` = 128 = d_model / 2 for the official width 256; smaller models use d_model / 2 too).
+pub fn sine_embed_boxes(pos: Tensor<3>, n: usize) -> Tensor<3> {
     let [b, q, _] = pos.dims();
     let device = pos.device();
-    let n = 128;
     let dim_t: Vec<f32> = (0..n)
         .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / n as f32))
         .collect();
@@ -300,7 +300,10 @@ impl ParseDecoder {
             let q = boxes.dims()[1];
             let ref_input = boxes.reshape([b, q, 1, 4]) * ratios.clone();
             let first_level = ref_input.clone().slice(s![.., .., 0..1]).reshape([b, q, 4]);
-            let raw_pos = self.ref_point_head.forward(sine_embed_boxes(first_level));
+            let d = output.dims()[2];
+            let raw_pos = self
+                .ref_point_head
+                .forward(sine_embed_boxes(first_level, d / 2));
             let pos = if lid == 0 {
                 raw_pos
             } else {

@@ -18,8 +18,9 @@ use crate::parse_decoder::{
 };
 use crate::position::PaddingMask;
 use crate::prediction_heads::{Heads, LayerPredictions};
+use crate::text::roberta::{ConfigError, check_divisible, check_positive};
 use crate::text::{RobertaConfig, RobertaModel};
-use crate::weights::Loader;
+use crate::weights::{Loader, StateDict};
 
 /// Configuration of an RLIPv2-ParSeDA model (JSON-loadable; presets below).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +131,59 @@ impl RlipConfig {
             "small" => Self::small(),
             _ => return None,
         })
+    }
+
+    /// Checks the sizes a forward pass relies on: the encoder's (see [`AlifConfig::validate`]), an
+    /// even positive query count (subject and object halves), at least one decoder and encoder
+    /// layer, and 4 feature levels (the backbone's three plus the extra stride-64 level).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.alif().validate()?;
+        check_positive(&[
+            ("num_queries", self.num_queries),
+            ("enc_layers", self.enc_layers),
+            ("dec_layers", self.dec_layers),
+            ("dec_n_points", self.dec_n_points),
+            ("mbf_cardinality", self.mbf_cardinality),
+            ("eval_size", self.eval_size),
+        ])?;
+        check_divisible(("num_queries", self.num_queries), ("pairs of", 2))?;
+        check_divisible(
+            ("hidden_dim", self.hidden_dim),
+            ("mbf_cardinality", self.mbf_cardinality),
+        )?;
+        if self.num_feature_levels != 4 {
+            return Err(ConfigError::Unsupported(format!(
+                "num_feature_levels = {} (RLIPv2-ParSeDA uses the backbone's 3 levels plus one extra: 4)",
+                self.num_feature_levels
+            )));
+        }
+        if self.eval_max_size < self.eval_size {
+            return Err(ConfigError::Unsupported(format!(
+                "eval_max_size = {} is smaller than eval_size = {}",
+                self.eval_max_size, self.eval_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// A preset name (`r50`, `swin_t`, `swin_l`, `small`) or the path of a JSON configuration,
+    /// validated.
+    pub fn resolve(spec: &str) -> Result<Self, ConfigError> {
+        let cfg = match Self::preset(spec) {
+            Some(c) => c,
+            None => {
+                let bytes = std::fs::read(spec).map_err(|e| {
+                    ConfigError::Unsupported(format!(
+                        "'{spec}' is neither a preset (r50, swin_t, swin_l, small) nor a readable JSON file: {e}"
+                    ))
+                })?;
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    ConfigError::Unsupported(format!("{spec}: malformed config: {e}"))
+                })?
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// The encoder configuration.
@@ -272,6 +326,21 @@ impl RlipParSeDa {
             dec_layers: cfg.dec_layers,
             num_queries: cfg.num_queries,
         }
+    }
+
+    /// A freshly initialised model (the official initialisation rules, fixed seed) and its
+    /// parameters as a state dict under the official keys (for tests, benchmarks, training from
+    /// scratch).
+    pub fn init(cfg: &RlipConfig, device: &Device) -> (Self, StateDict) {
+        let empty = StateDict::new();
+        let mut ld = Loader::new(&empty, device, "initialisation")
+            .allow_partial(true)
+            .record_inits(true);
+        let model = Self::load(&mut ld, cfg);
+        let (_, sd) = ld
+            .finish_with_inits()
+            .expect("a partial load of an empty state dict has no mismatches");
+        (model, sd)
     }
 
     /// Encodes tokenised labels (`[L, T]` ids and attention mask) into pooled features.

@@ -1,7 +1,11 @@
 #![warn(missing_docs)]
-//! rlip-train: training and evaluation for RLIP-rs.
+//! rlip-train: training, evaluation and inference for RLIP-rs.
 //!
 //! [`eval`] holds the evaluators that reproduce the official RLIPv2 numbers (HICO-DET, V-COCO,
 //! Open Images) and the post-processing that turns raw head outputs into their input.
+//! [`infer`] runs a checkpoint on images: official preprocessing, batching, post-processing and
+//! ranked triplets.
 
 pub mod eval;
+#[cfg(feature = "model")]
+pub mod infer;

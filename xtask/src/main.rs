@@ -6,6 +6,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod eval;
+
 /// The torch version burn-tch 0.22 (torch-sys 0.22) links against.
 const TORCH_VERSION: &str = "2.9.0";
 
@@ -37,11 +40,30 @@ enum Cmd {
         #[arg(long)]
         parity: bool,
     },
+    /// Benchmarks (not tests); each prints a table. `infer`: inference images/s and peak memory
+    /// of the small preset and of r50 at 800x1333, per backend available here. `eval`: HICO-DET
+    /// evaluation time on a synthetic test-set-sized input (options after `--`: --images N,
+    /// --pairs N, --seed N, --release).
+    Bench {
+        /// What to benchmark.
+        #[arg(value_parser = ["infer", "eval"])]
+        what: String,
+        /// Backends to measure (default: every one available on this machine).
+        #[arg(long, value_delimiter = ',')]
+        backend: Vec<String>,
+        /// Small preset only.
+        #[arg(long)]
+        quick: bool,
+        /// Options of `bench eval`, after `--`.
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
     /// Compare the model with golden fixture folders (manifest.json, inputs/outputs.safetensors).
     Golden {
-        /// What to compare: `model` (everything, end to end) or `backbone` (backbone,
-        /// projections and deformable encoder layers with the fixture's fused tokens).
-        #[arg(value_parser = ["model", "backbone"])]
+        /// What to compare: `model` (everything, end to end), `backbone` (backbone,
+        /// projections and deformable encoder layers with the fixture's fused tokens) or `eval`
+        /// (evaluator cases of the layout of shared/golden/eval; a folder may hold many cases).
+        #[arg(value_parser = ["model", "backbone", "eval"])]
         what: String,
         /// Fixture folders.
         #[arg(required = true)]
@@ -101,6 +123,22 @@ fn vulkan_available() -> bool {
                 .map(|mut r| r.next().is_some())
                 .unwrap_or(false)
         })
+}
+
+/// Sets what building or running the tch backend against `.venv`'s torch needs.
+fn torch_env(cmd: &mut Command) {
+    let venv = root().join(".venv");
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env("LIBTORCH_USE_PYTORCH", "1")
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", path);
+    if let Some(lib) = torch_lib() {
+        cmd.env("LD_LIBRARY_PATH", lib);
+    }
 }
 
 fn setup(no_torch: bool) -> Result<()> {
@@ -195,18 +233,9 @@ fn test(no_cuda_check: bool, parity: bool) -> Result<()> {
         );
     }
     let torch = if parity { torch_lib() } else { None };
-    if let Some(lib) = torch {
+    if torch.is_some() {
         features.push("rlip-tests/tch");
-        let venv = root().join(".venv");
-        let path = format!(
-            "{}:{}",
-            venv.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        cmd.env("LIBTORCH_USE_PYTORCH", "1")
-            .env("VIRTUAL_ENV", &venv)
-            .env("PATH", path)
-            .env("LD_LIBRARY_PATH", lib);
+        torch_env(&mut cmd);
     } else if parity {
         eprintln!(
             "note: no torch=={TORCH_VERSION} in .venv: tch parity skipped (`cargo xtask setup` installs it)"
@@ -234,6 +263,14 @@ fn main() -> Result<()> {
             no_cuda_check,
             parity,
         } => test(no_cuda_check, parity),
+        Cmd::Bench { what, rest, .. } if what == "eval" => eval::bench(&rest),
+        Cmd::Bench {
+            what: _,
+            backend,
+            quick,
+            rest: _,
+        } => bench::infer(backend, quick),
+        Cmd::Golden { what, dirs } if what == "eval" => eval::golden(&dirs),
         Cmd::Golden { what, dirs } => {
             let mut c = cargo();
             c.args([

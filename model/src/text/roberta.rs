@@ -68,6 +68,9 @@ pub enum ConfigError {
         /// The divisor.
         by: usize,
     },
+    /// A setting this implementation does not support, or an unreadable configuration.
+    #[error("{0}")]
+    Unsupported(String),
     /// The padding id leaves no room in the position table.
     #[error("pad_token_id = {pad} leaves no position in a table of {positions} rows")]
     NoPositions {
@@ -144,10 +147,10 @@ impl RobertaConfig {
         }
     }
 
-    /// A small model for tests: vocab 64, width 32, 2 layers, 4 heads, FFN 64, 16 positions.
+    /// A small model for tests and demos: vocab 256, width 32, 2 layers, 4 heads, FFN 64, 16 positions.
     pub fn tiny() -> Self {
         Self {
-            vocab_size: 64,
+            vocab_size: 256,
             hidden_size: 32,
             num_hidden_layers: 2,
             num_attention_heads: 4,

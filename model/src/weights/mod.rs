@@ -249,6 +249,29 @@ impl StateDict {
         self.order.is_empty()
     }
 
+    /// The official fine-tuning query filter for ParSeDA checkpoints
+    /// (`util/misc.py::filter_ckpt_tgt_anchor`): every tensor whose key contains `tgt_embed` or
+    /// `refpoint_embed` keeps only its first `num_queries` rows. Returns the keys it shortened.
+    pub fn truncate_query_rows(&mut self, num_queries: usize) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (key, t) in self.map.iter_mut() {
+            if !(key.contains("tgt_embed") || key.contains("refpoint_embed")) {
+                continue;
+            }
+            let Some(&rows) = t.shape.first() else {
+                continue;
+            };
+            if rows <= num_queries {
+                continue;
+            }
+            let row_bytes = t.bytes.len() / rows;
+            t.bytes.truncate(num_queries * row_bytes);
+            t.shape[0] = num_queries;
+            changed.push(key.clone());
+        }
+        changed
+    }
+
     /// Reads a `.pth` (its top-level `model` entry, or the whole pickle when it is a bare
     /// state dict) or a `.safetensors` file, chosen by content, not by extension (a bare pickle
     /// stream goes to the `.pth` reader, which reports the legacy format as unsupported).
@@ -347,6 +370,7 @@ pub struct Loader<'a> {
     allow_partial: bool,
     report: KeyReport,
     rng: u64,
+    inits: Option<StateDict>,
 }
 
 impl<'a> Loader<'a> {
@@ -359,6 +383,21 @@ impl<'a> Loader<'a> {
             allow_partial: false,
             report: KeyReport::default(),
             rng: 0x5EED_2024,
+            inits: None,
+        }
+    }
+
+    /// Keeps a copy of every initialised (missing) parameter, returned by
+    /// [`Loader::finish_with_inits`]: with an empty state dict this yields a complete, freshly
+    /// initialised checkpoint under the official keys.
+    pub fn record_inits(mut self, yes: bool) -> Self {
+        self.inits = yes.then(StateDict::new);
+        self
+    }
+
+    fn record(&mut self, key: &str, shape: &[usize], values: &[f32]) {
+        if let Some(sd) = &mut self.inits {
+            sd.insert(key, RawTensor::from_f32(shape.to_vec(), values));
         }
     }
 
@@ -402,7 +441,11 @@ impl<'a> Loader<'a> {
     ) -> Tensor<D> {
         match self.take(key, &shape) {
             Some(t) => t.to_tensor(&self.device),
-            None => self.init_tensor(shape, init),
+            None => {
+                let v = self.init_values(shape.iter().product(), fan_in(&shape), init);
+                self.record(key, &shape, &v);
+                Tensor::from_data(TensorData::new(v, shape.to_vec()), &self.device)
+            }
         }
     }
 
@@ -415,7 +458,11 @@ impl<'a> Loader<'a> {
     ) -> Tensor<D> {
         let v = match self.take(key, &shape) {
             Some(t) => t.f32_values(),
-            None => init(),
+            None => {
+                let v = init();
+                self.record(key, &shape, &v);
+                v
+            }
         };
         Tensor::from_data(TensorData::new(v, shape.to_vec()), &self.device)
     }
@@ -426,7 +473,9 @@ impl<'a> Loader<'a> {
             Some(t) => t.f32_values(),
             None => {
                 let n = shape.iter().product();
-                self.init_values(n, fan_in(shape), init)
+                let v = self.init_values(n, fan_in(shape), init);
+                self.record(key, shape, &v);
+                v
             }
         }
     }
@@ -471,10 +520,11 @@ impl<'a> Loader<'a> {
             .collect()
     }
 
-    fn init_tensor<const D: usize>(&mut self, shape: [usize; D], init: Init) -> Tensor<D> {
-        let n = shape.iter().product();
-        let v = self.init_values(n, fan_in(&shape), init);
-        Tensor::from_data(TensorData::new(v, shape.to_vec()), &self.device)
+    /// [`Loader::finish`], also returning the parameters initialised because the checkpoint
+    /// lacked them (empty unless [`Loader::record_inits`] was set).
+    pub fn finish_with_inits(mut self) -> Result<(KeyReport, StateDict), WeightError> {
+        let inits = self.inits.take().unwrap_or_default();
+        self.finish().map(|r| (r, inits))
     }
 
     /// Finishes loading: computes unexpected keys and aliases, and fails on any mismatch unless
@@ -503,5 +553,37 @@ fn fan_in(shape: &[usize]) -> usize {
         shape.iter().product()
     } else {
         shape[1..].iter().product()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_rows_are_truncated_like_the_official_filter() {
+        let mut sd = StateDict::new();
+        let rows = |n: usize, w: usize| (0..n * w).map(|i| i as f32).collect::<Vec<_>>();
+        sd.insert(
+            "tgt_embed.weight",
+            RawTensor::from_f32(vec![6, 2], &rows(6, 2)),
+        );
+        sd.insert(
+            "verb_tgt_embed.weight",
+            RawTensor::from_f32(vec![6, 2], &rows(6, 2)),
+        );
+        sd.insert(
+            "refpoint_embed.weight",
+            RawTensor::from_f32(vec![3, 4], &rows(3, 4)),
+        );
+        sd.insert("other.weight", RawTensor::from_f32(vec![6, 2], &rows(6, 2)));
+        let mut changed = sd.truncate_query_rows(4);
+        changed.sort();
+        assert_eq!(changed, ["tgt_embed.weight", "verb_tgt_embed.weight"]);
+        let t = sd.get("tgt_embed.weight").unwrap();
+        assert_eq!(t.shape, [4, 2]);
+        assert_eq!(t.to_f32(), rows(4, 2));
+        assert_eq!(sd.get("refpoint_embed.weight").unwrap().shape, [3, 4]);
+        assert_eq!(sd.get("other.weight").unwrap().shape, [6, 2]);
     }
 }

@@ -91,6 +91,9 @@ impl KeyReport {
     }
 }
 
+/// Keys listed per category by the `Display` of [`KeyReport`] (the fields hold all of them).
+const SHOWN: usize = 25;
+
 impl fmt::Display for KeyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -103,8 +106,11 @@ impl fmt::Display for KeyReport {
         let list = |f: &mut fmt::Formatter<'_>, title: &str, keys: &[String]| -> fmt::Result {
             if !keys.is_empty() {
                 writeln!(f, "{title} ({}):", keys.len())?;
-                for k in keys {
+                for k in keys.iter().take(SHOWN) {
                     writeln!(f, "  {k}")?;
+                }
+                if keys.len() > SHOWN {
+                    writeln!(f, "  ... and {} more", keys.len() - SHOWN)?;
                 }
             }
             Ok(())
@@ -113,8 +119,11 @@ impl fmt::Display for KeyReport {
         list(f, "unexpected", &self.unexpected)?;
         if !self.misshaped.is_empty() {
             writeln!(f, "mis-shaped ({}):", self.misshaped.len())?;
-            for (k, want, got) in &self.misshaped {
+            for (k, want, got) in self.misshaped.iter().take(SHOWN) {
                 writeln!(f, "  {k}: model {want:?}, checkpoint {got:?}")?;
+            }
+            if self.misshaped.len() > SHOWN {
+                writeln!(f, "  ... and {} more", self.misshaped.len() - SHOWN)?;
             }
         }
         list(

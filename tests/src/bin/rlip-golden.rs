@@ -1,41 +1,81 @@
-//! `rlip-golden model|backbone DIR...`: compares RLIP-rs with golden model fixtures and prints PASS/FAIL per
-//! output (run through `cargo xtask golden`). Exits 0 only if every output passes.
+//! `rlip-golden [--backend B] model|backbone DIR...`: compares RLIP-rs with golden model fixtures
+//! and prints PASS/FAIL per output (run through `cargo xtask golden`); exits 0 only if every
+//! output passes. `rlip-golden --backend B bench-infer ...` runs the inference benchmark of
+//! `rlip bench infer`, so that one binary carries both checks to a GPU machine.
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use rlip_backends::BackendKind;
+use rlip_backends::bench::BenchInferArgs;
 use rlip_tests::Fixture;
 use rlip_tests::golden::{encoder_checks, model_checks};
 
+#[derive(Parser)]
+#[command(name = "rlip-golden")]
+struct Cli {
+    /// Backend to run on (must be compiled in).
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    backend: BackendKind,
+    /// Device index for GPU backends.
+    #[arg(long)]
+    device: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The whole model, end to end.
+    Model {
+        /// Fixture folders.
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+    },
+    /// Backbone, input projections and deformable encoder layers.
+    Backbone {
+        /// Fixture folders.
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+    },
+    /// The inference benchmark (`rlip bench infer`).
+    BenchInfer(BenchInferArgs),
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (what, dirs) = match args.split_first() {
-        Some((w, d)) if (w == "model" || w == "backbone") && !d.is_empty() => {
-            (w.clone(), d.to_vec())
-        }
-        _ => {
-            eprintln!("usage: rlip-golden model|backbone FIXTURE_DIR...");
-            return ExitCode::from(2);
-        }
-    };
-    let device = match rlip_backends::default_device() {
+    let cli = Cli::parse();
+    let device = match rlip_backends::device(cli.backend, cli.device) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let (model, dirs) = match cli.cmd {
+        Cmd::Model { dirs } => (true, dirs),
+        Cmd::Backbone { dirs } => (false, dirs),
+        Cmd::BenchInfer(a) => {
+            return match rlip_backends::bench::run(a, &cli.backend.to_string(), &device) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let mut ok = true;
-    for dir in dirs {
-        let path = std::path::Path::new(&dir);
+    for path in dirs {
         for f in ["manifest.json", "inputs.safetensors", "outputs.safetensors"] {
             if !path.join(f).is_file() {
-                eprintln!("error: {dir}: missing {f}");
+                eprintln!("error: {}: missing {f}", path.display());
                 return ExitCode::from(2);
             }
         }
-        println!("== {dir}");
-        let fx = Fixture::open(path);
-        let result = if what == "model" {
+        println!("== {} ({})", path.display(), cli.backend);
+        let fx = Fixture::open(&path);
+        let t = std::time::Instant::now();
+        let result = if model {
             model_checks(&fx, &device)
         } else {
             encoder_checks(&fx, &device)
@@ -52,6 +92,7 @@ fn main() -> ExitCode {
                 ok = false;
             }
         }
+        println!("({:.1} s)", t.elapsed().as_secs_f64());
     }
     println!("{}", if ok { "ALL PASS" } else { "SOME FAILED" });
     if ok {

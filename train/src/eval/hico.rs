@@ -579,6 +579,26 @@ impl fmt::Display for HicoReport {
     }
 }
 
+/// The HICO-DET prediction side of the official evaluator for one image: (pair, verb) scores
+/// multiplied by the verb–object validity matrix, the `max_hois` best kept (stable descending
+/// order), then, with `nms = Some((threshold, alpha, beta))`, the official triplet NMS (its output
+/// is grouped by triplet in order of first appearance).
+pub fn hico_candidates(
+    pred: &PairPredictions,
+    correct_mat: &CorrectMat,
+    max_hois: usize,
+    nms: Option<(f32, f32, f32)>,
+) -> Result<Vec<KeptPrediction>, EvalError> {
+    pred.validate()?;
+    let kept = top_candidates(pred, max_hois, |p, v| {
+        correct_mat.get(v, pred.labels[pred.obj_ids[p]])
+    })?;
+    Ok(match nms {
+        Some((t, a, b)) => triplet_nms(&kept, pred, t, a, b),
+        None => kept,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,24 +663,4 @@ mod tests {
         assert!((ko.per_class[0].ap - 1.0).abs() < 1e-12);
         assert_eq!(ko.metrics.map_non_rare, 0.0);
     }
-}
-
-/// The HICO-DET prediction side of the official evaluator for one image: (pair, verb) scores
-/// multiplied by the verb–object validity matrix, the `max_hois` best kept (stable descending
-/// order), then, with `nms = Some((threshold, alpha, beta))`, the official triplet NMS (its output
-/// is grouped by triplet in order of first appearance).
-pub fn hico_candidates(
-    pred: &PairPredictions,
-    correct_mat: &CorrectMat,
-    max_hois: usize,
-    nms: Option<(f32, f32, f32)>,
-) -> Result<Vec<KeptPrediction>, EvalError> {
-    pred.validate()?;
-    let kept = top_candidates(pred, max_hois, |p, v| {
-        correct_mat.get(v, pred.labels[pred.obj_ids[p]])
-    })?;
-    Ok(match nms {
-        Some((t, a, b)) => triplet_nms(&kept, pred, t, a, b),
-        None => kept,
-    })
 }

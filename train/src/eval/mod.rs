@@ -7,6 +7,16 @@
 //! | [`oi`] | `datasets/oi_sgg_eval.py::OISGGEvaluator` + `engine.evaluate_sgg_with_text` | [`oi::evaluate_oi`] |
 //! | [`postprocess`] | `models/hoi.py::PostProcessHOI`, `PostProcessSGG` | [`postprocess::postprocess_hoi`], [`postprocess::postprocess_sgg`] |
 //!
+//! Whole-split evaluation (what `rlip eval` runs):
+//!
+//! | module | contents |
+//! |---|---|
+//! | [`split`] | [`load_split`]: a dataset folder in the official RLIPv2 layout → [`EvalSplit`] (test images in order, GT, validity matrix, rare / zero-shot buckets) |
+//! | [`predictions`] | the saved-predictions JSON format ([`write_predictions`], [`read_predictions`]) |
+//! | [`report`] | [`evaluate_split`] → [`EvalReport`] (headline metrics, per-class APs, [`EvalReport::table`]) |
+//! | [`golden`] | [`golden::check_case`]: runs one golden case folder and compares every stored number |
+//! | [`synth`] | deterministic synthetic HICO-DET / Open Images inputs (benchmarks, property tests) |
+//!
 //! Predictions come in the layout `PostProcessHOI` / `PostProcessSGG` emit
 //! ([`PairPredictions`]); [`load_predictions_npy`] reads them from `.npy` files in the golden
 //! layout (`preds_labels.npy`, `preds_boxes.npy`, `preds_verb_scores.npy`, `preds_sub_ids.npy`,
@@ -30,12 +40,24 @@
 //! follows the HICO-DET benchmark definition. See [`hico::HicoSetting`].
 
 pub mod ap;
+pub mod golden;
 pub mod hico;
 pub mod oi;
 pub mod postprocess;
+pub mod predictions;
+pub mod report;
+pub mod split;
+pub mod synth;
 pub mod vcoco;
 
-use std::path::Path;
+pub use predictions::{
+    ImagePredictions, PredictionsFile, read_predictions, read_predictions_file, write_predictions,
+    write_split_predictions,
+};
+pub use report::{EvalOptions, EvalReport, evaluate_split, evaluate_vcoco_detections};
+pub use split::{Dataset, EvalImage, EvalSplit, SplitConfig, load_split, load_split_with};
+
+use std::path::{Path, PathBuf};
 
 use rlip_data::DataError;
 use rlip_data::npy::read_npy;
@@ -50,6 +72,31 @@ pub enum EvalError {
     /// Predictions, ground truth or options are inconsistent.
     #[error("invalid evaluation input: {0}")]
     Invalid(String),
+    /// A file the evaluation needs does not exist.
+    #[error("{path}: missing {what}")]
+    MissingFile {
+        /// Where the file was looked for.
+        path: PathBuf,
+        /// What the file is (and where else it was looked for).
+        what: String,
+    },
+    /// A predictions file is malformed or does not fit the split; the message names the image
+    /// and the field.
+    #[error("{path}: {msg}")]
+    Predictions {
+        /// The predictions file.
+        path: PathBuf,
+        /// What is wrong, naming the image and the field.
+        msg: String,
+    },
+    /// Writing an output file failed.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> EvalError {

@@ -85,16 +85,44 @@ impl VcocoOfficialGt {
             .collect();
         let num_actions = vsrl.len();
         let vcoco_ann = &vsrl[0].ann_id;
+        // Index images and annotations once (annotations keep file order within an image).
+        let mut images_by_id: std::collections::HashMap<i64, &rlip_data::vcoco::CocoImage> =
+            std::collections::HashMap::new();
+        for im in &coco.images {
+            images_by_id.entry(im.id).or_insert(im);
+        }
+        let mut anns_by_image: std::collections::HashMap<
+            i64,
+            Vec<&rlip_data::vcoco::CocoAnnotation>,
+        > = std::collections::HashMap::new();
+        for a in &coco.annotations {
+            anns_by_image.entry(a.image_id).or_default().push(a);
+        }
+        let vcoco_ann_set: std::collections::HashSet<i64> = vcoco_ann.iter().copied().collect();
+        // For each action, the entries labelled 1 of each annotation id, in list order.
+        let positives: Vec<std::collections::HashMap<i64, Vec<usize>>> = vsrl
+            .iter()
+            .map(|x| {
+                let mut m: std::collections::HashMap<i64, Vec<usize>> =
+                    std::collections::HashMap::new();
+                for (row, (&a, &l)) in x.ann_id.iter().zip(&x.label).enumerate() {
+                    if l == 1 {
+                        m.entry(a).or_default().push(row);
+                    }
+                }
+                m
+            })
+            .collect();
         let mut db = Vec::with_capacity(split_ids.len());
         for &id in split_ids {
-            let img = coco.images.iter().find(|im| im.id == id).ok_or_else(|| {
+            let img = images_by_id.get(&id).copied().ok_or_else(|| {
                 invalid(format!(
                     "image id {id} of the split is not in the COCO file"
                 ))
             })?;
             let (w, h) = (img.width, img.height);
             let mut valid: Vec<(i64, [f64; 4], i64)> = Vec::new();
-            for ann in coco.annotations.iter().filter(|a| a.image_id == id) {
+            for &ann in anns_by_image.get(&id).map_or(&[][..], Vec::as_slice) {
                 if ann.ignore == Some(1) {
                     continue;
                 }
@@ -125,12 +153,11 @@ impl VcocoOfficialGt {
             for &(ann_id, _, _) in &valid {
                 let mut actions = vec![-1i32; num_actions];
                 let mut roles = vec![[-1i32; 2]; num_actions];
-                if vcoco_ann.contains(&ann_id) {
+                if vcoco_ann_set.contains(&ann_id) {
                     actions.iter_mut().for_each(|a| *a = 0);
                     for (i, x) in vsrl.iter().enumerate() {
-                        let rows: Vec<usize> = (0..x.ann_id.len())
-                            .filter(|&m| x.ann_id[m] == ann_id && x.label[m] == 1)
-                            .collect();
+                        let rows: &[usize] =
+                            positives[i].get(&ann_id).map_or(&[][..], Vec::as_slice);
                         let Some(&m) = rows.first() else { continue };
                         if rows.len() > 1 {
                             return Err(invalid(format!(
@@ -353,6 +380,12 @@ pub fn evaluate_vcoco_official(
             )));
         }
     }
+    // Detections of each image, in list order (one pass instead of a scan per image).
+    let mut by_image: std::collections::HashMap<i64, Vec<&VcocoDetection>> =
+        std::collections::HashMap::new();
+    for d in dets {
+        by_image.entry(d.image_id).or_default().push(d);
+    }
     let mut npos = vec![0usize; na];
     let mut agent_acc: Vec<Acc> = (0..na).map(|_| Acc::default()).collect();
     let mut role_acc: [Vec<[Acc; 2]>; 2] = [
@@ -370,11 +403,8 @@ pub fn evaluate_vcoco_official(
         for (aid, n) in npos.iter_mut().enumerate() {
             *n += gt_actions.iter().filter(|a| a[aid] == 1).count();
         }
-        let img_dets: Vec<&VcocoDetection> = dets
-            .iter()
-            .filter(|d| d.image_id == entry.image_id)
-            .collect();
-        let d = collect_dets(&img_dets, gt)?;
+        let img_dets = by_image.get(&entry.image_id).map_or(&[][..], Vec::as_slice);
+        let d = collect_dets(img_dets, gt)?;
 
         // Agent.
         for aid in 0..na {

@@ -1,5 +1,8 @@
 //! `rlip`: the RLIP-rs command line.
 
+mod eval;
+mod infer;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +40,20 @@ enum Command {
     },
     /// List the backends compiled into this binary and check that the selected one runs.
     Backends,
+    /// Benchmarks (not tests): `rlip bench infer` times the model on synthetic input.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Detect relation triplets on images: writes `<image>.json` and an annotated `<image>.png`.
+    Infer(infer::InferArgs),
+    /// Evaluate a test split (HICO-DET, V-COCO, Open Images) with the official metrics.
+    Eval(eval::EvalArgs),
+}
+
+/// Benchmarks.
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Inference images/s of a preset (freshly initialised weights, synthetic input).
+    Infer(rlip_backends::bench::BenchInferArgs),
 }
 
 fn main() {
@@ -61,6 +78,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} tensors to {}", sd.len(), output.display());
             Ok(())
         }
+        Command::Bench(BenchCmd::Infer(a)) => rlip_backends::bench::run(
+            a,
+            &cli.backend.to_string(),
+            &device(cli.backend, cli.device)?,
+        ),
+        Command::Infer(a) => infer::run(a, &device(cli.backend, cli.device)?),
+        Command::Eval(a) => eval::run(a, cli.backend, cli.device),
         Command::Backends => {
             for b in BackendKind::ALL {
                 println!(

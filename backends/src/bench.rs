@@ -1,0 +1,159 @@
+//! `rlip bench infer`: inference throughput of a preset with freshly initialised weights.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use clap::Args;
+use rlip_model::position::PaddingMask;
+use rlip_model::rlip::{RlipConfig, RlipParSeDa};
+
+/// Arguments of `rlip bench infer`.
+#[derive(Args, Debug)]
+pub struct BenchInferArgs {
+    /// Model preset or JSON config.
+    #[arg(long, default_value = "r50")]
+    pub config: String,
+    /// Input `HEIGHTxWIDTH`; default: the config's eval size on a 3:5 image (800x1333 for r50).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Number of label texts (HICO-DET: 80 objects + "no objects" + 117 verbs = 198).
+    #[arg(long, default_value_t = 198)]
+    pub labels: usize,
+    /// Untimed warm-up runs per batch size (GPU backends compile and autotune on the first).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs per batch size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Append one JSON line per measurement to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the benchmark and prints one table row per batch size.
+pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
+    let cfg = RlipConfig::resolve(&a.config)?;
+    let (h, w) = match &a.size {
+        Some(s) => {
+            let (h, w) = s
+                .split_once('x')
+                .and_then(|(h, w)| Some((h.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
+                .filter(|&(h, w)| h > 0 && w > 0)
+                .ok_or_else(|| anyhow::anyhow!("--size must be HEIGHTxWIDTH, got '{s}'"))?;
+            (h, w)
+        }
+        None => (cfg.eval_size, cfg.eval_max_size),
+    };
+    if a.iters == 0 || a.batch.contains(&0) {
+        bail!("--iters and every --batch must be positive");
+    }
+    let t = Instant::now();
+    let (model, _) = RlipParSeDa::init(&cfg, device);
+    let init_s = t.elapsed().as_secs_f64();
+
+    // label texts: deterministic token ids of 6 tokens each (<s> 4 words </s>)
+    let n_tok = 6;
+    let vocab = cfg.text.vocab_size as i64;
+    let ids: Vec<i64> = (0..a.labels * n_tok)
+        .map(|i| match i % n_tok {
+            0 => 0,
+            j if j == n_tok - 1 => 2.min(vocab - 1),
+            _ => 4 + (i as i64 * 7919) % (vocab - 4).max(1),
+        })
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.labels, n_tok]), device);
+    let mask = Tensor::<2, Int>::ones([a.labels, n_tok], device);
+    let n_obj = (a.labels * 2 / 3).max(1);
+    let mut text_times = Vec::new();
+    let mut labels = None;
+    for i in 0..a.warmup + a.iters {
+        let t = Instant::now();
+        let l = model.encode_labels(ids.clone(), mask.clone(), n_obj);
+        let _ = l.pooled.clone().slice(s![0..1, 0..1]).into_data();
+        if i >= a.warmup {
+            text_times.push(t.elapsed().as_secs_f64());
+        }
+        labels = Some(l);
+    }
+    let labels = labels.expect("at least one run");
+    println!(
+        "backend {backend}, config {}, input {h}x{w}, {} label texts; init {init_s:.1} s; text encoder {:.1} ms",
+        a.config,
+        a.labels,
+        median(text_times.clone()) * 1e3
+    );
+    println!(
+        "| backend | config | batch | input | ms/batch (median of {}) | images/s | first call s | peak RSS MiB |",
+        a.iters
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for &b in &a.batch {
+        let n = b * 3 * h * w;
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i as u64 * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(data, [b, 3, h, w]), device);
+        let pm = PaddingMask::from_sizes(&vec![(h, w); b], h, w);
+        let mut times = Vec::new();
+        let mut first = 0.0;
+        for i in 0..a.warmup + a.iters {
+            let t = Instant::now();
+            let out = model.forward(x.clone(), &pm, &labels);
+            let last = out.layers.last().expect("layers");
+            // reading the outputs waits for the device
+            let _ = last.verb_logits.clone().into_data();
+            let _ = last.obj_boxes.clone().into_data();
+            let dt = t.elapsed().as_secs_f64();
+            if i == 0 {
+                first = dt;
+            }
+            if i >= a.warmup {
+                times.push(dt);
+            }
+        }
+        let m = median(times.clone());
+        let rss = peak_rss_mib()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or("-".into());
+        println!(
+            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {rss} |",
+            a.config,
+            m * 1e3,
+            b as f64 / m
+        );
+        if let Some(p) = &a.json {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "bench": "infer", "backend": backend, "config": a.config, "batch": b,
+                "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
+                "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
+                "images_per_s": b as f64 / m, "first_call_s": first,
+                "text_encoder_ms": median(text_times.clone()) * 1e3,
+                "peak_rss_mib": peak_rss_mib(),
+            });
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}

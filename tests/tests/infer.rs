@@ -1,0 +1,324 @@
+//! The inference pipeline (`rlip_train::infer`): images from disk through the official
+//! preprocessing, padded batching, the model and post-processing, against the golden fixtures;
+//! checkpoint round trips, partial loads and bad input on the small preset.
+
+use std::path::{Path, PathBuf};
+
+use rlip_data::labels::LabelSet;
+use rlip_data::preprocess::{RgbImage, load_rgb};
+use rlip_model::rlip::{RlipConfig, RlipParSeDa};
+use rlip_model::text::LabelTokenizer;
+use rlip_model::weights::{Loader, st};
+use rlip_tests::Fixture;
+use rlip_tests::fixture::assert_all;
+use rlip_tests::golden::model_config;
+use rlip_train::infer::{InferError, PairMode, Predictor, draw_triplets, load_model};
+
+fn device() -> burn::prelude::Device {
+    rlip_backends::default_device().expect("flex")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rlip-infer-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A predictor with the fixture's weights (rebuilt from its manifest), the roberta-base
+/// vocabulary and the built-in HICO labels, preprocessing at the fixture's 320/533 sizes.
+fn golden_predictor(fx: &Fixture) -> Predictor {
+    let mut cfg = model_config(fx).expect("config");
+    cfg.eval_size = 320;
+    cfg.eval_max_size = 533;
+    let sd = rlip_tests::generate(&fx.manifest, |_| true);
+    let dev = device();
+    let mut ld = Loader::new(&sd, &dev, "fixture");
+    let model = RlipParSeDa::load(&mut ld, &cfg);
+    assert!(ld.finish().expect("clean load").is_clean());
+    let labels = LabelSet::builtin("hico").unwrap();
+    let want: Vec<String> = fx.manifest["label_texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(labels.flat_texts(), want, "built-in HICO label texts");
+    let tok = LabelTokenizer::from_dir(rlip_tests::fixture::golden_root().join("tokenizer"))
+        .expect("tokenizer");
+    Predictor::new(model, cfg, &tok, labels, PairMode::Hoi, &dev).expect("predictor")
+}
+
+fn fixture_images(fx: &Fixture) -> Vec<RgbImage> {
+    fx.manifest["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| load_rgb(&fx.dir.join(i["png"].as_str().unwrap())).expect("image"))
+        .collect()
+}
+
+/// From the PNG on disk to `PostProcessHOI` output: equal to the official pipeline's.
+#[test]
+fn pipeline_matches_official_postprocessing_r50() {
+    let fx = Fixture::named("rlipv2_parseda_r50");
+    let p = golden_predictor(&fx);
+    let prepared: Vec<_> = fixture_images(&fx).iter().map(|i| p.prepare(i)).collect();
+    let preds = p.predict(&prepared).expect("predict");
+    let pred = &preds[0];
+    assert_eq!(pred.labels, fx.output("f64/post.labels").to_i64());
+    let boxes: Vec<f32> = pred.boxes.iter().flatten().copied().collect();
+    let v = pred.num_verbs;
+    assert_all(&[
+        fx.check_values("post.boxes", &[pred.boxes.len(), 4], &boxes),
+        fx.check_values(
+            "post.verb_scores",
+            &[pred.num_pairs(), v],
+            &pred.verb_scores,
+        ),
+    ]);
+    // the ranked triplets come from the same candidates as the HICO evaluator
+    let t = p.triplets(pred, None, 100, true).expect("triplets");
+    assert!(!t.is_empty() && t.len() <= 100);
+    assert!(t.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(t.iter().all(|t| t.subject == "person"));
+}
+
+/// Two images of different sizes padded into one batch, exactly as the official batching does.
+#[test]
+fn padded_batch_pipeline_matches_official_outputs() {
+    let fx = Fixture::named("rlipv2_parseda_r50_batch2");
+    let p = golden_predictor(&fx);
+    let prepared: Vec<_> = fixture_images(&fx).iter().map(|i| p.prepare(i)).collect();
+    let raw = p.forward(&prepared).expect("forward");
+    let (b, q) = (raw.batch, raw.pairs);
+    assert_all(&[
+        fx.check_values(
+            "pred_obj_logits",
+            &[b, q, raw.num_obj_logits],
+            &raw.obj_logits,
+        ),
+        fx.check_values(
+            "pred_sub_logits",
+            &[b, q, raw.num_obj_logits],
+            &raw.sub_logits,
+        ),
+        fx.check_values("pred_verb_logits", &[b, q, raw.num_verbs], &raw.verb_logits),
+        fx.check_values("pred_sub_boxes", &[b, q, 4], &raw.sub_boxes),
+        fx.check_values("pred_obj_boxes", &[b, q, 4], &raw.obj_boxes),
+    ]);
+}
+
+/// A byte-level BPE vocabulary of single letters (ids < 64, for the small preset's label
+/// encoder), written as `vocab.json` + `merges.txt`.
+pub fn tiny_tokenizer(dir: &Path) -> LabelTokenizer {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<s>", "<pad>", "</s>", "<unk>"].iter().enumerate() {
+        vocab.insert(t.to_string(), i.into());
+    }
+    for (i, c) in ('a'..='z').chain(['Ġ']).enumerate() {
+        vocab.insert(c.to_string(), (4 + i).into());
+    }
+    std::fs::write(dir.join("vocab.json"), serde_json::to_vec(&vocab).unwrap()).unwrap();
+    std::fs::write(dir.join("merges.txt"), "#version: 0.2\n").unwrap();
+    LabelTokenizer::from_dir(dir).expect("tiny tokenizer")
+}
+
+fn small_labels() -> LabelSet {
+    LabelSet {
+        source: "test".into(),
+        objects: vec!["person".into(), "ball".into(), "kite".into()],
+        relations: vec!["hold".into(), "kick".into()],
+    }
+}
+
+fn gradient(w: usize, h: usize, seed: u8) -> RgbImage {
+    let data = (0..h)
+        .flat_map(|y| {
+            (0..w).flat_map(move |x| {
+                [
+                    (x * 255 / w) as u8,
+                    (y * 255 / h) as u8,
+                    seed.wrapping_mul(37),
+                ]
+            })
+        })
+        .collect();
+    RgbImage {
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+/// Small preset: initialise, save as safetensors, load back by official keys, run a padded
+/// batch, rank and draw triplets.
+#[test]
+fn small_model_round_trip_and_batch() {
+    let dir = tmp("small");
+    let dev = device();
+    let cfg = RlipConfig::small();
+    let (_, sd) = RlipParSeDa::init(&cfg, &dev);
+    let ckpt = dir.join("small.safetensors");
+    st::write(&sd, &ckpt).unwrap();
+    let (model, report) = load_model(&cfg, &ckpt, &dev, false).expect("load");
+    assert!(report.is_clean(), "{report}");
+    let tok = tiny_tokenizer(&dir);
+    for mode in [PairMode::Hoi, PairMode::Sgg] {
+        let (model, _) = load_model(&cfg, &ckpt, &dev, false).unwrap();
+        let p = Predictor::new(model, cfg.clone(), &tok, small_labels(), mode, &dev).unwrap();
+        let imgs = [gradient(90, 60, 1), gradient(50, 120, 2)];
+        let prepared: Vec<_> = imgs.iter().map(|i| p.prepare(i)).collect();
+        let preds = p.predict(&prepared).unwrap();
+        assert_eq!(preds.len(), 2);
+        for (img, pred) in imgs.iter().zip(&preds) {
+            assert_eq!(pred.num_pairs(), cfg.num_queries / 2);
+            assert!(pred.verb_scores.iter().all(|s| (0.0..=1.0).contains(s)));
+            assert!(pred.labels.iter().all(|&l| (0..3).contains(&l)));
+            if mode == PairMode::Hoi {
+                assert!(pred.sub_ids.iter().all(|&i| pred.labels[i] == 0));
+            }
+            let t = p.triplets(pred, None, 5, false).unwrap();
+            assert_eq!(t.len(), 5);
+            let png = draw_triplets(img, &t);
+            assert_eq!(png.width, img.width);
+            assert!(png.height > img.height, "legend panel below the image");
+        }
+        // from files, batched by two with read-ahead: same as batching the decoded images
+        let third = gradient(70, 70, 3);
+        let mut paths = Vec::new();
+        for (i, im) in imgs.iter().chain([&third]).enumerate() {
+            let path = dir.join(format!("img{i}.png"));
+            std::fs::write(&path, rlip_data::draw::encode_png(im)).unwrap();
+            paths.push(path);
+        }
+        let mut seen = Vec::new();
+        let from_files = p.predict_files(&paths, 2, |n| seen.push(n)).unwrap();
+        assert_eq!(seen, [2, 3]);
+        let third_pred = p.predict(&[p.prepare(&third)]).unwrap();
+        assert_eq!(from_files[..2], preds[..]);
+        assert_eq!(from_files[2], third_pred[0]);
+        // a corrupt image names its file
+        std::fs::write(&paths[2], b"\x89PNG\r\n\x1a\nnot really").unwrap();
+        let e = p.predict_files(&paths, 2, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("img2.png"), "{e}");
+    }
+    drop(model);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Wrong shapes, a foreign method and too many queries give clear errors; `partial` applies the
+/// official query filter.
+#[test]
+fn checkpoint_mismatches_are_reported() {
+    let dir = tmp("mismatch");
+    let dev = device();
+    let cfg = RlipConfig::small();
+    let (_, sd) = RlipParSeDa::init(&cfg, &dev);
+    let ckpt = dir.join("small.safetensors");
+    st::write(&sd, &ckpt).unwrap();
+
+    // fewer queries than the checkpoint: error naming the fix, then a partial load that cuts rows
+    let mut fewer = cfg.clone();
+    fewer.num_queries = 8;
+    let e = load_model(&fewer, &ckpt, &dev, false)
+        .err()
+        .expect("mismatch");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("refpoint_embed.weight") && msg.contains("--partial"),
+        "{msg}"
+    );
+    let (_, report) = load_model(&fewer, &ckpt, &dev, true).expect("partial load");
+    assert!(
+        report.missing.is_empty() && report.misshaped.is_empty(),
+        "{report}"
+    );
+
+    // another width: mis-shaped keys always fail, even with partial
+    let mut wide = cfg.clone();
+    wide.hidden_dim = 32;
+    wide.dim_feedforward = 64;
+    let e = load_model(&wide, &ckpt, &dev, true)
+        .err()
+        .expect("mismatch");
+    assert!(matches!(e, InferError::Checkpoint { .. }));
+    assert!(e.to_string().contains("mis-shaped"), "{e}");
+
+    // a checkpoint of another method (no ParSe decoders)
+    let mut other = rlip_model::weights::StateDict::new();
+    for (k, t) in sd.iter().filter(|(k, _)| !k.starts_with("transformer.")) {
+        other.insert(format!("detr.{k}"), t.clone());
+    }
+    let path = dir.join("other.safetensors");
+    st::write(&other, &path).unwrap();
+    let msg = load_model(&cfg, &path, &dev, false)
+        .err()
+        .expect("foreign checkpoint")
+        .to_string();
+    assert!(msg.contains("not an RLIPv2-ParSeDA checkpoint"), "{msg}");
+    assert!(msg.contains("other.safetensors"), "{msg}");
+
+    // truncated file
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_model(&cfg, &cut, &dev, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("cut.safetensors"), "{msg}");
+
+    // a tokenizer whose ids do not fit the label encoder
+    let (model, _) = load_model(&cfg, &ckpt, &dev, false).unwrap();
+    let big =
+        LabelTokenizer::from_dir(rlip_tests::fixture::golden_root().join("tokenizer")).unwrap();
+    let e = Predictor::new(
+        model,
+        cfg.clone(),
+        &big,
+        small_labels(),
+        PairMode::Hoi,
+        &dev,
+    )
+    .err()
+    .expect("vocabulary mismatch");
+    assert!(e.to_string().contains("vocabulary"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn configs_are_validated() {
+    for name in ["r50", "swin_t", "swin_l", "small"] {
+        RlipConfig::resolve(name).expect(name);
+    }
+    let mut bad = RlipConfig::small();
+    bad.num_queries = 15;
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_queries")
+    );
+    let mut bad = RlipConfig::small();
+    bad.nheads = 3;
+    assert!(bad.validate().is_err());
+    let dir = tmp("config");
+    let p = dir.join("cfg.json");
+    std::fs::write(&p, serde_json::to_vec(&RlipConfig::small()).unwrap()).unwrap();
+    assert_eq!(
+        RlipConfig::resolve(p.to_str().unwrap()).unwrap(),
+        RlipConfig::small()
+    );
+    std::fs::write(&p, "{\"hidden_dim\": 3}").unwrap();
+    let e = RlipConfig::resolve(p.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cfg.json") && e.contains("malformed"), "{e}");
+    assert!(
+        RlipConfig::resolve("r51")
+            .unwrap_err()
+            .to_string()
+            .contains("preset")
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,111 @@
+//! `cargo xtask bench infer`: builds the `rlip` CLI in release with every backend this machine
+//! can run and prints its inference benchmark table per backend.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{cargo, ok, root, torch_env, torch_lib, vulkan_available};
+
+/// Backends usable here: flex always; wgpu with a Vulkan driver; tch with the `.venv` torch;
+/// cuda with an NVIDIA driver.
+fn available() -> Vec<&'static str> {
+    let mut v = vec!["flex"];
+    if vulkan_available() {
+        v.push("wgpu");
+    }
+    if torch_lib().is_some() {
+        v.push("tch");
+    }
+    if Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        v.push("cuda");
+    }
+    v
+}
+
+/// Whether the wgpu device is a software rasteriser (lavapipe): only tiny shapes are practical.
+fn software_vulkan() -> bool {
+    !Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && !std::path::Path::new("/dev/dri/renderD128").exists()
+}
+
+/// Runs the inference benchmark; `backends` empty = every available one; `quick` = small preset
+/// only.
+pub fn infer(backends: Vec<String>, quick: bool) -> Result<()> {
+    let avail = available();
+    let chosen: Vec<String> = if backends.is_empty() {
+        avail.iter().map(|s| s.to_string()).collect()
+    } else {
+        for b in &backends {
+            if !avail.contains(&b.as_str()) {
+                bail!("backend {b} is not available on this machine (available: {avail:?})");
+            }
+        }
+        backends
+    };
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "-p", "rlip-backends", "--features"])
+        .arg(chosen.join(","));
+    if chosen.iter().any(|b| b == "cuda") {
+        build.env("CUDARC_CUDA_VERSION", "13000");
+    }
+    if chosen.iter().any(|b| b == "tch") {
+        torch_env(&mut build);
+    }
+    ok(&mut build)?;
+    let bin = root().join("target/release/rlip");
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let json: PathBuf = out_dir.join("infer.jsonl");
+    for b in &chosen {
+        let cpu = b == "flex" || b == "tch";
+        let slow = cpu || (b == "wgpu" && software_vulkan());
+        let mut runs: Vec<Vec<&str>> = vec![vec![
+            "--config", "small", "--batch", "1,4", "--warmup", "1", "--iters", "5",
+        ]];
+        if !quick {
+            if b == "wgpu" && software_vulkan() {
+                eprintln!(
+                    "note: wgpu runs on lavapipe (software) here: r50 at 800x1333 skipped (shader \
+                     compilation alone takes many minutes)"
+                );
+            } else if slow {
+                runs.push(vec![
+                    "--config", "r50", "--batch", "1", "--warmup", "0", "--iters", "1",
+                ]);
+            } else {
+                runs.push(vec![
+                    "--config", "r50", "--batch", "1,4", "--warmup", "2", "--iters", "10",
+                ]);
+            }
+        }
+        for args in runs {
+            let mut c = Command::new(&bin);
+            c.args(["--backend", b, "bench", "infer"])
+                .args(args)
+                .arg("--json")
+                .arg(&json);
+            if b == "wgpu" {
+                c.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
+                if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+                    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+                }
+            }
+            if b == "tch" {
+                torch_env(&mut c);
+            }
+            ok(&mut c)?;
+        }
+    }
+    println!("measurements appended to {}", json.display());
+    Ok(())
+}
