@@ -91,6 +91,7 @@ pub enum BackendError {
 /// Creates the device for `kind`, using GPU `index` where the backend has several devices
 /// (`wgpu`: the n-th discrete GPU, or the default adapter when `index` is `None`; `tch`: CPU when
 /// `None`, else CUDA device `index`; `cuda`: device `index`, default 0).
+#[allow(unused_variables)] // `index` is unused when only flex is compiled in
 pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, BackendError> {
     if !kind.compiled() {
         let compiled = BackendKind::compiled_in()
@@ -100,8 +101,6 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
             .join(", ");
         return Err(BackendError::NotCompiled { kind, compiled });
     }
-    #[allow(unused_variables)]
-    let index = index;
     #[allow(unreachable_code)]
     match kind {
         #[cfg(feature = "flex")]

@@ -45,6 +45,14 @@ pub enum DataError {
         /// What is wrong.
         msg: String,
     },
+    /// The file could not be written (folder not creatable, disk full, rename failed, ...).
+    #[error("{path}: cannot write file: {source}")]
+    Write {
+        /// The file (or folder) being written.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
     /// The file parsed but its content is inconsistent (bad index, unknown category, ...).
     #[error("{path}: invalid content: {msg}")]
     Invalid {

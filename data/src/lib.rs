@@ -17,6 +17,7 @@ pub mod npy;
 pub mod oi;
 pub mod pickle;
 pub mod preprocess;
+pub mod synth;
 pub mod vcoco;
 
 pub use error::DataError;

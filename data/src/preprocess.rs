@@ -146,8 +146,8 @@ pub fn resize_bilinear(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
         for xx in 0..out_w {
             for ch in 0..3 {
                 let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                for y in 0..ymax {
-                    ss += horiz.data[((y + ymin) * out_w + xx) * 3 + ch] as i64 * k[y] as i64;
+                for (y, &ky) in k[..ymax].iter().enumerate() {
+                    ss += horiz.data[((y + ymin) * out_w + xx) * 3 + ch] as i64 * ky as i64;
                 }
                 out[(yy * out_w + xx) * 3 + ch] = clip8(ss);
             }

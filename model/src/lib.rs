@@ -5,6 +5,7 @@
 
 pub mod alif;
 pub mod backbone;
+pub mod checkpoint;
 pub mod encoder;
 pub mod msda;
 pub mod parse_decoder;

@@ -396,8 +396,8 @@ pub fn postprocess_checks(fx: &Fixture, out: &rlip_model::rlip::RlipOutput) -> V
                 )
             })
             .collect();
-        want.sort_by(|a, b| a.0.cmp(&b.0));
-        got.sort_by(|a, b| a.0.cmp(&b.0));
+        want.sort_by_key(|a| a.0);
+        got.sort_by_key(|a| a.0);
         let wk: Vec<_> = want.iter().map(|w| w.0).collect();
         let gk: Vec<_> = got.iter().map(|g| g.0).collect();
         assert_eq!(gk, wk, "{name}: kept (subject, object, verb) sets differ");

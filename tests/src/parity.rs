@@ -94,9 +94,9 @@ pub fn run_parity(name: &str, tol: Tol, body: impl Fn(&Device, &mut Outputs)) {
             for (a, b) in v.iter().zip(rv) {
                 let (a, b) = (*a as f64, *b as f64);
                 let d = (a - b).abs();
-                if !(d <= tol.abs + tol.rel * b.abs()) {
-                    ok = false;
-                }
+                // NaN differences fail too
+                let within = d <= tol.abs + tol.rel * b.abs();
+                ok &= within;
                 max_abs = max_abs.max(if d.is_nan() { f64::INFINITY } else { d });
                 max_rel = max_rel.max(d / b.abs().max(1e-12));
             }
@@ -128,4 +128,53 @@ macro_rules! parity_test {
             );
         }
     };
+}
+
+/// Tolerance of the whole small model across backends (f32 sums in different orders through
+/// about 40 layers; GPU matmuls may use TF32-like tensor-core math).
+pub const SMALL_MODEL_TOL: Tol = Tol::new(5e-4, 5e-3);
+
+/// The small preset end to end on `device`: deterministic weights (the official init rules,
+/// fixed seed), a padded batch of two images, 7 label texts; records the encoder memory and the
+/// last decoder layer's logits and boxes.
+pub fn small_model_case(device: &Device, out: &mut Outputs) {
+    use rlip_model::position::PaddingMask;
+    use rlip_model::rlip::{RlipConfig, RlipParSeDa};
+    let cfg = RlipConfig::small();
+    let (model, _) = RlipParSeDa::init(&cfg, device);
+    let (h, w) = (72, 96);
+    let sizes = [(72, 96), (64, 80)];
+    let mut data = vec![0f32; 2 * 3 * h * w];
+    for (b, &(hb, wb)) in sizes.iter().enumerate() {
+        for c in 0..3 {
+            for y in 0..hb {
+                for x in 0..wb {
+                    let v = ((x * 7 + y * 13 + c * 29 + b * 31) % 97) as f32 / 48.0 - 1.0;
+                    data[((b * 3 + c) * h + y) * w + x] = v;
+                }
+            }
+        }
+    }
+    let images = Tensor::<4>::from_data(TensorData::new(data, [2, 3, h, w]), device);
+    let mask = PaddingMask::from_sizes(&sizes, h, w);
+    let (l, t) = (7, 5);
+    let ids: Vec<i64> = (0..l * t)
+        .map(|i| match i % t {
+            0 => 0,
+            4 => 2,
+            _ => 4 + (i as i64 * 37) % 200,
+        })
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [l, t]), device);
+    let am = Tensor::<2, Int>::ones([l, t], device);
+    let labels = model.encode_labels(ids, am, 4);
+    out.push("text.pooled", labels.pooled.clone());
+    let o = model.forward(images, &mask, &labels);
+    out.push("encoder.memory", o.memory.clone());
+    let last = o.layers.last().expect("decoder layers");
+    out.push("sub_logits", last.sub_logits.clone());
+    out.push("obj_logits", last.obj_logits.clone());
+    out.push("verb_logits", last.verb_logits.clone());
+    out.push("sub_boxes", last.sub_boxes.clone());
+    out.push("obj_boxes", last.obj_boxes.clone());
 }

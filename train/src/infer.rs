@@ -9,6 +9,7 @@ use rlip_data::DataError;
 use rlip_data::labels::LabelSet;
 use rlip_data::preprocess::{RgbImage, eval_size, normalize, pad_batch, resize_bilinear};
 use rlip_model::backbone::BackboneConfig;
+use rlip_model::checkpoint;
 use rlip_model::position::PaddingMask;
 use rlip_model::rlip::{LabelFeatures, RlipConfig, RlipParSeDa};
 use rlip_model::text::{LabelTokenizer, TokenizerError};
@@ -98,6 +99,9 @@ pub fn load_model(
     device: &Device,
     partial: bool,
 ) -> Result<(RlipParSeDa, KeyReport), InferError> {
+    if let Some(meta) = checkpoint::read_metadata(checkpoint).ok().flatten() {
+        return load_trained(cfg, checkpoint, &meta, device);
+    }
     let mut sd = StateDict::read(checkpoint)?;
     let hint = checkpoint_hint(&sd, cfg);
     if partial {
@@ -119,6 +123,50 @@ pub fn load_model(
             hint: hint.map(|h| format!("\n{h}")).unwrap_or_default(),
         }),
     }
+}
+
+/// The configuration stored in an RLIP-rs checkpoint ([`rlip_model::checkpoint`]), or `None`
+/// for other files (official checkpoints carry none).
+pub fn checkpoint_config(path: &Path) -> Result<Option<RlipConfig>, InferError> {
+    let Some(meta) = checkpoint::read_metadata(path).ok().flatten() else {
+        return Ok(None);
+    };
+    let json = meta.get(checkpoint::META_CONFIG).ok_or_else(|| {
+        InferError::Invalid(format!(
+            "{}: RLIP-rs checkpoint without a config",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(json).map(Some).map_err(|e| {
+        InferError::Invalid(format!(
+            "{}: malformed config in metadata: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// A model trained by RLIP-rs: built like it was before training (from its base official
+/// checkpoint, or freshly initialised), then its saved parameters loaded by module path.
+fn load_trained(
+    cfg: &RlipConfig,
+    path: &Path,
+    meta: &std::collections::BTreeMap<String, String>,
+    device: &Device,
+) -> Result<(RlipParSeDa, KeyReport), InferError> {
+    if let Some(saved) = checkpoint_config(path)?
+        && &saved != cfg
+    {
+        return Err(InferError::Invalid(format!(
+            "{} was trained with another model configuration than the one given",
+            path.display()
+        )));
+    }
+    let (model, report) = match meta.get(checkpoint::META_BASE) {
+        Some(base) => load_model(cfg, Path::new(base), device, true)?,
+        None => (RlipParSeDa::init(cfg, device).0, KeyReport::default()),
+    };
+    let model = checkpoint::load_params(model, path)?;
+    Ok((model, report))
 }
 
 /// How detected pairs are labelled.
@@ -432,7 +480,7 @@ impl Predictor {
 /// their centres in one colour, a numbered tag at the subject, and a legend panel below the image
 /// listing `#n subject relation object score`.
 pub fn draw_triplets(img: &RgbImage, triplets: &[Triplet]) -> RgbImage {
-    use rlip_data::draw::{PALETTE, contrast, draw_box, draw_line, draw_text, fill_rect};
+    use rlip_data::draw::{PALETTE, contrast, draw_box, draw_line, draw_text};
     let scale = ((img.width.max(img.height) as f32 / 640.0).round() as i64).clamp(1, 4);
     let line_h = (8 + 5) * scale;
     let legend_h = if triplets.is_empty() {
@@ -440,20 +488,36 @@ pub fn draw_triplets(img: &RgbImage, triplets: &[Triplet]) -> RgbImage {
     } else {
         triplets.len() as i64 * line_h + 2 * scale
     };
+    let lines: Vec<String> = triplets
+        .iter()
+        .enumerate()
+        .map(|(i, tr)| {
+            format!(
+                "#{} {} {} {} {:.3}",
+                i + 1,
+                tr.subject,
+                tr.relation,
+                tr.object,
+                tr.score
+            )
+        })
+        .collect();
+    // the legend may be wider than a small image: widen the canvas rather than cut the text
+    let text_w = lines
+        .iter()
+        .map(|l| rlip_data::draw::text_width(l, scale) + 6 * scale)
+        .max()
+        .unwrap_or(0) as usize;
+    let width = img.width.max(text_w);
     let mut out = RgbImage {
-        width: img.width,
+        width,
         height: img.height + legend_h as usize,
-        data: img.data.clone(),
+        data: vec![250; width * (img.height + legend_h as usize) * 3],
     };
-    out.data.resize(out.width * out.height * 3, 0);
-    fill_rect(
-        &mut out,
-        0,
-        img.height as i64,
-        img.width as i64,
-        img.height as i64 + legend_h,
-        [250, 250, 250],
-    );
+    for y in 0..img.height {
+        let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
+        out.data[y * width * 3..y * width * 3 + img.width * 3].copy_from_slice(src);
+    }
     let t = 2 * scale;
     // draw from the weakest up so the best triplet ends on top
     for (i, tr) in triplets.iter().enumerate().rev() {
@@ -485,21 +549,13 @@ pub fn draw_triplets(img: &RgbImage, triplets: &[Triplet]) -> RgbImage {
             [250, 250, 250],
         );
     }
-    for (i, tr) in triplets.iter().enumerate() {
+    for (i, text) in lines.iter().enumerate() {
         let c = PALETTE[i % PALETTE.len()];
-        let text = format!(
-            "#{} {} {} {} {:.3}",
-            i + 1,
-            tr.subject,
-            tr.relation,
-            tr.object,
-            tr.score
-        );
         draw_text(
             &mut out,
             scale,
             y0 + i as i64 * line_h,
-            &text,
+            text,
             scale,
             contrast(c),
             c,

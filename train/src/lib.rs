@@ -9,3 +9,9 @@
 pub mod eval;
 #[cfg(feature = "model")]
 pub mod infer;
+#[cfg(feature = "model")]
+pub mod loss;
+#[cfg(feature = "model")]
+pub mod matcher;
+#[cfg(feature = "model")]
+pub mod trainer;

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod eval;
+mod synth;
 
 /// The torch version burn-tch 0.22 (torch-sys 0.22) links against.
 const TORCH_VERSION: &str = "2.9.0";
@@ -40,6 +42,26 @@ enum Cmd {
         #[arg(long)]
         parity: bool,
     },
+    /// The README's main job: generate the synthetic dataset, train the small preset on it,
+    /// evaluate (Full / Rare / Non-Rare and zero-shot mAP), run `rlip infer` on test images,
+    /// write `OUT/report.json`.
+    Demo {
+        /// Output folder.
+        #[arg(long, default_value = "target/demo")]
+        out: PathBuf,
+        /// Backend to run on.
+        #[arg(long, default_value = "flex", value_parser = ["flex", "wgpu", "cuda", "tch"])]
+        backend: String,
+        /// Synthetic dataset size.
+        #[arg(long, default_value = "demo", value_parser = ["tiny", "small", "demo"])]
+        size: String,
+        /// Training time budget in seconds.
+        #[arg(long, default_value_t = 420.0)]
+        train_seconds: f64,
+        /// Upper bound on training epochs.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
+    },
     /// Benchmarks (not tests); each prints a table. `infer`: inference images/s and peak memory
     /// of the small preset and of r50 at 800x1333, per backend available here. `eval`: HICO-DET
     /// evaluation time on a synthetic test-set-sized input (options after `--`: --images N,
@@ -57,6 +79,25 @@ enum Cmd {
         /// Options of `bench eval`, after `--`.
         #[arg(last = true)]
         rest: Vec<String>,
+    },
+    /// Write the deterministic synthetic relational dataset (HICO-DET layout, VG pre-training
+    /// file, labels.json, tokenizer.json) and print a summary.
+    Synth {
+        /// Output folder (must be empty or missing unless --overwrite).
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataset size: tiny (24/12 images), small (400/100) or demo (3000/400).
+        #[arg(long, default_value = "small", value_parser = ["tiny", "small", "demo"])]
+        size: String,
+        /// Seed; the same seed gives byte-identical files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 128)]
+        image_size: usize,
+        /// Replace the files of an earlier dataset in a non-empty folder.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Compare the model with golden fixture folders (manifest.json, inputs/outputs.safetensors).
     Golden {
@@ -270,7 +311,27 @@ fn main() -> Result<()> {
             quick,
             rest: _,
         } => bench::infer(backend, quick),
+        Cmd::Synth {
+            out,
+            size,
+            seed,
+            image_size,
+            overwrite,
+        } => synth::run(&out, &size, seed, image_size, overwrite),
         Cmd::Golden { what, dirs } if what == "eval" => eval::golden(&dirs),
+        Cmd::Demo {
+            out,
+            backend,
+            size,
+            train_seconds,
+            epochs,
+        } => demo::run(demo::DemoArgs {
+            out,
+            backend,
+            size,
+            train_seconds,
+            epochs,
+        }),
         Cmd::Golden { what, dirs } => {
             let mut c = cargo();
             c.args([

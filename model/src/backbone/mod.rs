@@ -41,6 +41,8 @@ impl BackboneConfig {
 }
 
 /// A backbone of either family.
+// One backbone per model: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     /// ResNet.
@@ -55,6 +57,15 @@ impl Backbone {
         match cfg {
             BackboneConfig::ResNet(c) => Self::ResNet(ResNet::load(ld, prefix, c)),
             BackboneConfig::Swin(c) => Self::Swin(Swin::load(ld, prefix, c)),
+        }
+    }
+
+    /// Freezes what the official training freezes: the ResNet stem and `layer1` (Swin: nothing
+    /// beyond its non-trainable buffers).
+    pub fn freeze_official(self) -> Self {
+        match self {
+            Self::ResNet(r) => Self::ResNet(r.freeze_stem_and_layer1()),
+            other => other,
         }
     }
 

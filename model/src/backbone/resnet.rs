@@ -227,6 +227,17 @@ impl ResNet {
         Self { stem, pool, layers }
     }
 
+    /// Stops gradients into the stem and `layer1`, as the official `BackboneBase` does when the
+    /// backbone is trained (only `layer2`–`layer4` learn; batch norms are frozen anyway).
+    pub fn freeze_stem_and_layer1(mut self) -> Self {
+        self.stem = self.stem.no_grad();
+        if let Some(first) = self.layers.first_mut() {
+            let blocks = std::mem::take(first);
+            *first = blocks.into_iter().map(|b| b.no_grad()).collect();
+        }
+        self
+    }
+
     /// `[B, 3, H, W]` → the three maps of strides 8, 16, 32.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
         let mut h = self.pool.forward(relu(self.stem.forward(x)));

@@ -40,6 +40,9 @@ enum Cmd {
     },
     /// The inference benchmark (`rlip bench infer`).
     BenchInfer(BenchInferArgs),
+    /// Cross-backend parity of the small preset: every compiled-in backend against flex (set
+    /// `RLIP_PARITY_CUDA=1` to include cuda).
+    Parity,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,20 @@ fn main() -> ExitCode {
     let (model, dirs) = match cli.cmd {
         Cmd::Model { dirs } => (true, dirs),
         Cmd::Backbone { dirs } => (false, dirs),
+        Cmd::Parity => {
+            let r = std::panic::catch_unwind(|| {
+                rlip_tests::run_parity(
+                    "small_model",
+                    rlip_tests::parity::SMALL_MODEL_TOL,
+                    rlip_tests::parity::small_model_case,
+                )
+            });
+            return if r.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         Cmd::BenchInfer(a) => {
             return match rlip_backends::bench::run(a, &cli.backend.to_string(), &device) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::{CorrectMat, EvalError, KeptPrediction, PairPredictions};
 use super::{ap, assign_greedy, box_matches, invalid, py_float, top_candidates, triplet_nms};
 
-/// A triplet class: (subject class index, object class index, verb index 0..116).
+/// A triplet class: (subject class index, object class index, verb index 0..116 for HICO-DET).
 pub type Triplet = (i64, i64, i64);
 
 /// One test image's ground truth as the evaluator holds it.
@@ -34,30 +34,46 @@ pub struct HicoGtImage {
     pub file_name: String,
     /// Boxes `[x1, y1, x2, y2]` (float32, unclipped).
     pub boxes: Vec<[f32; 4]>,
-    /// Class index of each box (position in the 80 COCO ids).
+    /// Class index of each box (position in the 80 COCO ids; a dataset with fewer object classes
+    /// uses the first ones).
     pub labels: Vec<i64>,
     /// Interactions (subject box, object box, verb index).
     pub hois: Vec<(usize, usize, i64)>,
 }
 
-/// Converts the PPDM-layout test list into evaluator GT (`HICODetection`, val branch).
+/// Converts the PPDM-layout test list into evaluator GT (`HICODetection`, val branch), for the
+/// official HICO-DET classes (117 verbs, 80 COCO objects).
 pub fn hico_gt_from_annotations(
     anns: &[HoiImageAnnotation],
 ) -> Result<Vec<HicoGtImage>, EvalError> {
+    hico_gt_from_annotations_with(anns, 117, 80)
+}
+
+/// [`hico_gt_from_annotations`] for a HICO-format dataset with `num_verbs` verbs and
+/// `num_objects` (≤ 80) object classes: a box's `category_id` must be one of the first
+/// `num_objects` COCO ids (its class is its position in [`COCO_VALID_OBJ_IDS`]), an interaction's
+/// verb id must be in `1..=num_verbs`.
+pub fn hico_gt_from_annotations_with(
+    anns: &[HoiImageAnnotation],
+    num_verbs: usize,
+    num_objects: usize,
+) -> Result<Vec<HicoGtImage>, EvalError> {
+    let num_verbs = num_verbs as i64;
     anns.iter()
         .map(|a| {
             let labels = a
                 .annotations
                 .iter()
-                .map(|b| {
-                    coco_id_to_index(b.category_id)
-                        .map(|i| i as i64)
-                        .ok_or_else(|| {
-                            invalid(format!(
-                                "{}: unknown COCO id {}",
-                                a.file_name, b.category_id
-                            ))
-                        })
+                .map(|b| match coco_id_to_index(b.category_id) {
+                    Some(i) if i < num_objects => Ok(i as i64),
+                    Some(i) => Err(invalid(format!(
+                        "{}: COCO id {} is object class {i}, but the dataset has {num_objects} object classes",
+                        a.file_name, b.category_id
+                    ))),
+                    None => Err(invalid(format!(
+                        "{}: unknown COCO id {}",
+                        a.file_name, b.category_id
+                    ))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let boxes = a
@@ -73,7 +89,7 @@ pub fn hico_gt_from_annotations(
                     let s = usize::try_from(h.subject_id).ok().filter(|&s| s < n);
                     let o = usize::try_from(h.object_id).ok().filter(|&o| o < n);
                     match (s, o) {
-                        (Some(s), Some(o)) if (1..=117).contains(&h.category_id) => {
+                        (Some(s), Some(o)) if (1..=num_verbs).contains(&h.category_id) => {
                             Ok((s, o, h.category_id - 1))
                         }
                         _ => Err(invalid(format!(
@@ -102,7 +118,8 @@ pub struct HicoSplit {
     pub non_rare: Vec<Triplet>,
 }
 
-/// The zero-shot splits hard-coded in `datasets/hico.py::build` (indices into the 600 HOIs).
+/// Zero-shot settings: the three splits hard-coded in `datasets/hico.py::build` (indices into
+/// the official 600 HOIs), or an unseen list read from the dataset folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ZeroShotSetting {
     /// Unseen composition, rare first (120 unseen HOIs).
@@ -111,6 +128,11 @@ pub enum ZeroShotSetting {
     UcNf,
     /// Unseen object (the HOIs of 12 objects).
     Uo,
+    /// **Our addition**: the unseen HOIs listed in `annotations/unseen_hoi.json` (a JSON list of
+    /// 0-based indices into `annotations/hoi_list_new.json`, the form of `unseen_idx` in
+    /// `datasets/hico.py::build`), for HICO-format datasets with their own classes such as the
+    /// synthetic one ([`rlip_data::synth`]). Build its buckets with [`HicoSplit::from_unseen`].
+    UnseenFile,
 }
 
 /// UC-RF unseen HOI indices (0-based into the 600-class list), from the RLIPv2 build script.
@@ -146,12 +168,24 @@ pub const UO_UNSEEN: [usize; 100] = [
 ];
 
 impl ZeroShotSetting {
-    /// The unseen HOI indices of this setting.
-    pub fn unseen(self) -> &'static [usize] {
+    /// The unseen HOI indices of an official setting (into the official 600-class list);
+    /// `None` for [`ZeroShotSetting::UnseenFile`], whose list is in the dataset folder.
+    pub fn unseen(self) -> Option<&'static [usize]> {
         match self {
-            ZeroShotSetting::UcRf => &UC_RF_UNSEEN,
-            ZeroShotSetting::UcNf => &UC_NF_UNSEEN,
-            ZeroShotSetting::Uo => &UO_UNSEEN,
+            ZeroShotSetting::UcRf => Some(&UC_RF_UNSEEN),
+            ZeroShotSetting::UcNf => Some(&UC_NF_UNSEEN),
+            ZeroShotSetting::Uo => Some(&UO_UNSEEN),
+            ZeroShotSetting::UnseenFile => None,
+        }
+    }
+
+    /// The name used on the command line (`UC-RF`, `UC-NF`, `UO`, `unseen-file`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ZeroShotSetting::UcRf => "UC-RF",
+            ZeroShotSetting::UcNf => "UC-NF",
+            ZeroShotSetting::Uo => "UO",
+            ZeroShotSetting::UnseenFile => "unseen-file",
         }
     }
 }
@@ -194,8 +228,15 @@ impl HicoSplit {
 
     /// Zero-shot setting: unseen HOIs are "rare", the other HOIs of the 600 are "non-rare"
     /// (`HICODetection.set_seen_hois`); the subject is always person.
+    /// [`ZeroShotSetting::UnseenFile`] has no built-in list: it is an error here (use
+    /// [`HicoSplit::from_unseen`] with the indices of `unseen_hoi.json`).
     pub fn zero_shot(setting: ZeroShotSetting, hoi_list: &[HoiClass]) -> Result<Self, EvalError> {
-        Self::from_unseen(setting.unseen(), hoi_list)
+        let unseen = setting.unseen().ok_or_else(|| {
+            invalid(
+                "the unseen-file zero-shot setting has no built-in unseen list (read annotations/unseen_hoi.json and use HicoSplit::from_unseen)",
+            )
+        })?;
+        Self::from_unseen(unseen, hoi_list)
     }
 
     /// Like [`HicoSplit::zero_shot`] with an explicit list of unseen HOI indices.
@@ -311,7 +352,7 @@ pub enum Bucket {
 pub struct HicoClassResult {
     /// (subject idx, object idx, verb idx).
     pub triplet: Triplet,
-    /// (subject COCO id, object COCO id, verb id 1..117).
+    /// (subject COCO id, object COCO id, verb id 1..=verbs).
     pub triplet_ids: (i64, i64, i64),
     /// GT instances.
     pub n_gt: usize,

@@ -2,27 +2,40 @@
 //!
 //! | dataset | files under `ROOT` (as `datasets/*.py::build` and `datasets/vsrl_eval.py` name them) |
 //! |---|---|
-//! | HICO-DET | `annotations/test_hico.json`, `annotations/corre_hico.npy`, `annotations/trainval_hico.json` (rare split, Default setting) or `annotations/hoi_list_new.json` (zero-shot settings); images `images/test2015/` |
+//! | HICO-DET | `annotations/test_hico.json`, `annotations/corre_hico.npy`, `annotations/trainval_hico.json` (rare split, Default setting) or `annotations/hoi_list_new.json` (zero-shot settings; the unseen-file setting also `annotations/unseen_hoi.json`); images `images/test2015/`; optionally `labels.json` (a HICO-format dataset with its own classes) |
 //! | V-COCO | `annotations/test_vcoco.json` (HOIA layout), `annotations/corre_vcoco.npy`; for the official evaluator `annotations/vcoco_test.json` (or `data/vcoco/vcoco_test.json`), `data/instances_vcoco_all_2014.json`, `data/splits/vcoco_test.ids`; images `images/val2014/` |
 //! | Open Images v6 | `annotations/OI_SGG_test.json`, `annotations/categories_dict.json`, `annotations/OI_SGG_trainval_test_categories_dict.json`; images `images/` |
 //!
 //! The official `OISGGDetection` hard-codes the two category files under
 //! `/Path/To/data/open-imagev6/annotations/`; here they are read from `ROOT/annotations/`.
 //! A missing file is an [`EvalError::MissingFile`] naming the path and what the file is.
+//!
+//! # HICO-format datasets with their own classes
+//!
+//! When `ROOT/labels.json` exists (read with [`LabelSet::from_file`]; the synthetic dataset of
+//! [`rlip_data::synth`] writes one), the HICO-DET loader takes the number of verbs and objects
+//! from it instead of the official 117 × 80: `corre_hico.npy` must be `[relations, objects]`, a
+//! box `category_id` must be one of the first `objects` COCO ids (the class is its position in
+//! `COCO_VALID_OBJ_IDS`, so at most 80 objects) and a verb id must be in `1..=relations`. The
+//! rare split (fewer than 10 training instances) and the HOI classes (the (verb, object) pairs of
+//! the test GT) need nothing else. The official zero-shot index lists only fit the official
+//! 600-class `hoi_list_new.json`; [`ZeroShotSetting::UnseenFile`] reads the unseen HOIs from
+//! `annotations/unseen_hoi.json` (0-based indices into `annotations/hoi_list_new.json`).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use rlip_data::hico::{load_hoi_annotations, load_hoi_list};
+use rlip_data::hico::{HoiClass, coco_id_to_index, load_hoi_annotations, load_hoi_list};
+use rlip_data::labels::LabelSet;
 use rlip_data::oi::{OiCategories, load_oi_annotations, load_oi_categories};
 use rlip_data::vcoco::{
     load_coco_instances, load_hoia_annotations, load_split_ids, load_vsrl_annotations,
 };
 use serde::{Deserialize, Serialize};
 
-use super::hico::{HicoGtImage, HicoSplit, ZeroShotSetting, hico_gt_from_annotations};
+use super::hico::{HicoGtImage, HicoSplit, ZeroShotSetting, hico_gt_from_annotations_with};
 use super::oi::{OiGtImage, oi_gt_from_annotations};
 use super::vcoco::{
     VcocoGtImage, VcocoOfficialGt, vcoco_gt_from_annotations, vcoco_image_id_from_file_name,
@@ -81,7 +94,7 @@ impl FromStr for Dataset {
 impl FromStr for ZeroShotSetting {
     type Err = EvalError;
 
-    /// Accepts `UC-RF`, `UC-NF`, `UO` (case-insensitive, `-`/`_` optional).
+    /// Accepts `UC-RF`, `UC-NF`, `UO` and `unseen-file` (case-insensitive, `-`/`_` optional).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let k: String = s
             .chars()
@@ -92,8 +105,9 @@ impl FromStr for ZeroShotSetting {
             "ucrf" => Ok(ZeroShotSetting::UcRf),
             "ucnf" => Ok(ZeroShotSetting::UcNf),
             "uo" => Ok(ZeroShotSetting::Uo),
+            "unseenfile" => Ok(ZeroShotSetting::UnseenFile),
             _ => Err(invalid(format!(
-                "unknown zero-shot setting {s:?} (expected UC-RF, UC-NF or UO)"
+                "unknown zero-shot setting {s:?} (expected UC-RF, UC-NF, UO or unseen-file)"
             ))),
         }
     }
@@ -120,12 +134,15 @@ pub struct EvalImage {
 pub struct HicoSplitGt {
     /// Per test image, split order.
     pub gts: Vec<HicoGtImage>,
-    /// `corre_hico.npy` `[117, 80]`.
+    /// `corre_hico.npy` `[117, 80]` (with `labels.json`: `[relations, objects]`).
     pub correct_mat: CorrectMat,
     /// Rare / non-rare triplets (zero-shot: unseen / seen).
     pub buckets: HicoSplit,
     /// The zero-shot setting, when the buckets are unseen / seen.
     pub zero_shot: Option<ZeroShotSetting>,
+    /// The classes of `ROOT/labels.json` when the dataset has one (then they set the number of
+    /// verbs and objects); `None`: the official HICO-DET classes (117 verbs, 80 objects).
+    pub labels: Option<LabelSet>,
 }
 
 /// V-COCO ground truth of a split.
@@ -165,7 +182,8 @@ pub enum SplitGt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SplitConfig {
     /// HICO-DET only: bucket by a zero-shot setting (unseen = "rare", seen = "non-rare", from
-    /// `annotations/hoi_list_new.json`) instead of the rare split of `trainval_hico.json`.
+    /// `annotations/hoi_list_new.json`; [`ZeroShotSetting::UnseenFile`]: the unseen indices of
+    /// `annotations/unseen_hoi.json`) instead of the rare split of `trainval_hico.json`.
     pub zero_shot: Option<ZeroShotSetting>,
 }
 
@@ -195,8 +213,9 @@ impl EvalSplit {
         self.images.is_empty()
     }
 
-    /// Number of verb (relation) columns predictions must have: HICO-DET 117, V-COCO 29,
-    /// Open Images the number of relation names (30).
+    /// Number of verb (relation) columns predictions must have: HICO-DET 117 (a HICO-format
+    /// dataset with `labels.json`: its relations), V-COCO 29, Open Images the number of relation
+    /// names (30).
     pub fn num_verbs(&self) -> usize {
         match &self.gt {
             SplitGt::Hico(h) => h.correct_mat.num_verbs,
@@ -205,8 +224,9 @@ impl EvalSplit {
         }
     }
 
-    /// Number of valid predicted box labels: HICO-DET 80 (COCO positions), V-COCO 81 (80 plus
-    /// the "missing object" label 80), Open Images the number of evaluated objects (288).
+    /// Number of valid predicted box labels: HICO-DET 80 (COCO positions; with `labels.json`: its
+    /// objects), V-COCO 81 (80 plus the "missing object" label 80), Open Images the number of
+    /// evaluated objects (288).
     pub fn num_labels(&self) -> usize {
         match &self.gt {
             SplitGt::Hico(h) => h.correct_mat.num_objects,
@@ -276,6 +296,30 @@ pub fn load_split_with(
     }
 }
 
+/// `(verbs, objects, label set)` of a HICO-format dataset: from `ROOT/labels.json` when it
+/// exists, else the official 117 × 80.
+fn hico_classes(root: &Path) -> Result<(usize, usize, Option<LabelSet>), EvalError> {
+    let file = root.join("labels.json");
+    if !file.is_file() {
+        return Ok((117, 80, None));
+    }
+    let labels = LabelSet::from_file(&file)?;
+    let (v, o) = (labels.relations.len(), labels.objects.len());
+    if v == 0 || o == 0 || o > COCO_OBJECTS {
+        return Err(EvalError::Data(rlip_data::DataError::Invalid {
+            path: file,
+            msg: format!(
+                "{v} relations and {o} objects: a HICO-format dataset needs at least one of each, \
+                 and at most {COCO_OBJECTS} objects (object classes are positions in the COCO ids)"
+            ),
+        }));
+    }
+    Ok((v, o, Some(labels)))
+}
+
+/// Object classes a HICO-format category id can name (positions in `COCO_VALID_OBJ_IDS`).
+const COCO_OBJECTS: usize = rlip_data::hico::COCO_VALID_OBJ_IDS.len();
+
 fn load_hico(root: &Path, ann: &Path, cfg: &SplitConfig) -> Result<EvalSplit, EvalError> {
     let test = require(
         &[ann.join("test_hico.json")],
@@ -295,21 +339,56 @@ fn load_hico(root: &Path, ann: &Path, cfg: &SplitConfig) -> Result<EvalSplit, Ev
             "HICO-DET 600-class HOI list (hoi_list_new.json; zero-shot settings need it)",
         )?,
     };
+    let unseen_file = match cfg.zero_shot {
+        Some(ZeroShotSetting::UnseenFile) => Some(require(
+            &[ann.join("unseen_hoi.json")],
+            "unseen HOI list (unseen_hoi.json: 0-based indices into hoi_list_new.json; the unseen-file zero-shot setting needs it)",
+        )?),
+        _ => None,
+    };
+    let (num_verbs, num_objects, labels) = hico_classes(root)?;
     let anns = load_hoi_annotations(&test)?;
-    let gts = hico_gt_from_annotations(&anns)?;
+    let gts = hico_gt_from_annotations_with(&anns, num_verbs, num_objects)?;
     let correct_mat = CorrectMat::load(&mat)?;
-    if correct_mat.num_verbs != 117 || correct_mat.num_objects != 80 {
+    if correct_mat.num_verbs != num_verbs || correct_mat.num_objects != num_objects {
+        let whence = if labels.is_some() {
+            format!(
+                " ([relations, objects] of {})",
+                root.join("labels.json").display()
+            )
+        } else {
+            String::new()
+        };
         return Err(EvalError::Data(rlip_data::DataError::Invalid {
             path: mat,
             msg: format!(
-                "expected a [117, 80] matrix, got [{}, {}]",
+                "expected a [{num_verbs}, {num_objects}] matrix{whence}, got [{}, {}]",
                 correct_mat.num_verbs, correct_mat.num_objects
             ),
         }));
     }
-    let buckets = match cfg.zero_shot {
-        None => HicoSplit::from_training_counts(&load_hoi_annotations(&buckets_file)?)?,
-        Some(z) => HicoSplit::zero_shot(z, &load_hoi_list(&buckets_file)?)?,
+    let buckets = match (cfg.zero_shot, unseen_file) {
+        (None, _) => HicoSplit::from_training_counts(&load_hoi_annotations(&buckets_file)?)?,
+        (Some(ZeroShotSetting::UnseenFile), Some(unseen_file)) => {
+            let list = load_hoi_list(&buckets_file)?;
+            check_hoi_list(&list, &buckets_file, num_verbs, num_objects)?;
+            let unseen = load_unseen(&unseen_file, list.len())?;
+            HicoSplit::from_unseen(&unseen, &list)?
+        }
+        (Some(z), _) => {
+            let list = load_hoi_list(&buckets_file)?;
+            if labels.is_some() && list.len() != 600 {
+                return Err(EvalError::Data(rlip_data::DataError::Invalid {
+                    path: buckets_file,
+                    msg: format!(
+                        "the {} zero-shot setting indexes the official 600-class HOI list, but this one has {} entries (for a dataset with its own classes use the unseen-file setting and annotations/unseen_hoi.json)",
+                        z.name(),
+                        list.len()
+                    ),
+                }));
+            }
+            HicoSplit::zero_shot(z, &list)?
+        }
     };
     let img_dir = root.join("images").join("test2015");
     let images = anns
@@ -330,11 +409,67 @@ fn load_hico(root: &Path, ann: &Path, cfg: &SplitConfig) -> Result<EvalSplit, Ev
             correct_mat,
             buckets,
             zero_shot: cfg.zero_shot,
+            labels,
         }),
         warnings: Vec::new(),
     };
     check_unique_names(&split, &test)?;
     Ok(split)
+}
+
+/// Every HOI class of `hoi_list_new.json` must name a verb and an object of the dataset.
+fn check_hoi_list(
+    list: &[HoiClass],
+    file: &Path,
+    num_verbs: usize,
+    num_objects: usize,
+) -> Result<(), EvalError> {
+    for (i, c) in list.iter().enumerate() {
+        let object_ok = coco_id_to_index(c.object_cat).is_some_and(|o| o < num_objects);
+        let verb_ok = usize::try_from(c.verb_id).is_ok_and(|v| (1..=num_verbs).contains(&v));
+        if !object_ok || !verb_ok {
+            return Err(EvalError::Data(rlip_data::DataError::Invalid {
+                path: file.to_path_buf(),
+                msg: format!(
+                    "entry {i}: object_cat {} / verb_id {} is not one of the dataset's {num_objects} objects / {num_verbs} verbs",
+                    c.object_cat, c.verb_id
+                ),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `unseen_hoi.json`: a JSON list of distinct 0-based indices below `num_hois`.
+fn load_unseen(file: &Path, num_hois: usize) -> Result<Vec<usize>, EvalError> {
+    let bytes = std::fs::read(file).map_err(|source| rlip_data::DataError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let unseen: Vec<usize> =
+        serde_json::from_slice(&bytes).map_err(|source| rlip_data::DataError::Json {
+            path: file.to_path_buf(),
+            source,
+        })?;
+    let bad = |msg: String| {
+        EvalError::Data(rlip_data::DataError::Invalid {
+            path: file.to_path_buf(),
+            msg,
+        })
+    };
+    let mut seen = vec![false; num_hois];
+    for (k, &u) in unseen.iter().enumerate() {
+        match seen.get_mut(u) {
+            None => {
+                return Err(bad(format!(
+                    "entry {k}: HOI index {u} outside hoi_list_new.json ({num_hois} entries; indices are 0-based)"
+                )));
+            }
+            Some(true) => return Err(bad(format!("entry {k}: HOI index {u} listed twice"))),
+            Some(s) => *s = true,
+        }
+    }
+    Ok(unseen)
 }
 
 fn load_vcoco(root: &Path, ann: &Path) -> Result<EvalSplit, EvalError> {

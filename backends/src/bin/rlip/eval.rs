@@ -54,6 +54,9 @@ pub enum ZeroShotArg {
     UcNf,
     /// Unseen object.
     Uo,
+    /// The unseen HOIs of `annotations/unseen_hoi.json` (0-based indices into
+    /// `hoi_list_new.json`), for HICO-format datasets with their own classes (`labels.json`).
+    UnseenFile,
 }
 
 /// Arguments of `rlip eval`.
@@ -72,7 +75,8 @@ pub struct EvalArgs {
     /// Write the report (headline metrics, per-class APs) as JSON here (atomically).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// HICO-DET zero-shot bucketing (needs `annotations/hoi_list_new.json`).
+    /// HICO-DET zero-shot bucketing (needs `annotations/hoi_list_new.json`; `unseen-file` also
+    /// `annotations/unseen_hoi.json`).
     #[arg(long, value_enum)]
     pub zero_shot: Option<ZeroShotArg>,
     /// No triplet NMS (HICO-DET, Open Images); the RLIPv2 scripts use it, so it is on by default.
@@ -169,6 +173,9 @@ fn predict_with_model(
         .context("--tokenizer is required with --checkpoint (tokenizer.json or a folder)")?;
     let labels = match (&a.labels, &split.gt) {
         (Some(spec), _) => LabelSet::resolve(spec)?,
+        (None, _) if split.root.join("labels.json").is_file() => {
+            LabelSet::from_file(&split.root.join("labels.json"))?
+        }
         (None, SplitGt::Oi(o)) => LabelSet {
             source: "OI_SGG_trainval_test_categories_dict.json".into(),
             objects: o.categories.obj.clone(),
@@ -190,7 +197,7 @@ fn predict_with_model(
         _ => PairMode::Hoi,
     };
     let m = ModelArgs {
-        config: a.config.clone().unwrap_or_else(|| "r50".into()),
+        config: a.config.clone(),
         checkpoint,
         tokenizer,
         partial: false,
@@ -224,6 +231,7 @@ pub fn run(a: EvalArgs, backend: BackendKind, device: Option<usize>) -> Result<(
             ZeroShotArg::UcRf => ZeroShotSetting::UcRf,
             ZeroShotArg::UcNf => ZeroShotSetting::UcNf,
             ZeroShotArg::Uo => ZeroShotSetting::Uo,
+            ZeroShotArg::UnseenFile => ZeroShotSetting::UnseenFile,
         }),
     };
     if a.predictions.is_some() && a.checkpoint.is_some() {

@@ -12,14 +12,17 @@ use rlip_model::rlip::RlipConfig;
 use rlip_model::text::LabelTokenizer;
 use rlip_model::util::write_atomic;
 use rlip_train::eval::CorrectMat;
-use rlip_train::infer::{PairMode, Predictor, Triplet, draw_triplets, load_model};
+use rlip_train::infer::{
+    PairMode, Predictor, Triplet, checkpoint_config, draw_triplets, load_model,
+};
 
 /// The model to run: configuration, checkpoint, tokenizer and label texts.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model configuration: a preset (`r50`, `swin_t`, `swin_l`, `small`) or a JSON file.
-    #[arg(long, default_value = "r50")]
-    pub config: String,
+    /// Model configuration: a preset (`r50`, `swin_t`, `swin_l`, `small`) or a JSON file
+    /// (default: the one stored in an RLIP-rs checkpoint, else `r50`).
+    #[arg(long)]
+    pub config: Option<String>,
     /// Checkpoint: an official `.pth` (its `model` entry) or a `.safetensors` file.
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -35,7 +38,8 @@ pub struct ModelArgs {
 /// How subjects are labelled.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModeArg {
-    /// `hoi` for the built-in `hico`/`vcoco` labels, `sgg` for label files.
+    /// `hoi` when the first object class is "person" (HICO-DET, V-COCO, the synthetic set),
+    /// `sgg` otherwise.
     Auto,
     /// Human–object interactions: every subject is the first object class.
     Hoi,
@@ -88,7 +92,11 @@ pub fn build_predictor(
     mode: PairMode,
     device: &Device,
 ) -> Result<Predictor> {
-    let cfg = RlipConfig::resolve(&m.config).context("model configuration")?;
+    let cfg = match (&m.config, checkpoint_config(&m.checkpoint)?) {
+        (Some(spec), _) => RlipConfig::resolve(spec).context("model configuration")?,
+        (None, Some(saved)) => saved,
+        (None, None) => RlipConfig::r50(),
+    };
     let t = Instant::now();
     let tokenizer = load_tokenizer(&m.tokenizer)?;
     let (model, report) = load_model(&cfg, &m.checkpoint, device, m.partial)?;
@@ -161,7 +169,7 @@ pub fn run(a: InferArgs, device: &Device) -> Result<()> {
     let mode = match a.mode {
         ModeArg::Hoi => PairMode::Hoi,
         ModeArg::Sgg => PairMode::Sgg,
-        ModeArg::Auto if LabelSet::builtin(&a.labels).is_some() => PairMode::Hoi,
+        ModeArg::Auto if labels.objects.first().is_some_and(|o| o == "person") => PairMode::Hoi,
         ModeArg::Auto => PairMode::Sgg,
     };
     let validity = a

@@ -2,6 +2,7 @@
 
 mod eval;
 mod infer;
+mod train;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ enum Command {
     /// Benchmarks (not tests): `rlip bench infer` times the model on synthetic input.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Fine-tune (or train from scratch) on a HICO-DET-format dataset folder.
+    Train(train::TrainArgs),
     /// Detect relation triplets on images: writes `<image>.json` and an annotated `<image>.png`.
     Infer(infer::InferArgs),
     /// Evaluate a test split (HICO-DET, V-COCO, Open Images) with the official metrics.
@@ -64,9 +67,25 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the message before it
+/// already contains (library errors often include their source in their own message).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -83,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             &cli.backend.to_string(),
             &device(cli.backend, cli.device)?,
         ),
+        Command::Train(a) => train::run(a, &device(cli.backend, cli.device)?),
         Command::Infer(a) => infer::run(a, &device(cli.backend, cli.device)?),
         Command::Eval(a) => eval::run(a, cli.backend, cli.device),
         Command::Backends => {

@@ -1,0 +1,207 @@
+//! RLIP-rs checkpoints: the trainable parameters of a model under their Burn module paths, as
+//! safetensors, with the model configuration in the metadata.
+//!
+//! Official checkpoints are read by their PyTorch key names ([`crate::weights`]); a model trained
+//! here is saved with [`save_params`] and restored with [`load_params`] onto a model built from
+//! the same configuration (constants such as frozen batch-norm statistics are not parameters:
+//! they come from how the model was built, see [`META_BASE`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::weights::WeightError;
+
+/// Metadata key whose value identifies the format.
+pub const META_FORMAT: &str = "format";
+/// Value of [`META_FORMAT`] in files written by [`save_params`].
+pub const FORMAT: &str = "rlip-rs-params-v1";
+/// Metadata key of the model configuration (JSON).
+pub const META_CONFIG: &str = "config";
+/// Metadata key of the official checkpoint the model was built from before training (its
+/// constants, e.g. frozen batch-norm statistics, are read from there), if any.
+pub const META_BASE: &str = "base_checkpoint";
+
+struct Collect {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("float parameter");
+        self.out.push((self.path.join("."), shape, v));
+    }
+}
+
+/// `(path, shape, values)` of every float parameter of `module`, in visiting order.
+pub fn collect_params<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut c = Collect {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// Serialises the float parameters of `module` to safetensors bytes with `metadata` (plus the
+/// format tag).
+pub fn params_to_bytes<M: Module>(
+    module: &M,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, WeightError> {
+    let params = collect_params(module);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
+        .into_iter()
+        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| WeightError::format(Path::new("<memory>"), e.to_string()))?;
+    let mut meta: std::collections::HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.insert(META_FORMAT.into(), FORMAT.into());
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| WeightError::format(Path::new("<memory>"), e.to_string()))
+}
+
+/// Writes the float parameters of `module` to `path` atomically (see [`params_to_bytes`]).
+pub fn save_params<M: Module>(
+    module: &M,
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), WeightError> {
+    let bytes = params_to_bytes(module, metadata)?;
+    crate::util::write_atomic(path, &bytes).map_err(|e| WeightError::io(path, e))
+}
+
+/// The metadata of a safetensors file, or `None` when it is not one written by
+/// [`save_params`].
+pub fn read_metadata(path: &Path) -> Result<Option<BTreeMap<String, String>>, WeightError> {
+    let bytes = std::fs::read(path).map_err(|e| WeightError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| WeightError::format(path, format!("not a safetensors file: {e}")))?;
+    let map: BTreeMap<String, String> = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Ok((map.get(META_FORMAT).map(String::as_str) == Some(FORMAT)).then_some(map))
+}
+
+struct Assign {
+    path: Vec<String>,
+    values: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    missing: Vec<String>,
+    misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl ModuleMapper for Assign {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let key = self.path.join(".");
+        let Some((shape, v)) = self.values.remove(&key) else {
+            self.missing.push(key);
+            return param;
+        };
+        let (id, t, _) = param.consume();
+        let dims = t.dims().to_vec();
+        if dims != shape {
+            self.misshaped.push((key, dims, shape));
+            return Param::initialized(id, t);
+        }
+        let require_grad = t.is_require_grad();
+        let device = t.device();
+        let new = Tensor::<D>::from_data(TensorData::new(v, dims), &device);
+        Param::initialized(
+            id,
+            if require_grad {
+                new.require_grad()
+            } else {
+                new
+            },
+        )
+    }
+}
+
+/// Loads parameters written by [`save_params`] into `module` (built from the same
+/// configuration). Every parameter must be present with its shape, and every stored tensor used.
+pub fn load_params<M: Module>(module: M, path: &Path) -> Result<M, WeightError> {
+    let bytes = std::fs::read(path).map_err(|e| WeightError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| WeightError::format(path, format!("not a safetensors file: {e}")))?;
+    let mut values = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(WeightError::format(
+                path,
+                format!("{name}: expected F32, found {:?}", view.dtype()),
+            ));
+        }
+        let v: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        values.insert(name, (view.shape().to_vec(), v));
+    }
+    let mut a = Assign {
+        path: Vec::new(),
+        values,
+        missing: Vec::new(),
+        misshaped: Vec::new(),
+    };
+    let module = module.map(&mut a);
+    let unexpected: Vec<String> = a.values.into_keys().collect();
+    if !a.missing.is_empty() || !a.misshaped.is_empty() || !unexpected.is_empty() {
+        let show = |v: &[String]| {
+            let mut s = v.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+            if v.len() > 10 {
+                s.push_str(&format!(", … ({} in all)", v.len()));
+            }
+            s
+        };
+        let mis: Vec<String> = a
+            .misshaped
+            .iter()
+            .map(|(k, m, c)| format!("{k} (model {m:?}, file {c:?})"))
+            .collect();
+        return Err(WeightError::format(
+            path,
+            format!(
+                "parameters do not match the model: missing [{}]; unexpected [{}]; mis-shaped [{}] \
+                 (was it saved from another configuration?)",
+                show(&a.missing),
+                show(&unexpected),
+                show(&mis)
+            ),
+        ));
+    }
+    Ok(module)
+}
