@@ -141,7 +141,10 @@ fn hico_samples_follow_the_official_loader() {
     assert_eq!(dropped, 1);
     assert_eq!(samples.len(), 1);
     let s = &samples[0];
-    assert_eq!(s.boxes, vec![[0.0, 0.0, 20.0, 40.0], [10.0, 10.0, 30.0, 30.0]]);
+    assert_eq!(
+        s.boxes,
+        vec![[0.0, 0.0, 20.0, 40.0], [10.0, 10.0, 30.0, 30.0]]
+    );
     assert_eq!(s.labels, vec![0, 2]);
     assert_eq!(s.pairs, vec![(0, 1, vec![1, 4])]);
     // flips move x only and keep the pair's identity
