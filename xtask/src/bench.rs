@@ -1,5 +1,5 @@
-//! `cargo xtask bench infer`: builds the `rlip` CLI in release with every backend this machine
-//! can run and prints its inference benchmark table per backend.
+//! `cargo xtask bench infer`: builds the `rlip` CLI (dev profile, optimised dependencies) with
+//! every backend this machine can run and prints its inference benchmark table per backend.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,7 +53,7 @@ pub fn infer(backends: Vec<String>, quick: bool) -> Result<()> {
     };
     let mut build = cargo();
     build
-        .args(["build", "--release", "-p", "rlip-backends", "--features"])
+        .args(["build", "-p", "rlip-backends", "--features"])
         .arg(chosen.join(","));
     if chosen.iter().any(|b| b == "cuda") {
         build.env("CUDARC_CUDA_VERSION", "13000");
@@ -62,7 +62,9 @@ pub fn infer(backends: Vec<String>, quick: bool) -> Result<()> {
         torch_env(&mut build);
     }
     ok(&mut build)?;
-    let bin = root().join("target/release/rlip");
+    // the dev profile optimises every dependency (opt-level 3) and our numeric crates (2): the
+    // same binary the tests and the demo use, without a second full build
+    let bin = root().join("target/debug/rlip");
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let json: PathBuf = out_dir.join("infer.jsonl");
