@@ -152,7 +152,8 @@ impl ModuleMapper for Assign {
 
 /// Loads parameters written by [`save_params`] into `module` (built from the same
 /// configuration). Every parameter must be present with its shape, and every stored tensor used.
-pub fn load_params<M: Module>(module: M, path: &Path) -> Result<M, WeightError> {
+/// Returns the module and the loaded parameter paths.
+pub fn load_params<M: Module>(module: M, path: &Path) -> Result<(M, Vec<String>), WeightError> {
     let bytes = std::fs::read(path).map_err(|e| WeightError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| WeightError::format(path, format!("not a safetensors file: {e}")))?;
@@ -171,6 +172,7 @@ pub fn load_params<M: Module>(module: M, path: &Path) -> Result<M, WeightError> 
             .collect();
         values.insert(name, (view.shape().to_vec(), v));
     }
+    let names: Vec<String> = values.keys().cloned().collect();
     let mut a = Assign {
         path: Vec::new(),
         values,
@@ -203,5 +205,5 @@ pub fn load_params<M: Module>(module: M, path: &Path) -> Result<M, WeightError> 
             ),
         ));
     }
-    Ok(module)
+    Ok((module, names))
 }

@@ -325,3 +325,50 @@ rlip_tests::parity_test!(
         rlip_tests::parity::small_model_case(device, out);
     }
 );
+
+/// RLIP-rs checkpoints: parameters by module path with the config in the metadata, restored
+/// exactly; a file from another configuration is refused.
+#[test]
+fn trained_checkpoints_round_trip() {
+    use rlip_model::checkpoint::{META_CONFIG, collect_params, save_params};
+    let dir = tmp("ckpt");
+    let dev = device();
+    let cfg = RlipConfig::small();
+    let mut other = cfg.clone();
+    other.num_queries = 8;
+    // a model whose parameters differ from a fresh init
+    let (model, _) = {
+        let path = dir.join("base.safetensors");
+        let (_, base) = RlipParSeDa::init(&cfg, &dev);
+        let mut shifted = rlip_model::weights::StateDict::new();
+        for (k, t) in base.iter() {
+            let v: Vec<f32> = t.to_f32().iter().map(|x| x + 0.25).collect();
+            shifted.insert(
+                k,
+                rlip_model::weights::RawTensor::from_f32(t.shape.clone(), &v),
+            );
+        }
+        st::write(&shifted, &path).unwrap();
+        load_model(&cfg, &path, &dev, false).unwrap()
+    };
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert(META_CONFIG.into(), serde_json::to_string(&cfg).unwrap());
+    let path = dir.join("trained.safetensors");
+    save_params(&model, &path, &meta).unwrap();
+    assert_eq!(
+        rlip_train::infer::checkpoint_config(&path).unwrap(),
+        Some(cfg.clone())
+    );
+    let (back, report) = load_model(&cfg, &path, &dev, false).unwrap();
+    let (a, b) = (collect_params(&model), collect_params(&back));
+    assert_eq!(a.len(), b.len());
+    assert_eq!(report.applied.len(), a.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "parameter {} differs after the round trip", x.0);
+    }
+    let e = load_model(&other, &path, &dev, false)
+        .expect_err("config mismatch")
+        .to_string();
+    assert!(e.contains("another model configuration"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

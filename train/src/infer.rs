@@ -161,11 +161,15 @@ fn load_trained(
             path.display()
         )));
     }
-    let (model, report) = match meta.get(checkpoint::META_BASE) {
+    let (model, mut report) = match meta.get(checkpoint::META_BASE) {
         Some(base) => load_model(cfg, Path::new(base), device, true)?,
         None => (RlipParSeDa::init(cfg, device).0, KeyReport::default()),
     };
-    let model = checkpoint::load_params(model, path)?;
+    let (model, names) = checkpoint::load_params(model, path)?;
+    // the trained parameters replace whatever the base provided; missing base keys were
+    // initialised and then trained, so they are not missing from this model
+    report.applied = names;
+    report.missing.clear();
     Ok((model, report))
 }
 
