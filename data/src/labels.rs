@@ -25,14 +25,19 @@ pub struct LabelSet {
 impl LabelSet {
     /// The built-in label set `name` (`hico` or `vcoco`), or `None`.
     pub fn builtin(name: &str) -> Option<Self> {
-        let (objects, relations) = match name {
-            "hico" => (HICO_OBJECTS, HICO_VERBS),
-            "vcoco" => (VCOCO_OBJECTS, VCOCO_VERBS),
+        let (extra, relations) = match name {
+            "hico" => (None, HICO_VERBS),
+            "vcoco" => (Some(VCOCO_MISSING_OBJECT), VCOCO_VERBS),
             _ => return None,
         };
         Some(Self {
             source: name.to_string(),
-            objects: objects.iter().map(|s| s.to_string()).collect(),
+            objects: HICO_OBJECTS
+                .iter()
+                .copied()
+                .chain(extra)
+                .map(String::from)
+                .collect(),
             relations: relations.iter().map(|s| s.to_string()).collect(),
         })
     }
@@ -317,90 +322,9 @@ pub const HICO_VERBS: &[&str] = &[
     "zip",
 ];
 
-/// The 81 V-COCO object texts of `vcoco_names_v3.json` (80 COCO classes and "missing objects").
-pub const VCOCO_OBJECTS: &[&str] = &[
-    "person",
-    "bicycle",
-    "car",
-    "motorcycle",
-    "airplane",
-    "bus",
-    "train",
-    "truck",
-    "boat",
-    "traffic light",
-    "fire hydrant",
-    "stop sign",
-    "parking meter",
-    "bench",
-    "bird",
-    "cat",
-    "dog",
-    "horse",
-    "sheep",
-    "cow",
-    "elephant",
-    "bear",
-    "zebra",
-    "giraffe",
-    "backpack",
-    "umbrella",
-    "handbag",
-    "tie",
-    "suitcase",
-    "frisbee",
-    "skis",
-    "snowboard",
-    "sports ball",
-    "kite",
-    "baseball bat",
-    "baseball glove",
-    "skateboard",
-    "surfboard",
-    "tennis racket",
-    "bottle",
-    "wine glass",
-    "cup",
-    "fork",
-    "knife",
-    "spoon",
-    "bowl",
-    "banana",
-    "apple",
-    "sandwich",
-    "orange",
-    "broccoli",
-    "carrot",
-    "hot dog",
-    "pizza",
-    "donut",
-    "cake",
-    "chair",
-    "couch",
-    "potted plant",
-    "bed",
-    "dining table",
-    "toilet",
-    "tv",
-    "laptop",
-    "mouse",
-    "remote",
-    "keyboard",
-    "cell phone",
-    "microwave",
-    "oven",
-    "toaster",
-    "sink",
-    "refrigerator",
-    "book",
-    "clock",
-    "vase",
-    "scissors",
-    "teddy bear",
-    "hair drier",
-    "toothbrush",
-    "missing objects",
-];
+/// The extra, 81st V-COCO object text of `vcoco_names_v3.json`, after the 80 COCO names of
+/// [`HICO_OBJECTS`] (the same list and order).
+pub const VCOCO_MISSING_OBJECT: &str = "missing objects";
 
 /// The 29 V-COCO action-role texts of `vcoco_names_v3.json`.
 pub const VCOCO_VERBS: &[&str] = &[
@@ -450,6 +374,7 @@ mod tests {
         assert_eq!(t[87], "brush with");
         let v = LabelSet::builtin("vcoco").unwrap();
         assert_eq!((v.objects.len(), v.relations.len()), (81, 29));
+        assert_eq!(v.objects[80], "missing objects");
         assert!(LabelSet::builtin("nope").is_none());
     }
 

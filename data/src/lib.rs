@@ -7,6 +7,7 @@
 //!   for the V-COCO detection file `generate_vcoco_official.py` writes.
 //! - [`hico`], [`vcoco`], [`oi`]: ground-truth readers for the official JSON annotation formats.
 //! - [`labels`]: built-in HICO-DET / V-COCO label texts and label files.
+//! - [`rng`]: the deterministic SplitMix64 generator shared by data, augmentation and tests.
 //! - [`preprocess`]: the official evaluation resize (Pillow-exact), normalisation and padded batching.
 
 pub mod draw;
@@ -17,6 +18,7 @@ pub mod npy;
 pub mod oi;
 pub mod pickle;
 pub mod preprocess;
+pub mod rng;
 pub mod synth;
 pub mod vcoco;
 

@@ -146,30 +146,7 @@ pub fn hico_samples(
     Ok((out, dropped))
 }
 
-/// A small deterministic generator (splitmix64) for augmentation and shuffling.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
+pub use rlip_data::rng::Rng;
 
 /// Train-time augmentation: random horizontal flip and a random short side from `scales`
 /// (long side capped at `max_size`).
@@ -336,18 +313,22 @@ pub struct Trainer {
 
 impl Trainer {
     /// Prepares `model` (on the autodiff device `device`) for training on the tokenised label
-    /// texts (`ids`, `mask`: `[L, T]`, with `n_obj` object texts including "no objects"); the
-    /// ResNet stem and `layer1` are frozen as in the official code.
+    /// texts (`ids`, `mask`: `[L, T]`, with `n_obj` object texts including "no objects"). With
+    /// `freeze_stem` the ResNet stem and `layer1` are frozen as in the official code (which
+    /// always starts from a pre-trained backbone); a model trained from scratch trains them.
     pub fn new(
         model: RlipParSeDa,
         text: (Tensor<2, Int>, Tensor<2, Int>),
         n_obj: usize,
         criterion: Criterion,
         optim_cfg: OptimConfig,
+        freeze_stem: bool,
         device: &Device,
     ) -> Self {
         let mut model = model;
-        model.backbone = model.backbone.freeze_official();
+        if freeze_stem {
+            model.backbone = model.backbone.freeze_official();
+        }
         let optim = AdamWConfig::new()
             .with_weight_decay(optim_cfg.weight_decay as f32)
             .init();
@@ -511,7 +492,7 @@ pub fn fit(
     let mut steps = 0;
     for epoch in 0..cfg.epochs {
         let mut order: Vec<usize> = (0..samples.len()).collect();
-        let mut rng = Rng(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::new(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         rng.shuffle(&mut order);
         let lr_scale = match cfg.lr_drop {
             Some(d) if epoch >= d => 0.1,

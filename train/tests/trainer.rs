@@ -63,7 +63,7 @@ fn trainer(dev: &Device) -> Trainer {
         ..OptimConfig::default()
     };
     let crit = Criterion::new(CriterionConfig::default()).unwrap();
-    Trainer::new(model, text(dev), 4, crit, optim, dev)
+    Trainer::new(model, text(dev), 4, crit, optim, true, dev)
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn overfits_a_two_image_batch() {
         max_size: 96,
         flip: false,
     };
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     let (imgs, tgts): (Vec<_>, Vec<_>) = samples()
         .iter()
         .map(|s| augment(s, &aug, 2, 0, &mut rng))
@@ -153,7 +153,7 @@ fn hico_samples_follow_the_official_loader() {
         max_size: 100,
         flip: true,
     };
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for _ in 0..8 {
         let ((v, h, w), t) = augment(s, &aug, 10, 0, &mut rng);
         assert_eq!((h, w, v.len()), (40, 50, 3 * 40 * 50));

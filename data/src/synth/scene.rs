@@ -11,54 +11,7 @@ use super::{
     ABOVE, CARRY, HOLD, KICK, LOOK_AT, NEXT_TO, NUM_OBJECTS, RIDE, TOUCH, implied_relations,
 };
 
-/// SplitMix64: small, fast and deterministic (not for cryptography).
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// A generator for item `(a, b)` of the stream `seed`, independent of the others.
-    pub(crate) fn derive(seed: u64, a: u64, b: u64) -> Self {
-        let mut r = Rng(seed ^ a.wrapping_mul(0xA076_1D64_78BD_642F));
-        let x = r.next_u64();
-        let mut r = Rng(x ^ b.wrapping_mul(0xE703_7ED1_A0B4_28DB));
-        Rng(r.next_u64())
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub(crate) fn f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [lo, hi).
-    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.f64()
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    pub(crate) fn chance(&mut self, p: f64) -> bool {
-        self.f64() < p
-    }
-
-    pub(crate) fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len())]
-    }
-}
+pub(crate) use crate::rng::Rng;
 
 /// A pixel box `[x0, y0, x1, y1)` (x1, y1 exclusive).
 pub(crate) type IBox = [i32; 4];

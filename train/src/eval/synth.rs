@@ -8,53 +8,7 @@ use super::hico::{HicoGtImage, HicoSplit, Triplet};
 use super::oi::OiGtImage;
 use super::{CorrectMat, PairPredictions};
 
-/// SplitMix64: a small, fast, deterministic generator (not for cryptography).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 24 random bits (exactly representable in f32).
-    pub fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.f32()
-    }
-
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
-}
+pub use rlip_data::rng::Rng;
 
 /// Options of the synthetic generators.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -165,17 +119,17 @@ fn sample_cdf(rng: &mut Rng, cdf: &[f64]) -> usize {
 }
 
 fn random_box(rng: &mut Rng, (w, h): (f32, f32)) -> [f32; 4] {
-    let bw = rng.range(0.05 * w, 0.5 * w);
-    let bh = rng.range(0.05 * h, 0.6 * h);
-    let x = rng.range(0.0, w - bw);
-    let y = rng.range(0.0, h - bh);
+    let bw = rng.range_f32(0.05 * w, 0.5 * w);
+    let bh = rng.range_f32(0.05 * h, 0.6 * h);
+    let x = rng.range_f32(0.0, w - bw);
+    let y = rng.range_f32(0.0, h - bh);
     [x, y, x + bw, y + bh]
 }
 
 /// Moves each side of `b` by up to `frac` of the box size.
 fn jitter(rng: &mut Rng, b: &[f32; 4], frac: f32) -> [f32; 4] {
     let (w, h) = (b[2] - b[0], b[3] - b[1]);
-    let mut j = |v: f32, s: f32| v + rng.range(-frac, frac) * s;
+    let mut j = |v: f32, s: f32| v + rng.range_f32(-frac, frac) * s;
     let (x1, y1, x2, y2) = (j(b[0], w), j(b[1], h), j(b[2], w), j(b[3], h));
     [x1.min(x2 - 1.0), y1.min(y2 - 1.0), x2, y2]
 }
@@ -311,7 +265,7 @@ fn noisy_predictions(
             obj.push((jitter(rng, &gt.boxes[o], 0.12), ol));
             let base = scores.len();
             background(rng, &mut scores);
-            scores[base + v as usize] = rng.range(0.2, 1.0);
+            scores[base + v as usize] = rng.range_f32(0.2, 1.0);
         }
     }
     while sub.len() < np {

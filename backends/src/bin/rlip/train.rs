@@ -142,6 +142,7 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         labels.n_obj_with_none(),
         Criterion::new(CriterionConfig::default())?,
         optim.clone(),
+        a.init.is_some(),
         &ad,
     );
     let scales = if a.scales.is_empty() {
