@@ -204,6 +204,16 @@ impl MultiScale {
         let (v, shape) = encoder_reference_points(&self.shapes, &self.valid_ratios);
         Tensor::from_data(TensorData::new(v, shape), device)
     }
+
+    /// The valid ratios as a row-major `[B, L, 2]` buffer of `(w, h)` pairs.
+    pub fn valid_ratios_flat(&self) -> Vec<f32> {
+        self.valid_ratios
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect()
+    }
 }
 
 /// A deformable encoder layer: MSDA self-attention, then a ReLU FFN, both post-norm.

@@ -373,13 +373,7 @@ impl RlipParSeDa {
             Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b * l], [b, l]), &device);
         let (enc, trace) = self.encoder.forward_traced(&ms, lang, text_mask);
 
-        let ratios: Vec<f32> = ms
-            .valid_ratios
-            .iter()
-            .flatten()
-            .flatten()
-            .copied()
-            .collect();
+        let ratios = ms.valid_ratios_flat();
         let n_levels = ms.shapes.len();
         let mem = Memory {
             src: enc.memory.clone(),

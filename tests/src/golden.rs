@@ -138,13 +138,7 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
             "mask {l}"
         );
     }
-    let ratios: Vec<f32> = ms
-        .valid_ratios
-        .iter()
-        .flatten()
-        .flatten()
-        .copied()
-        .collect();
+    let ratios = ms.valid_ratios_flat();
     assert_eq!(
         ratios,
         fx.output("f32/meta.valid_ratios").to_f32(),

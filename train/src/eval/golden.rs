@@ -37,8 +37,8 @@ use super::hico::{
 use super::oi::{OiCorrections, OiEvalConfig, evaluate_oi, oi_gt_from_annotations};
 use super::postprocess::{PostProcessHoiConfig, RawOutputs, postprocess_hoi, postprocess_sgg};
 use super::vcoco::{
-    MISSING_CATEGORY_ID, VcocoInTrainingOptions, VcocoOfficialGt, VcocoOfficialReport,
-    VcocoScenario, evaluate_vcoco_in_training, evaluate_vcoco_official,
+    MISSING_CATEGORY_ID, VcocoApEntry, VcocoInTrainingOptions, VcocoOfficialGt,
+    VcocoOfficialReport, VcocoScenario, evaluate_vcoco_in_training, evaluate_vcoco_official,
     vcoco_detections_from_predictions, vcoco_gt_from_annotations, vcoco_image_id_from_file_name,
 };
 use super::{
@@ -1300,17 +1300,26 @@ fn compare_detections(c: &mut Checks, what: &str, got: &[VcocoDetection], want: 
     );
 }
 
-fn check_scenario(c: &mut Checks, src: &str, name: &str, got: &VcocoScenario, off: &Value) {
-    let roles = off.get(name).and_then(Value::as_object);
+/// The per-entry rows of an official V-COCO table (agent actions, or one scenario's roles):
+/// their count (`count_what`), then `ap`, `ap_float64`, `npos`, `n_det`, `n_tp` of each entry
+/// against the expected object keyed by entry name.
+fn check_ap_entries(
+    c: &mut Checks,
+    prefix: &str,
+    count_what: &str,
+    got: &[VcocoApEntry],
+    want: Option<&Value>,
+) {
+    let want = want.and_then(Value::as_object);
     c.count(
-        format!("{src} {name} number of roles"),
-        got.roles.len(),
-        roles.map_or(0, |r| r.len()),
+        format!("{prefix} {count_what}"),
+        got.len(),
+        want.map_or(0, |w| w.len()),
     );
-    for g in &got.roles {
-        let w = roles.and_then(|r| r.get(&g.name));
+    for g in got {
+        let w = want.and_then(|x| x.get(&g.name));
         let f = |k: &str| w.and_then(|x| x.get(k));
-        let ctx = format!("{src} {name} {}", g.name);
+        let ctx = format!("{prefix} {}", g.name);
         c.num(format!("{ctx} ap"), g.ap, f("ap"), TOL_VSRL, false);
         c.num(
             format!("{ctx} ap_float64"),
@@ -1323,6 +1332,16 @@ fn check_scenario(c: &mut Checks, src: &str, name: &str, got: &VcocoScenario, of
         c.int(format!("{ctx} n_det"), g.n_det, f("n_det"));
         c.int(format!("{ctx} n_tp"), g.n_tp, f("n_tp"));
     }
+}
+
+fn check_scenario(c: &mut Checks, src: &str, name: &str, got: &VcocoScenario, off: &Value) {
+    check_ap_entries(
+        c,
+        &format!("{src} {name}"),
+        "number of roles",
+        &got.roles,
+        off.get(name),
+    );
     c.num(
         format!("{src} {name}_average"),
         got.average,
@@ -1366,28 +1385,13 @@ fn check_scenario(c: &mut Checks, src: &str, name: &str, got: &VcocoScenario, of
 }
 
 fn check_official(c: &mut Checks, src: &str, r: &VcocoOfficialReport, off: &Value) {
-    let agents = off.get("agent").and_then(Value::as_object);
-    c.count(
-        format!("{src} agent actions"),
-        r.agent.len(),
-        agents.map_or(0, |a| a.len()),
+    check_ap_entries(
+        c,
+        &format!("{src} agent"),
+        "actions",
+        &r.agent,
+        off.get("agent"),
     );
-    for a in &r.agent {
-        let w = agents.and_then(|x| x.get(&a.name));
-        let f = |k: &str| w.and_then(|x| x.get(k));
-        let ctx = format!("{src} agent {}", a.name);
-        c.num(format!("{ctx} ap"), a.ap, f("ap"), TOL_VSRL, false);
-        c.num(
-            format!("{ctx} ap_float64"),
-            a.ap_float64,
-            f("ap_float64"),
-            TOL_VSRL,
-            false,
-        );
-        c.int(format!("{ctx} npos"), a.npos, f("npos"));
-        c.int(format!("{ctx} n_det"), a.n_det, f("n_det"));
-        c.int(format!("{ctx} n_tp"), a.n_tp, f("n_tp"));
-    }
     c.num(
         format!("{src} agent_average"),
         r.agent_average,
