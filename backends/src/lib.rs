@@ -5,6 +5,7 @@
 //! the requested backend.
 
 pub mod bench;
+pub mod msda;
 
 use std::fmt;
 use std::str::FromStr;
@@ -101,6 +102,7 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
             .join(", ");
         return Err(BackendError::NotCompiled { kind, compiled });
     }
+    msda::register();
     #[allow(unreachable_code)]
     match kind {
         #[cfg(feature = "flex")]

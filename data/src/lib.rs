@@ -9,18 +9,30 @@
 //! - [`labels`]: built-in HICO-DET / V-COCO label texts and label files.
 //! - [`rng`]: the deterministic SplitMix64 generator shared by data, augmentation and tests.
 //! - [`preprocess`]: the official evaluation resize (Pillow-exact), normalisation and padded batching.
+//! - [`vg`], [`pseudo`], [`pretrain`]: relational pre-training data: Visual Genome scene graphs
+//!   (official loader and preprocessing), pseudo-labelled COCO / Objects365 relation files, and the
+//!   dataset-independent sample, vocabulary and per-batch label-text sampling.
+//! - [`transforms`]: the official HOI training augmentation (flip, colour jitter, multi-scale resize,
+//!   random-size crop) on images with boxes and relation pairs.
+//! - [`loader`]: a deterministic multi-threaded batch loader (shuffle and per-item generators from
+//!   the seed, bounded read-ahead, resumable at any batch).
 
 pub mod draw;
 pub mod error;
 pub mod hico;
 pub mod labels;
+pub mod loader;
 pub mod npy;
 pub mod oi;
 pub mod pickle;
 pub mod preprocess;
+pub mod pretrain;
+pub mod pseudo;
 pub mod rng;
 pub mod synth;
+pub mod transforms;
 pub mod vcoco;
+pub mod vg;
 
 pub use error::DataError;
 

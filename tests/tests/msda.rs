@@ -6,7 +6,8 @@
 //! `Σ_{i,j} v[j, i] · max(0, 1 − |px − i|) · max(0, 1 − |py − j|)` over the pixels of the map, so
 //! anything outside the map (zero padding) simply has no pixel to contribute. Checked here:
 //!
-//! 1. [`ms_deform_attn_core`] (f32, flex) vs the f64 reference on several geometries (1×1 and
+//! 1. Both sampling cores — the portable `grid_sample` composite and the fused CPU kernel of
+//!    `rlip_backends::msda` — (f32, flex) vs the f64 reference on several geometries (1×1 and
 //!    non-square levels, N = 2, M = 2..8, P = 2..4), with locations drawn in `[-0.2, 1.2]` plus
 //!    points exactly on pixel centres, pixel edges, the map borders 0 and 1, and half a pixel or
 //!    one pixel outside.
@@ -15,7 +16,7 @@
 //!    module with random weights (value/offset/weight/output projections, masked fill of padded
 //!    tokens, softmax over L·P, 2-d point and 4-d box references) vs an f64 reference of the
 //!    module, and the masked tokens' contents having no effect.
-//! 3. Gradients (autodiff on flex) of `Σ out·R` w.r.t. value, locations and weights vs central
+//! 3. Gradients (autodiff on flex, both cores) of `Σ out·R` w.r.t. value, locations and weights vs central
 //!    finite differences of the f64 reference, with sample points kept away from the pixel-grid
 //!    lines (integer pixel coordinates, i.e. through pixel centres), where bilinear sampling has
 //!    kinks; the module's gradient w.r.t. its query vs finite differences of the f64 module
@@ -24,7 +25,11 @@
 //!    backend vs flex; with only flex compiled in the body runs once and compares nothing).
 
 use burn::prelude::*;
-use rlip_model::msda::{MsDeformAttn, MsdaConfig, ms_deform_attn_core, sampling_locations};
+use rlip_backends::msda::FusedMsda;
+use rlip_model::msda::{
+    MsDeformAttn, MsdaConfig, MsdaKernel, SpatialShapes, ms_deform_attn_core,
+    ms_deform_attn_core_portable, sampling_locations,
+};
 use rlip_model::weights::{Loader, RawTensor, StateDict};
 use rlip_tests::{Tol, parity_test};
 
@@ -391,12 +396,27 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn run_core(c: &CoreCase, dev: &Device) -> Vec<f32> {
+/// A sampling core: the portable composite or the fused CPU kernel.
+type CoreFn = fn(Tensor<4>, &SpatialShapes, Tensor<6>, Tensor<5>) -> Tensor<3>;
+
+fn fused_core(v: Tensor<4>, s: &SpatialShapes, loc: Tensor<6>, w: Tensor<5>) -> Tensor<3> {
+    FusedMsda
+        .forward(&v, s, &loc, &w)
+        .expect("the fused kernel accepts f32 tensors on flex")
+}
+
+/// Both implementations of the core; every core check runs on each.
+const CORES: [(&str, CoreFn); 2] = [
+    ("portable", ms_deform_attn_core_portable),
+    ("fused", fused_core),
+];
+
+fn run_core(core: CoreFn, c: &CoreCase, dev: &Device) -> Vec<f32> {
     let g = &c.g;
     let v = tensor(&c.value, [g.n, g.s(), g.m, g.d], dev);
     let loc = tensor(&c.loc, [g.n, g.lq, g.m, g.l(), g.p, 2], dev);
     let w = tensor(&c.attw, [g.n, g.lq, g.m, g.l(), g.p], dev);
-    let out = ms_deform_attn_core(v, &g.shapes, loc, w);
+    let out = core(v, &g.shapes, loc, w);
     assert_eq!(out.dims(), [g.n, g.lq, g.m * g.d]);
     host(out)
 }
@@ -438,18 +458,20 @@ fn core_matches_f64_reference() {
         for (special, seed) in [(false, 11u64), (true, 12), (true, 13)] {
             let c = gen_core_case(seed + 100 * gi as u64, g.clone(), special, false);
             let want = core_ref(g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw));
-            let got = run_core(&c, &dev);
-            let err = max_abs_err(&got, &want);
-            let outside = c.loc.iter().filter(|u| !(0.0..=1.0).contains(*u)).count();
-            println!(
-                "geometry {gi} special {special:<5}: max |f32 − f64| {err:.3e} ({outside}/{} coords outside [0,1])",
-                c.loc.len()
-            );
-            assert!(
-                err <= CORE_TOL,
-                "geometry {gi} {g:?} special {special}: max error {err:.3e}"
-            );
-            worst = worst.max(err);
+            for (name, core) in CORES {
+                let got = run_core(core, &c, &dev);
+                let err = max_abs_err(&got, &want);
+                let outside = c.loc.iter().filter(|u| !(0.0..=1.0).contains(*u)).count();
+                println!(
+                    "{name}: geometry {gi} special {special:<5}: max |f32 − f64| {err:.3e} ({outside}/{} coords outside [0,1])",
+                    c.loc.len()
+                );
+                assert!(
+                    err <= CORE_TOL,
+                    "{name}: geometry {gi} {g:?} special {special}: max error {err:.3e}"
+                );
+                worst = worst.max(err);
+            }
         }
     }
     println!("core forward: worst max |f32 − f64| = {worst:.3e} (tol {CORE_TOL:.0e})");
@@ -491,17 +513,19 @@ fn core_exact_points() {
             loc: loc.clone(),
             attw,
         };
-        let got = run_core(&c, &dev)[0] as f64;
-        let r = core_ref(&g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw))[0];
-        assert!(
-            (r - want).abs() < 1e-6,
-            "reference at point {k}: {r} vs {want}"
-        );
-        assert!(
-            (got - want).abs() < CORE_TOL,
-            "point {k} {:?}: got {got}, expected {want}",
-            pts[k]
-        );
+        for (name, core) in CORES {
+            let got = run_core(core, &c, &dev)[0] as f64;
+            let r = core_ref(&g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw))[0];
+            assert!(
+                (r - want).abs() < 1e-6,
+                "reference at point {k}: {r} vs {want}"
+            );
+            assert!(
+                (got - want).abs() < CORE_TOL,
+                "{name}: point {k} {:?}: got {got}, expected {want}",
+                pts[k]
+            );
+        }
     }
 }
 
@@ -615,9 +639,13 @@ fn padded_levels_with_valid_ratios() {
         attw,
     };
     let want = core_ref(g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw));
-    let err = max_abs_err(&run_core(&c, &dev), &want);
-    println!("padded batch: locations max err {loc_err:.3e}, core max |f32 − f64| {err:.3e}");
-    assert!(err <= CORE_TOL, "padded core: max error {err:.3e}");
+    for (name, core) in CORES {
+        let err = max_abs_err(&run_core(core, &c, &dev), &want);
+        println!(
+            "{name}: padded batch: locations max err {loc_err:.3e}, core max |f32 − f64| {err:.3e}"
+        );
+        assert!(err <= CORE_TOL, "{name}: padded core: max error {err:.3e}");
+    }
 }
 
 /// Random module parameters, as a state dict under prefix `x` and as f64.
@@ -775,16 +803,18 @@ fn core_gradients_match_finite_differences() {
     let g = grad_geom();
     let c = gen_core_case(41, g.clone(), false, true);
     let r = Rng(42).vec(g.out_len(), -1.0, 1.0);
-    let (gv, gl, gw, _) = core_grad_tensors(&c, &r, &device());
-    let (gv, gl, gw) = (host(gv), host(gl), host(gw));
-
     let (v, loc, w, r64) = (f64s(&c.value), f64s(&c.loc), f64s(&c.attw), f64s(&r));
     let fd_v = central_diff(&v, FD_STEP, |x| dot(&core_ref(&g, x, &loc, &w), &r64));
     let fd_l = central_diff(&loc, FD_STEP, |x| dot(&core_ref(&g, &v, x, &w), &r64));
     let fd_w = central_diff(&w, FD_STEP, |x| dot(&core_ref(&g, &v, &loc, x), &r64));
-    check_grad("d/d value", &gv, &fd_v);
-    check_grad("d/d locations", &gl, &fd_l);
-    check_grad("d/d weights", &gw, &fd_w);
+    for (name, core) in CORES {
+        let (gv, gl, gw, _) = core_grad_tensors(core, &c, &r, &device());
+        let (gv, gl, gw) = (host(gv), host(gl), host(gw));
+        println!("{name}:");
+        check_grad("d/d value", &gv, &fd_v);
+        check_grad("d/d locations", &gl, &fd_l);
+        check_grad("d/d weights", &gw, &fd_w);
+    }
     assert!(
         fd_l.iter().any(|v| v.abs() > 0.1),
         "location gradient unexpectedly ~0"
@@ -794,6 +824,7 @@ fn core_gradients_match_finite_differences() {
 /// Output and gradients of `Σ out·R` w.r.t. value, locations and weights (on the autodiff
 /// version of `dev`).
 fn core_grad_tensors(
+    core: CoreFn,
     c: &CoreCase,
     r: &[f32],
     dev: &Device,
@@ -803,7 +834,7 @@ fn core_grad_tensors(
     let v = tensor(&c.value, [g.n, g.s(), g.m, g.d], &ad).require_grad();
     let loc = tensor(&c.loc, [g.n, g.lq, g.m, g.l(), g.p, 2], &ad).require_grad();
     let w = tensor(&c.attw, [g.n, g.lq, g.m, g.l(), g.p], &ad).require_grad();
-    let out = ms_deform_attn_core(v.clone(), &g.shapes, loc.clone(), w.clone());
+    let out = core(v.clone(), &g.shapes, loc.clone(), w.clone());
     let rt = tensor(r, [g.n, g.lq, g.m * g.d], &ad);
     let grads = (out.clone() * rt).sum().backward();
     let gv = v.grad(&grads).expect("value gradient");
@@ -891,7 +922,7 @@ fn module_query_gradient_matches_finite_differences() {
 parity_test!(msda_core_parity, PARITY_TOL, |device, out| {
     let c = gen_core_case(61, grad_geom(), true, true);
     let r = Rng(62).vec(c.g.out_len(), -1.0, 1.0);
-    let (gv, gl, gw, y) = core_grad_tensors(&c, &r, device);
+    let (gv, gl, gw, y) = core_grad_tensors(ms_deform_attn_core, &c, &r, device);
     out.push("out", y);
     out.push("grad_value", gv);
     out.push("grad_locations", gl);

@@ -32,6 +32,14 @@ pub struct ResNetConfig {
     pub block: BlockKind,
     /// Number of blocks in layer1..layer4.
     pub layers: [usize; 4],
+    /// Channels of the stem and `layer1` (64 in torchvision; each later layer doubles it).
+    /// Narrower networks are for small from-scratch models only: no official weights exist.
+    #[serde(default = "default_width")]
+    pub width: usize,
+}
+
+fn default_width() -> usize {
+    64
 }
 
 impl ResNetConfig {
@@ -40,6 +48,7 @@ impl ResNetConfig {
         Self {
             block: BlockKind::Basic,
             layers: [2, 2, 2, 2],
+            width: 64,
         }
     }
     /// ResNet-34.
@@ -47,6 +56,7 @@ impl ResNetConfig {
         Self {
             block: BlockKind::Basic,
             layers: [3, 4, 6, 3],
+            width: 64,
         }
     }
     /// ResNet-50.
@@ -54,6 +64,7 @@ impl ResNetConfig {
         Self {
             block: BlockKind::Bottleneck,
             layers: [3, 4, 6, 3],
+            width: 64,
         }
     }
     /// ResNet-101.
@@ -61,6 +72,7 @@ impl ResNetConfig {
         Self {
             block: BlockKind::Bottleneck,
             layers: [3, 4, 23, 3],
+            width: 64,
         }
     }
 
@@ -74,7 +86,7 @@ impl ResNetConfig {
     /// Channels of the returned levels (layer2, layer3, layer4).
     pub fn out_channels(&self) -> [usize; 3] {
         let e = self.expansion();
-        [128 * e, 256 * e, 512 * e]
+        [2, 4, 8].map(|m| m * self.width * e)
     }
 }
 
@@ -198,16 +210,16 @@ impl ResNet {
             ld,
             &format!("{prefix}.conv1"),
             &format!("{prefix}.bn1"),
-            ConvSpec::new(3, 64, 7, 2, 3, false),
+            ConvSpec::new(3, cfg.width, 7, 2, 3, false),
         );
         let pool = MaxPool2dConfig::new([3, 3])
             .with_strides([2, 2])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init();
-        let mut c_in = 64;
+        let mut c_in = cfg.width;
         let mut layers = Vec::new();
         for (li, &n) in cfg.layers.iter().enumerate() {
-            let width = 64 << li;
+            let width = cfg.width << li;
             let mut blocks = Vec::new();
             for b in 0..n {
                 let stride = if b == 0 && li > 0 { 2 } else { 1 };

@@ -1,0 +1,248 @@
+//! Fused multi-scale deformable attention sampling, plugged into the model through
+//! [`rlip_model::msda::register_kernel`].
+//!
+//! The operation is a Burn backend extension ([`MsdaOps`]): one forward and one backward op per
+//! backend, and a hand-written autodiff node that calls the backward op, so training uses the
+//! fused path too. Implemented for the `flex` CPU backend ([`cpu`]: loops over `f32` slices,
+//! parallel over queries and, for the value gradient, over (image, head)). Tensors on any other
+//! device, or not `f32`, fall back to the portable `grid_sample` composite.
+
+#[cfg(feature = "flex")]
+pub mod cpu;
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, backend_extension};
+use burn::prelude::*;
+use rlip_model::msda::{MsdaKernel, SpatialShapes};
+
+/// Backend operations of the fused sampling core (see `rlip_model::msda::ms_deform_attn_core`
+/// for the tensor contract). `shapes` holds the per-level `(H, W)`.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait MsdaOps: Backend {
+    /// `value [N, S, M, D]`, `loc [N, Lq, M, L, P, 2]`, `attn [N, Lq, M, L, P]` → `[N, Lq, M·D]`.
+    fn msda_forward(
+        value: FloatTensor<Self>,
+        loc: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        shapes: Vec<[usize; 2]>,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients `(∂value, ∂loc, ∂attn)` of [`MsdaOps::msda_forward`] for the output gradient
+    /// `grad`.
+    fn msda_backward(
+        value: FloatTensor<Self>,
+        loc: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        shapes: Vec<[usize; 2]>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+#[cfg(feature = "flex")]
+mod flex_impl {
+    use burn::backend::Flex;
+    use burn::tensor::TensorData;
+    use burn_flex::FlexTensor;
+
+    use super::cpu::{self, Dims};
+    use super::*;
+
+    fn f32s(t: &FlexTensor) -> Vec<f32> {
+        let t = t.to_contiguous();
+        t.as_slice::<f32>()
+            .expect("the MSDA kernel only accepts f32 tensors")
+            .to_vec()
+    }
+
+    fn dims(value: &FlexTensor, loc: &FlexTensor, shapes: &[[usize; 2]]) -> Dims {
+        let v = value.layout().shape().to_vec();
+        let q = loc.layout().shape().to_vec();
+        Dims {
+            n: v[0],
+            s: v[1],
+            m: v[2],
+            d: v[3],
+            lq: q[1],
+            p: q[4],
+            shapes: shapes.to_vec(),
+        }
+    }
+
+    fn tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(data, shape))
+    }
+
+    impl MsdaOps for Flex {
+        fn msda_forward(
+            value: FlexTensor,
+            loc: FlexTensor,
+            attn: FlexTensor,
+            shapes: Vec<[usize; 2]>,
+        ) -> FlexTensor {
+            let d = dims(&value, &loc, &shapes);
+            let out = cpu::forward(&d, &f32s(&value), &f32s(&loc), &f32s(&attn));
+            tensor(out, vec![d.n, d.lq, d.m * d.d])
+        }
+
+        fn msda_backward(
+            value: FlexTensor,
+            loc: FlexTensor,
+            attn: FlexTensor,
+            grad: FlexTensor,
+            shapes: Vec<[usize; 2]>,
+        ) -> (FlexTensor, FlexTensor, FlexTensor) {
+            let d = dims(&value, &loc, &shapes);
+            let shapes_in = (
+                value.layout().shape().to_vec(),
+                loc.layout().shape().to_vec(),
+                attn.layout().shape().to_vec(),
+            );
+            let (gv, gl, ga) =
+                cpu::backward(&d, &f32s(&value), &f32s(&loc), &f32s(&attn), &f32s(&grad));
+            (
+                tensor(gv, shapes_in.0),
+                tensor(gl, shapes_in.1),
+                tensor(ga, shapes_in.2),
+            )
+        }
+    }
+}
+
+/// The autodiff node: the forward op now, the backward op when gradients are requested.
+#[derive(Debug)]
+struct MsdaBackward;
+
+impl<B: MsdaOps> Backward<B, 3> for MsdaBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        Vec<[usize; 2]>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_value, node_loc, node_attn] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (value, loc, attn, shapes) = ops.state;
+        let (gv, gl, ga) = B::msda_backward(value, loc, attn, grad, shapes);
+        for (node, g) in [(node_value, gv), (node_loc, gl), (node_attn, ga)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: MsdaOps, C: CheckpointStrategy> MsdaOps for Autodiff<B, C> {
+    fn msda_forward(
+        value: FloatTensor<Self>,
+        loc: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        shapes: Vec<[usize; 2]>,
+    ) -> FloatTensor<Self> {
+        match MsdaBackward
+            .prepare::<C>([value.node(), loc.node(), attn.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (v, l, a) = (
+                    value.into_primitive(),
+                    loc.into_primitive(),
+                    attn.into_primitive(),
+                );
+                let out = B::msda_forward(v.clone(), l.clone(), a.clone(), shapes.clone());
+                prep.finish((v, l, a, shapes), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::msda_forward(
+                value.into_primitive(),
+                loc.into_primitive(),
+                attn.into_primitive(),
+                shapes,
+            )),
+        }
+    }
+
+    fn msda_backward(
+        value: FloatTensor<Self>,
+        loc: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        shapes: Vec<[usize; 2]>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Second-order gradients are not needed by RLIPv2; the backward op runs untracked.
+        let (gv, gl, ga) = B::msda_backward(
+            value.into_primitive(),
+            loc.into_primitive(),
+            attn.into_primitive(),
+            grad.into_primitive(),
+            shapes,
+        );
+        let lift = <Self as AutodiffBackend>::from_inner;
+        (lift(gv), lift(gl), lift(ga))
+    }
+}
+
+/// Runs the fused op through the backend extension.
+fn fused(
+    value: &Tensor<4>,
+    shapes: &SpatialShapes,
+    loc: &Tensor<6>,
+    attn: &Tensor<5>,
+) -> Tensor<3> {
+    let out = <Dispatch as MsdaOps>::msda_forward(
+        value.clone().into_dispatch(),
+        loc.clone().into_dispatch(),
+        attn.clone().into_dispatch(),
+        shapes.to_vec(),
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// The fused sampling core as an [`MsdaKernel`]: accepts `f32` tensors on the flex device (with
+/// or without autodiff) and declines everything else.
+#[derive(Debug, Default)]
+pub struct FusedMsda;
+
+impl MsdaKernel for FusedMsda {
+    fn name(&self) -> &str {
+        "fused-cpu"
+    }
+
+    fn forward(
+        &self,
+        value: &Tensor<4>,
+        shapes: &SpatialShapes,
+        locations: &Tensor<6>,
+        weights: &Tensor<5>,
+    ) -> Option<Tensor<3>> {
+        #[cfg(feature = "flex")]
+        let on_flex = value.device().inner() == Device::flex();
+        #[cfg(not(feature = "flex"))]
+        let on_flex = false;
+        let f32s = [value.dtype(), locations.dtype(), weights.dtype()]
+            .iter()
+            .all(|d| *d == burn::tensor::DType::F32);
+        (on_flex && f32s).then(|| fused(value, shapes, locations, weights))
+    }
+}
+
+/// Registers the fused kernels this binary was built with (idempotent; [`crate::device`] calls
+/// it). Setting `RLIP_MSDA=portable` keeps the portable composite everywhere (for comparisons).
+pub fn register() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("RLIP_MSDA").is_ok_and(|v| v == "portable") {
+            tracing::info!("RLIP_MSDA=portable: fused deformable attention disabled");
+            return;
+        }
+        rlip_model::msda::register_kernel(Arc::new(FusedMsda));
+    });
+}
