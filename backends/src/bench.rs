@@ -157,3 +157,160 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `rlip bench train`.
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Model preset or JSON config.
+    #[arg(long, default_value = "small")]
+    pub config: String,
+    /// Input `HEIGHTxWIDTH`; default: the config's eval size on a 2:3 image (800x1200 for r50,
+    /// the official fine-tuning benchmark size).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub batch: Vec<usize>,
+    /// Number of label texts (HICO-DET: 198).
+    #[arg(long, default_value_t = 198)]
+    pub labels: usize,
+    /// Relation pairs per image.
+    #[arg(long, default_value_t = 3)]
+    pub pairs: usize,
+    /// Untimed warm-up steps per batch size.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed steps per batch size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Append one JSON line per measurement to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize)> {
+    s.split_once('x')
+        .and_then(|(h, w)| Some((h.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
+        .filter(|&(h, w)| h > 0 && w > 0)
+        .ok_or_else(|| anyhow::anyhow!("--size must be HEIGHTxWIDTH, got '{s}'"))
+}
+
+/// Times full training steps (forward, official criterion with Hungarian matching, backward,
+/// clipping, AdamW) on synthetic images and targets; prints one table row per batch size.
+pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()> {
+    use rlip_train::loss::{Criterion, CriterionConfig};
+    use rlip_train::matcher::PairTargets;
+    use rlip_train::trainer::{LabelTexts, OptimConfig, Trainer};
+
+    let cfg = RlipConfig::resolve(&a.config)?;
+    let (h, w) = match &a.size {
+        Some(s) => parse_size(s)?,
+        None => (cfg.eval_size, cfg.eval_size * 3 / 2),
+    };
+    if a.iters == 0 || a.batch.contains(&0) || a.labels < 3 {
+        bail!("--iters and every --batch must be positive, --labels at least 3");
+    }
+    let ad = device.clone().autodiff();
+    let (model, _) = RlipParSeDa::init(&cfg, &ad);
+    let n_tok = 6;
+    let vocab = cfg.text.vocab_size as i64;
+    let ids: Vec<i64> = (0..a.labels * n_tok)
+        .map(|i| match i % n_tok {
+            0 => 0,
+            j if j == n_tok - 1 => 2.min(vocab - 1),
+            _ => 4 + (i as i64 * 7919) % (vocab - 4).max(1),
+        })
+        .collect();
+    let n_obj = (a.labels * 2 / 5).max(2);
+    let texts = LabelTexts {
+        ids: Tensor::from_data(TensorData::new(ids, [a.labels, n_tok]), &ad),
+        mask: Tensor::ones([a.labels, n_tok], &ad),
+        n_obj,
+    };
+    let n_verb = a.labels - n_obj;
+    let crit = Criterion::new(CriterionConfig::default())?;
+    let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad);
+    println!(
+        "backend {backend}, config {}, input {h}x{w}, {} label texts, {} pairs per image",
+        a.config, a.labels, a.pairs
+    );
+    println!(
+        "| backend | config | batch | input | ms/step (median of {}) | images/s | first step s | peak RSS MiB |",
+        a.iters
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut rng = rlip_data::rng::Rng::new(11);
+    for &b in &a.batch {
+        let images: Vec<(Vec<f32>, usize, usize)> = (0..b)
+            .map(|_| {
+                let v = (0..3 * h * w).map(|_| rng.range_f32(-2.0, 2.0)).collect();
+                (v, h, w)
+            })
+            .collect();
+        let mut boxes = || {
+            let (cx, cy) = (rng.range_f32(0.2, 0.8), rng.range_f32(0.2, 0.8));
+            [cx, cy, rng.range_f32(0.05, 0.3), rng.range_f32(0.05, 0.3)]
+        };
+        let targets: Vec<PairTargets> = (0..b)
+            .map(|_| {
+                let mut t = PairTargets {
+                    sub_boxes: Vec::new(),
+                    obj_boxes: Vec::new(),
+                    sub_labels: Vec::new(),
+                    obj_labels: Vec::new(),
+                    verb_labels: Vec::new(),
+                };
+                for k in 0..a.pairs {
+                    t.sub_boxes.push(boxes());
+                    t.obj_boxes.push(boxes());
+                    t.sub_labels.push(0);
+                    t.obj_labels.push(1 + k % (n_obj - 2));
+                    let mut row = vec![0f32; n_verb];
+                    row[k % n_verb] = 1.0;
+                    t.verb_labels.push(row);
+                }
+                t
+            })
+            .collect();
+        let mut times = Vec::new();
+        let mut first = 0.0;
+        for i in 0..a.warmup + a.iters {
+            let t = Instant::now();
+            // the step reads the loss and gradient norm back, which waits for the device
+            trainer.step(&images, &targets, &texts, 1.0)?;
+            let dt = t.elapsed().as_secs_f64();
+            if i == 0 {
+                first = dt;
+            }
+            if i >= a.warmup {
+                times.push(dt);
+            }
+        }
+        let m = median(times.clone());
+        let rss = peak_rss_mib()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or("-".into());
+        println!(
+            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {rss} |",
+            a.config,
+            m * 1e3,
+            b as f64 / m
+        );
+        if let Some(p) = &a.json {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "bench": "train", "backend": backend, "config": a.config, "batch": b,
+                "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
+                "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
+                "images_per_s": b as f64 / m, "first_step_s": first,
+                "peak_rss_mib": peak_rss_mib(),
+            });
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}

@@ -69,6 +69,8 @@ fn train_infer_eval_on_the_synthetic_set() {
     assert!(ckpt.is_file());
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);
+    let png = std::fs::read(run.join("curves.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
 
     let tok = data.join("tokenizer.json");
     let labels = data.join("labels.json");
@@ -192,5 +194,110 @@ fn bad_input_gives_clear_errors() {
     assert!(e.contains("corrupt.jpg"), "{e}");
     let e = fails(&["--backend", "cuda", "backends"]);
     assert!(e.contains("cuda") && e.contains("--features"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Losses by step from a `metrics.jsonl`.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v["step"].as_u64()?, v["loss"].as_f64()?))
+        })
+        .collect()
+}
+
+/// Pre-training on the VG form, fine-tuning from it; a fine-tuning process killed (SIGKILL)
+/// mid-epoch and resumed logs exactly the losses of an uninterrupted run.
+#[test]
+fn pretrain_finetune_kill_and_resume() {
+    let dir = tmp("resume");
+    let data = dir.join("data");
+    generate(&data, SynthConfig::new(SynthSize::Tiny, 3)).expect("synthetic data");
+    let pre = dir.join("pre");
+    let out = ok(&[
+        "train",
+        "--mode",
+        "pretrain",
+        "--data",
+        s(&data),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--out",
+        s(&pre),
+    ]);
+    assert!(out.contains("pre-training images"), "{out}");
+    let init = pre.join("checkpoint.safetensors");
+    let args = |run: &Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            s(&data),
+            "--init",
+            s(&init),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "2",
+            "--lr-drop",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--keep-last",
+            "2",
+            "--out",
+            s(run),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let full = dir.join("full");
+    let mut a = args(&full);
+    a.extend(["--eval-every", "1"].map(String::from));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&a);
+    let expected = losses(&full);
+    assert_eq!(expected.len(), 12, "2 epochs of 6 steps");
+    assert!(full.join("best/model.safetensors").is_file());
+    let evals = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        evals.matches("\"eval\"").count(),
+        2,
+        "one evaluation per epoch"
+    );
+    let kept: Vec<_> = std::fs::read_dir(full.join("checkpoints"))
+        .unwrap()
+        .collect();
+    assert_eq!(kept.len(), 2, "--keep-last 2");
+
+    let killed = dir.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlip"))
+        .args(args(&killed))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = killed.join("checkpoints/step-00000003/state.json");
+    let t = std::time::Instant::now();
+    while !marker.exists() && t.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(marker.exists(), "no checkpoint appeared");
+    // without --resume the run refuses to start over the old one
+    let b = args(&killed);
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let e = fails(&b);
+    assert!(e.contains("--resume"), "{e}");
+    let mut r = b.clone();
+    r.push("--resume");
+    let out = ok(&r);
+    assert!(out.contains("resumed from"), "{out}");
+    assert_eq!(losses(&killed), expected, "resumed run's losses differ");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -6,6 +6,8 @@
 //! - [`pickle`]: a minimal reader for plain-data pickles (lists, dicts, numbers, strings), enough
 //!   for the V-COCO detection file `generate_vcoco_official.py` writes.
 //! - [`hico`], [`vcoco`], [`oi`]: ground-truth readers for the official JSON annotation formats.
+//! - [`vcoco_convert`]: conversion of the original V-COCO release (and VSGNet's `prior.pickle`)
+//!   into the HOIA files `trainval_vcoco.json`, `test_vcoco.json` and `corre_vcoco.npy`.
 //! - [`labels`]: built-in HICO-DET / V-COCO label texts and label files.
 //! - [`rng`]: the deterministic SplitMix64 generator shared by data, augmentation and tests.
 //! - [`preprocess`]: the official evaluation resize (Pillow-exact), normalisation and padded batching.
@@ -32,6 +34,7 @@ pub mod rng;
 pub mod synth;
 pub mod transforms;
 pub mod vcoco;
+pub mod vcoco_convert;
 pub mod vg;
 
 pub use error::DataError;

@@ -168,7 +168,8 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray, DataError> {
     let shape =
         parse_shape(shape_s).ok_or_else(|| err(format!("malformed 'shape' {shape_s:?}")))?;
 
-    let (order, kind) = descr.split_at(1.min(descr.len()));
+    // Split after the first character (not byte: a non-ASCII descr must not panic).
+    let (order, kind) = descr.split_at(descr.chars().next().map_or(0, char::len_utf8));
     if order == ">" {
         return Err(err(format!("big-endian dtype {descr:?} is not supported")));
     }

@@ -53,6 +53,35 @@ impl PickleValue {
     }
 }
 
+/// Decodes Python's `raw-unicode-escape` (the text of a protocol-0 `UNICODE` argument): bytes are
+/// Latin-1 characters, except `\uXXXX` and `\UXXXXXXXX` escapes.
+pub(crate) fn decode_raw_unicode_escape(b: &[u8]) -> Result<String, String> {
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let n = match (b[i], b.get(i + 1)) {
+            (b'\\', Some(b'u')) => 4,
+            (b'\\', Some(b'U')) => 8,
+            (c, _) => {
+                out.push(char::from(c));
+                i += 1;
+                continue;
+            }
+        };
+        let hex = b
+            .get(i + 2..i + 2 + n)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let c = hex
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .and_then(char::from_u32)
+            .ok_or_else(|| format!("bad unicode escape at byte {i} of a text argument"))?;
+        out.push(c);
+        i += 2 + n;
+    }
+    Ok(out)
+}
+
 /// Reads a pickle file.
 pub fn read_pickle(path: impl AsRef<Path>) -> Result<PickleValue, DataError> {
     let path = path.as_ref();
@@ -326,6 +355,17 @@ impl<'a> Vm<'a> {
                 b'X' => {
                     let n = self.u32()? as usize;
                     self.str_arg(n)?;
+                }
+                b'V' => {
+                    // Protocol 0/1 str: a raw-unicode-escape line.
+                    let rest = &self.data[self.pos..];
+                    let n = rest
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .ok_or("unterminated text argument")?;
+                    self.pos += n + 1;
+                    let s = decode_raw_unicode_escape(&rest[..n])?;
+                    self.push_leaf(PickleValue::Str(s));
                 }
                 0x8c => {
                     let n = self.u8()? as usize;

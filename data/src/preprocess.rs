@@ -228,9 +228,17 @@ fn load_rgb_with(path: &std::path::Path, exif: bool) -> Result<RgbImage, crate::
         path: path.to_path_buf(),
         msg,
     };
-    let mut decoder = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(e.to_string()))?;
+    // The JPEG decoder fills missing data with grey where Pillow (the official loader) fails
+    // with "image file is truncated": check that the last scan is followed by a marker.
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_scans_complete(&bytes) {
+        return Err(bad(
+            "truncated JPEG: the data ends inside a scan (no end-of-image marker)".into(),
+        ));
+    }
+    let mut decoder = reader
         .into_decoder()
         .map_err(|e| bad(format!("cannot decode: {e}")))?;
     use image::ImageDecoder;
@@ -248,6 +256,52 @@ fn load_rgb_with(path: &std::path::Path, exif: bool) -> Result<RgbImage, crate::
         height: rgb.height() as usize,
         data: rgb.into_raw(),
     })
+}
+
+/// Whether a JPEG's segments and entropy-coded scans end with the end-of-image marker before
+/// the data does (bytes after it are ignored). Segments are skipped by their length, so an EXIF
+/// thumbnail's markers do not count. Stricter than Pillow in one rare case: a file that lacks
+/// only its final EOI marker is reported truncated (Pillow accepts it once every row decoded).
+fn jpeg_scans_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        // Next marker: skip stray bytes and fill bytes.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&m) = b.get(i) else { return false };
+        i += 1;
+        match m {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            return false;
+        };
+        i += len;
+        if i > b.len() {
+            return false;
+        }
+        if m == 0xDA {
+            // Entropy-coded data up to the next marker that is not a stuffed 0xFF or a restart.
+            loop {
+                match (b.get(i), b.get(i + 1)) {
+                    (Some(0xFF), Some(0x00 | 0xD0..=0xD7)) => i += 2,
+                    (Some(0xFF), Some(0xFF)) => i += 1,
+                    (Some(0xFF), Some(_)) => break,
+                    (Some(_), _) => i += 1,
+                    (None, _) => return false,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

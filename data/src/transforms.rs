@@ -131,7 +131,7 @@ impl Sample {
 }
 
 /// Settings of [`augment`]; [`TrainAugment::hico`] (= `Default`) is the official chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainAugment {
     /// Probability of the horizontal flip (official 0.5).
     pub flip_prob: f64,

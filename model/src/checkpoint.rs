@@ -23,10 +23,14 @@ pub const META_CONFIG: &str = "config";
 /// Metadata key of the official checkpoint the model was built from before training (its
 /// constants, e.g. frozen batch-norm statistics, are read from there), if any.
 pub const META_BASE: &str = "base_checkpoint";
+/// Metadata key of the parameter ids (JSON object: module path → id). Optimiser state is keyed
+/// by parameter id, so resuming training restores them ([`load_params_with_ids`]).
+pub const META_PARAM_IDS: &str = "param_ids";
 
 struct Collect {
     path: Vec<String>,
     out: Vec<(String, Vec<usize>, Vec<f32>)>,
+    ids: BTreeMap<String, u64>,
 }
 
 impl ModuleVisitor for Collect {
@@ -44,18 +48,25 @@ impl ModuleVisitor for Collect {
             .convert::<f32>()
             .try_to_vec::<f32>()
             .expect("float parameter");
-        self.out.push((self.path.join("."), shape, v));
+        let key = self.path.join(".");
+        self.ids.insert(key.clone(), param.id.val());
+        self.out.push((key, shape, v));
     }
+}
+
+fn collect<M: Module>(module: &M) -> Collect {
+    let mut c = Collect {
+        path: Vec::new(),
+        out: Vec::new(),
+        ids: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    c
 }
 
 /// `(path, shape, values)` of every float parameter of `module`, in visiting order.
 pub fn collect_params<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut c = Collect {
-        path: Vec::new(),
-        out: Vec::new(),
-    };
-    module.visit(&mut c);
-    c.out
+    collect(module).out
 }
 
 /// Serialises the float parameters of `module` to safetensors bytes with `metadata` (plus the
@@ -64,7 +75,14 @@ pub fn params_to_bytes<M: Module>(
     module: &M,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, WeightError> {
-    let params = collect_params(module);
+    let Collect {
+        out: params, ids, ..
+    } = collect(module);
+    let mut metadata = metadata.clone();
+    metadata.insert(
+        META_PARAM_IDS.to_string(),
+        serde_json::to_string(&ids).expect("a map of numbers serialises"),
+    );
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
         .into_iter()
         .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -100,19 +118,25 @@ pub fn save_params<M: Module>(
 /// [`save_params`].
 pub fn read_metadata(path: &Path) -> Result<Option<BTreeMap<String, String>>, WeightError> {
     let bytes = std::fs::read(path).map_err(|e| WeightError::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    let map = st_metadata(&bytes, path)?;
+    Ok((map.get(META_FORMAT).map(String::as_str) == Some(FORMAT)).then_some(map))
+}
+
+fn st_metadata(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, String>, WeightError> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| WeightError::format(path, format!("not a safetensors file: {e}")))?;
     let map: BTreeMap<String, String> = meta
         .metadata()
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    Ok((map.get(META_FORMAT).map(String::as_str) == Some(FORMAT)).then_some(map))
+    Ok(map)
 }
 
 struct Assign {
     path: Vec<String>,
     values: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    ids: Option<BTreeMap<String, u64>>,
     missing: Vec<String>,
     misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
 }
@@ -130,7 +154,10 @@ impl ModuleMapper for Assign {
             self.missing.push(key);
             return param;
         };
-        let (id, t, _) = param.consume();
+        let (mut id, t, _) = param.consume();
+        if let Some(saved) = self.ids.as_ref().and_then(|m| m.get(&key)) {
+            id = (*saved).into();
+        }
         let dims = t.dims().to_vec();
         if dims != shape {
             self.misshaped.push((key, dims, shape));
@@ -154,6 +181,23 @@ impl ModuleMapper for Assign {
 /// configuration). Every parameter must be present with its shape, and every stored tensor used.
 /// Returns the module and the loaded parameter paths.
 pub fn load_params<M: Module>(module: M, path: &Path) -> Result<(M, Vec<String>), WeightError> {
+    load(module, path, false)
+}
+
+/// [`load_params`], also giving every parameter the id it had when saved (so optimiser state
+/// saved with it applies). Files without recorded ids are an error.
+pub fn load_params_with_ids<M: Module>(
+    module: M,
+    path: &Path,
+) -> Result<(M, Vec<String>), WeightError> {
+    load(module, path, true)
+}
+
+fn load<M: Module>(
+    module: M,
+    path: &Path,
+    with_ids: bool,
+) -> Result<(M, Vec<String>), WeightError> {
     let bytes = std::fs::read(path).map_err(|e| WeightError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| WeightError::format(path, format!("not a safetensors file: {e}")))?;
@@ -173,9 +217,25 @@ pub fn load_params<M: Module>(module: M, path: &Path) -> Result<(M, Vec<String>)
         values.insert(name, (view.shape().to_vec(), v));
     }
     let names: Vec<String> = values.keys().cloned().collect();
+    let ids =
+        if with_ids {
+            let meta = st_metadata(&bytes, path)?;
+            let text = meta.get(META_PARAM_IDS).ok_or_else(|| {
+                WeightError::format(
+                    path,
+                    "no parameter ids recorded (not a training checkpoint)",
+                )
+            })?;
+            Some(serde_json::from_str(text).map_err(|e| {
+                WeightError::format(path, format!("metadata '{META_PARAM_IDS}': {e}"))
+            })?)
+        } else {
+            None
+        };
     let mut a = Assign {
         path: Vec::new(),
         values,
+        ids,
         missing: Vec::new(),
         misshaped: Vec::new(),
     };

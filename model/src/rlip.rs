@@ -99,10 +99,14 @@ impl RlipConfig {
         Self::parseda(BackboneConfig::Swin(SwinConfig::large()), 200)
     }
 
-    /// A small model for tests and demos (ResNet-18, width 64, tiny label encoder).
+    /// A small model for tests and the CPU demo: a narrow ResNet-18 (16 channels in the stem,
+    /// no official weights), transformer width 64, 16 queries, a tiny label encoder.
     pub fn small() -> Self {
         Self {
-            backbone: BackboneConfig::ResNet(ResNetConfig::resnet18()),
+            backbone: BackboneConfig::ResNet(ResNetConfig {
+                width: 16,
+                ..ResNetConfig::resnet18()
+            }),
             hidden_dim: 64,
             num_queries: 16,
             num_feature_levels: 4,

@@ -10,7 +10,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rlip_data::DataError;
 use rlip_data::hico::HoiImageAnnotation;
-use rlip_data::preprocess::{RgbImage, load_rgb, normalize, pad_batch, resize_bilinear};
+use rlip_data::preprocess::{load_rgb, normalize, pad_batch};
 use rlip_model::position::PaddingMask;
 use rlip_model::rlip::RlipParSeDa;
 use serde::Serialize;
@@ -43,21 +43,15 @@ pub enum TrainError {
     /// Inconsistent request.
     #[error("{0}")]
     Invalid(String),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
+    /// The data loader failed.
+    #[error("data: {0}")]
+    Loader(String),
 }
 
-/// One training image with its boxes and relation pairs (pixels, original image).
-#[derive(Debug, Clone)]
-pub struct TrainSample {
-    /// Decoded image.
-    pub image: RgbImage,
-    /// `[x0, y0, x1, y1]` boxes, clamped to the image, degenerate ones removed.
-    pub boxes: Vec<[f32; 4]>,
-    /// Class index of each box.
-    pub labels: Vec<usize>,
-    /// `(subject box, object box, verb indices)`, one entry per distinct pair (multi-verb pairs
-    /// merged, as the official loader does).
-    pub pairs: Vec<(usize, usize, Vec<usize>)>,
-}
+pub use rlip_data::transforms::Sample as TrainSample;
 
 /// Builds training samples from HICO-DET-format annotations the way the official
 /// `HICODetection` train branch does: images whose relations point outside their box list are
@@ -148,56 +142,17 @@ pub fn hico_samples(
 
 pub use rlip_data::rng::Rng;
 
-/// Train-time augmentation: random horizontal flip and a random short side from `scales`
-/// (long side capped at `max_size`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AugmentConfig {
-    /// Candidate short sides.
-    pub scales: Vec<usize>,
-    /// Long-side cap.
-    pub max_size: usize,
-    /// Random horizontal flip with probability 0.5.
-    pub flip: bool,
-}
-
-/// One augmented image: normalised `[3, h, w]` values and its targets (boxes normalised cxcywh
-/// to the augmented image, subjects labelled with `subject_label`).
-pub fn augment(
-    s: &TrainSample,
-    cfg: &AugmentConfig,
-    num_verbs: usize,
-    subject_label: usize,
-    rng: &mut Rng,
-) -> ((Vec<f32>, usize, usize), PairTargets) {
-    let flip = cfg.flip && rng.below(2) == 1;
-    let size = cfg.scales[rng.below(cfg.scales.len())];
-    let (h, w) =
-        rlip_data::preprocess::eval_size(s.image.width, s.image.height, size, Some(cfg.max_size));
-    let mut img = resize_bilinear(&s.image, w, h);
-    if flip {
-        for y in 0..h {
-            let row = &mut img.data[y * w * 3..(y + 1) * w * 3];
-            for x in 0..w / 2 {
-                for c in 0..3 {
-                    row.swap(x * 3 + c, (w - 1 - x) * 3 + c);
-                }
-            }
-        }
-    }
-    let (sx, sy) = (
-        w as f32 / s.image.width as f32,
-        h as f32 / s.image.height as f32,
-    );
+/// Model inputs of one augmented sample: normalised `[3, h, w]` values and the pair targets
+/// (boxes as normalised cxcywh of the image, subject and object classes from the box labels,
+/// multi-hot relation rows over `num_verbs`).
+pub fn to_input(s: &TrainSample, num_verbs: usize) -> ((Vec<f32>, usize, usize), PairTargets) {
+    let (w, h) = (s.image.width as f32, s.image.height as f32);
     let norm = |b: [f32; 4]| {
-        let (mut x0, y0, mut x1, y1) = (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy);
-        if flip {
-            (x0, x1) = (w as f32 - x1, w as f32 - x0);
-        }
         [
-            (x0 + x1) / 2.0 / w as f32,
-            (y0 + y1) / 2.0 / h as f32,
-            (x1 - x0) / w as f32,
-            (y1 - y0) / h as f32,
+            (b[0] + b[2]) / 2.0 / w,
+            (b[1] + b[3]) / 2.0 / h,
+            (b[2] - b[0]) / w,
+            (b[3] - b[1]) / h,
         ]
     };
     let mut t = PairTargets {
@@ -210,7 +165,7 @@ pub fn augment(
     for (sb, ob, verbs) in &s.pairs {
         t.sub_boxes.push(norm(s.boxes[*sb]));
         t.obj_boxes.push(norm(s.boxes[*ob]));
-        t.sub_labels.push(subject_label);
+        t.sub_labels.push(s.labels[*sb]);
         t.obj_labels.push(s.labels[*ob]);
         let mut row = vec![0f32; num_verbs];
         for &v in verbs {
@@ -218,7 +173,18 @@ pub fn augment(
         }
         t.verb_labels.push(row);
     }
-    ((normalize(&img), h, w), t)
+    ((normalize(&s.image), s.image.height, s.image.width), t)
+}
+
+/// Tokenised label texts of a step: object texts (with "no objects" last), then relations.
+#[derive(Debug, Clone)]
+pub struct LabelTexts {
+    /// `[L, T]` token ids.
+    pub ids: Tensor<2, Int>,
+    /// `[L, T]` attention mask.
+    pub mask: Tensor<2, Int>,
+    /// Object texts including "no objects".
+    pub n_obj: usize,
 }
 
 /// Optimiser settings (official fine-tuning defaults: lr 1e-4, backbone and label encoder 1e-5,
@@ -298,28 +264,27 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
+/// File names inside a training checkpoint folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Optimiser state (burnpack, keyed by parameter id).
+pub const OPTIM_FILE: &str = "optim.bpk";
+
 /// A model being trained on an autodiff device, with its optimiser state.
 pub struct Trainer {
     model: Option<RlipParSeDa>,
     optim: ModuleOptimizer,
     criterion: Criterion,
     optim_cfg: OptimConfig,
-    text_ids: Tensor<2, Int>,
-    text_mask: Tensor<2, Int>,
-    n_obj: usize,
     device: Device,
     step: usize,
 }
 
 impl Trainer {
-    /// Prepares `model` (on the autodiff device `device`) for training on the tokenised label
-    /// texts (`ids`, `mask`: `[L, T]`, with `n_obj` object texts including "no objects"). With
-    /// `freeze_stem` the ResNet stem and `layer1` are frozen as in the official code (which
-    /// always starts from a pre-trained backbone); a model trained from scratch trains them.
+    /// Prepares `model` (on the autodiff device `device`) for training. With `freeze_stem` the
+    /// ResNet stem and `layer1` are frozen as in the official code (which always starts from a
+    /// pre-trained backbone); a model trained from scratch trains them.
     pub fn new(
         model: RlipParSeDa,
-        text: (Tensor<2, Int>, Tensor<2, Int>),
-        n_obj: usize,
         criterion: Criterion,
         optim_cfg: OptimConfig,
         freeze_stem: bool,
@@ -337,9 +302,6 @@ impl Trainer {
             optim,
             criterion,
             optim_cfg,
-            text_ids: text.0,
-            text_mask: text.1,
-            n_obj,
             device: device.clone(),
             step: 0,
         }
@@ -350,18 +312,56 @@ impl Trainer {
         self.model.as_ref().expect("model present between steps")
     }
 
-    /// Steps taken.
+    /// The autodiff device the model trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Steps taken (including those before a resume).
     pub fn steps(&self) -> usize {
         self.step
     }
 
-    /// One optimisation step on a batch of `(values [3, h, w], h, w)` images and their targets,
-    /// with every learning rate multiplied by `lr_scale`. A non-finite loss stops before the
-    /// update and leaves the parameters as they were.
+    /// Writes `dir/model.safetensors` (parameters with their ids and `metadata`) and
+    /// `dir/optim.bpk` (AdamW moments). Callers make the folder itself appear atomically.
+    pub fn save(
+        &self,
+        dir: &Path,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
+        let io = |e: String| TrainError::Checkpoint(format!("{}: {e}", dir.display()));
+        rlip_model::checkpoint::save_params(self.model(), &dir.join(MODEL_FILE), metadata)
+            .map_err(|e| io(e.to_string()))?;
+        self.optim
+            .save(dir.join(OPTIM_FILE))
+            .map_err(|e| io(format!("{OPTIM_FILE}: {e}")))
+    }
+
+    /// Restores the parameters (with their ids) and optimiser state written by [`Trainer::save`]
+    /// into this trainer, whose model must have the same configuration; `steps` is the step
+    /// count to continue from.
+    pub fn restore(&mut self, dir: &Path, steps: usize) -> Result<(), TrainError> {
+        let model = self.model.take().expect("model present between steps");
+        let path = dir.join(MODEL_FILE);
+        let (model, _) = rlip_model::checkpoint::load_params_with_ids(model, &path)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        self.model = Some(model);
+        let optim = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        self.optim = optim.load(dir.join(OPTIM_FILE)).map_err(|e| {
+            TrainError::Checkpoint(format!("{}: {e}", dir.join(OPTIM_FILE).display()))
+        })?;
+        self.step = steps;
+        Ok(())
+    }
+
+    /// One optimisation step on a batch of `(values [3, h, w], h, w)` images and their targets
+    /// (class indices into `texts`), with every learning rate multiplied by `lr_scale`. A
+    /// non-finite loss stops before the update and leaves the parameters as they were.
     pub fn step(
         &mut self,
         images: &[(Vec<f32>, usize, usize)],
         targets: &[PairTargets],
+        texts: &LabelTexts,
         lr_scale: f64,
     ) -> Result<StepLog, TrainError> {
         if images.is_empty() || images.len() != targets.len() {
@@ -380,9 +380,22 @@ impl Trainer {
             &self.device,
         );
         let mask = PaddingMask::from_sizes(&batch.sizes, batch.height, batch.width);
-        let labels = model.encode_labels(self.text_ids.clone(), self.text_mask.clone(), self.n_obj);
+        let labels = model.encode_labels(texts.ids.clone(), texts.mask.clone(), texts.n_obj);
+        let pseudo = self.criterion.config().pseudo_verb.then(|| {
+            let [l, d] = labels.pooled.dims();
+            let verbs = labels.pooled.clone().slice(s![texts.n_obj..l]);
+            let host = verbs
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 text features");
+            crate::loss::pseudo_verb::pseudo_verb_targets(&host, l - texts.n_obj, d, targets)
+        });
         let out = model.forward(x, &mask, &labels);
-        let crit = match self.criterion.forward(&out.layers, targets, None) {
+        let crit = match self
+            .criterion
+            .forward(&out.layers, targets, pseudo.as_deref())
+        {
             Ok(c) => c,
             Err(source) => {
                 self.model = Some(model);
@@ -415,6 +428,13 @@ impl Trainer {
             model.visit(&mut v);
             v.sq.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
         };
+        if !grad_norm.is_finite() {
+            self.model = Some(model);
+            return Err(TrainError::NonFinite {
+                step,
+                source: NonFiniteLoss(vec![("gradient norm".into(), grad_norm)]),
+            });
+        }
         let clip = self.optim_cfg.clip_max_norm;
         if clip > 0.0 && grad_norm > clip {
             let factor = clip / (grad_norm + 1e-6);
@@ -436,97 +456,4 @@ impl Trainer {
             lr_scale,
         })
     }
-}
-
-/// Schedule and data settings of a training run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FitConfig {
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Epoch from which every learning rate is multiplied by 0.1 (official `lr_drop`).
-    pub lr_drop: Option<usize>,
-    /// Augmentation.
-    pub augment: AugmentConfig,
-    /// Seed of shuffling and augmentation.
-    pub seed: u64,
-    /// Stop after this many steps.
-    pub max_steps: Option<usize>,
-    /// Stop once this many seconds have passed (checked after each step).
-    pub time_limit_s: Option<f64>,
-    /// Class index given to every subject (person = 0).
-    pub subject_label: usize,
-    /// Number of relation classes.
-    pub num_verbs: usize,
-}
-
-/// Progress of [`fit`], passed to its callback after every step.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    /// Epoch (from 0).
-    pub epoch: usize,
-    /// Images processed so far in the run.
-    pub images: usize,
-    /// Seconds since the start of the run.
-    pub seconds: f64,
-    /// The step's losses.
-    pub log: StepLog,
-}
-
-/// Trains on `samples` for `cfg.epochs` epochs (deterministic shuffling and augmentation from
-/// `cfg.seed` and the epoch), calling `on_step` after every step. Returns the number of steps.
-pub fn fit(
-    trainer: &mut Trainer,
-    samples: &[TrainSample],
-    cfg: &FitConfig,
-    mut on_step: impl FnMut(&Progress),
-) -> Result<usize, TrainError> {
-    if samples.is_empty() || cfg.batch_size == 0 || cfg.augment.scales.is_empty() {
-        return Err(TrainError::Invalid(
-            "training needs samples, a positive batch size and at least one scale".into(),
-        ));
-    }
-    let start = std::time::Instant::now();
-    let mut images = 0;
-    let mut steps = 0;
-    for epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = (0..samples.len()).collect();
-        let mut rng = Rng::new(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        rng.shuffle(&mut order);
-        let lr_scale = match cfg.lr_drop {
-            Some(d) if epoch >= d => 0.1,
-            _ => 1.0,
-        };
-        for chunk in order.chunks(cfg.batch_size) {
-            let (imgs, tgts): (Vec<_>, Vec<_>) = chunk
-                .iter()
-                .map(|&i| {
-                    augment(
-                        &samples[i],
-                        &cfg.augment,
-                        cfg.num_verbs,
-                        cfg.subject_label,
-                        &mut rng,
-                    )
-                })
-                .unzip();
-            let log = trainer.step(&imgs, &tgts, lr_scale)?;
-            images += chunk.len();
-            steps += 1;
-            on_step(&Progress {
-                epoch,
-                images,
-                seconds: start.elapsed().as_secs_f64(),
-                log,
-            });
-            let out_of_time = cfg
-                .time_limit_s
-                .is_some_and(|t| start.elapsed().as_secs_f64() >= t);
-            if out_of_time || cfg.max_steps.is_some_and(|m| steps >= m) {
-                return Ok(steps);
-            }
-        }
-    }
-    Ok(steps)
 }

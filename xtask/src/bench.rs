@@ -1,5 +1,6 @@
-//! `cargo xtask bench infer`: builds the `rlip` CLI (dev profile, optimised dependencies) with
-//! every backend this machine can run and prints its inference benchmark table per backend.
+//! `cargo xtask bench infer|train`: builds the `rlip` CLI (dev profile, optimised dependencies)
+//! with every backend this machine can run and prints its inference or training-step benchmark
+//! table per backend.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -37,9 +38,9 @@ fn software_vulkan() -> bool {
         && !std::path::Path::new("/dev/dri/renderD128").exists()
 }
 
-/// Runs the inference benchmark; `backends` empty = every available one; `quick` = small preset
-/// only.
-pub fn infer(backends: Vec<String>, quick: bool) -> Result<()> {
+/// Runs the inference (`what = "infer"`) or training-step (`"train"`) benchmark; `backends`
+/// empty = every available one; `quick` = small preset only.
+pub fn run(what: &str, backends: Vec<String>, quick: bool) -> Result<()> {
     let avail = available();
     let chosen: Vec<String> = if backends.is_empty() {
         avail.iter().map(|s| s.to_string()).collect()
@@ -67,14 +68,34 @@ pub fn infer(backends: Vec<String>, quick: bool) -> Result<()> {
     let bin = root().join("target/debug/rlip");
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let json: PathBuf = out_dir.join("infer.jsonl");
+    let json: PathBuf = out_dir.join(format!("{what}.jsonl"));
     for b in &chosen {
         let cpu = b == "flex" || b == "tch";
         let slow = cpu || (b == "wgpu" && software_vulkan());
         let mut runs: Vec<Vec<&str>> = vec![vec![
             "--config", "small", "--batch", "1,4", "--warmup", "1", "--iters", "5",
         ]];
-        if !quick {
+        if what == "train" {
+            // the official fine-tuning benchmark: r50, batch 4 at 800x1200 (about 70 GB on a
+            // GPU with the official code); on a CPU one step of batch 1 at a smaller size
+            runs = vec![vec![
+                "--config", "small", "--batch", "4,8", "--warmup", "2", "--iters", "5",
+            ]];
+            if !quick && !slow {
+                runs.push(vec![
+                    "--config", "r50", "--batch", "1,4", "--size", "800x1200", "--warmup", "2",
+                    "--iters", "5",
+                ]);
+            } else if !quick {
+                eprintln!(
+                    "note: {b} is CPU/software here: r50 training measured at batch 1, 400x600"
+                );
+                runs.push(vec![
+                    "--config", "r50", "--batch", "1", "--size", "400x600", "--warmup", "0",
+                    "--iters", "1",
+                ]);
+            }
+        } else if !quick {
             if b == "wgpu" && software_vulkan() {
                 eprintln!(
                     "note: wgpu runs on lavapipe (software) here: r50 at 800x1333 skipped (shader \
@@ -92,7 +113,7 @@ pub fn infer(backends: Vec<String>, quick: bool) -> Result<()> {
         }
         for args in runs {
             let mut c = Command::new(&bin);
-            c.args(["--backend", b, "bench", "infer"])
+            c.args(["--backend", b, "bench", what])
                 .args(args)
                 .arg("--json")
                 .arg(&json);

@@ -7,8 +7,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_data;
 mod demo;
 mod eval;
+mod prepare;
 mod synth;
 
 /// The torch version burn-tch 0.22 (torch-sys 0.22) links against.
@@ -56,20 +58,29 @@ enum Cmd {
         #[arg(long, default_value = "demo", value_parser = ["tiny", "small", "demo"])]
         size: String,
         /// Training time budget in seconds.
-        #[arg(long, default_value_t = 420.0)]
+        #[arg(long, default_value_t = 500.0)]
         train_seconds: f64,
         /// Upper bound on training epochs.
         #[arg(long, default_value_t = 50)]
         epochs: usize,
     },
     /// Benchmarks (not tests); each prints a table. `infer`: inference images/s and peak memory
-    /// of the small preset and of r50 at 800x1333, per backend available here. `eval`: HICO-DET
+    /// of the small preset and of r50 at 800x1333, per backend available here. `train`: training
+    /// steps (official criterion and optimiser step) images/s and peak memory of the small preset
+    /// and of r50 at the official 800x1200 (smaller on CPU). `eval`: HICO-DET
     /// evaluation time on a synthetic test-set-sized input (options after `--`: --images N,
-    /// --pairs N, --seed N, --release).
+    /// --pairs N, --seed N, --release). `data`: training input pipeline images/s on the synthetic
+    /// dataset per loader worker count (--workers, --size).
     Bench {
         /// What to benchmark.
-        #[arg(value_parser = ["infer", "eval"])]
+        #[arg(value_parser = ["infer", "train", "eval", "data"])]
         what: String,
+        /// `bench data`: loader worker counts to measure (0 = in the calling thread).
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
+        workers: Vec<usize>,
+        /// `bench data`: synthetic dataset size.
+        #[arg(long, default_value = "small", value_parser = ["tiny", "small", "demo"])]
+        size: String,
         /// Backends to measure (default: every one available on this machine).
         #[arg(long, value_delimiter = ',')]
         backend: Vec<String>,
@@ -98,6 +109,29 @@ enum Cmd {
         /// Replace the files of an earlier dataset in a non-empty folder.
         #[arg(long)]
         overwrite: bool,
+    },
+    /// Check a dataset folder against the layout the official code reads: print what is missing
+    /// and where to get it, run the conversions this repository implements (--convert: V-COCO
+    /// from the original release, VG preprocessing, a HICO-DET few-shot subset), parse every
+    /// annotation file with our readers and check that the images they name exist. Exits
+    /// non-zero when something required is missing or malformed. Never overwrites a file.
+    Prepare {
+        /// Dataset.
+        #[arg(value_parser = prepare::DATASETS)]
+        dataset: String,
+        /// The dataset folder (HICO-DET: hico_20160224_det; V-COCO: v-coco; VG; COCO2017;
+        /// Objects365; Open Images v6).
+        #[arg(long)]
+        root: PathBuf,
+        /// Write what can be derived from files present (never replacing a file).
+        #[arg(long)]
+        convert: bool,
+        /// HICO-DET: also check (and with --convert, draw) the few-shot subset of 1 or 10 percent.
+        #[arg(long)]
+        few_shot: Option<usize>,
+        /// Seed of the few-shot draw.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Compare the model with golden fixture folders (manifest.json, inputs/outputs.safetensors).
     Golden {
@@ -306,11 +340,30 @@ fn main() -> Result<()> {
         } => test(no_cuda_check, parity),
         Cmd::Bench { what, rest, .. } if what == "eval" => eval::bench(&rest),
         Cmd::Bench {
-            what: _,
+            what,
+            workers,
+            size,
+            ..
+        } if what == "data" => bench_data::run(&workers, &size),
+        Cmd::Bench {
+            what,
             backend,
             quick,
-            rest: _,
-        } => bench::infer(backend, quick),
+            ..
+        } => bench::run(&what, backend, quick),
+        Cmd::Prepare {
+            dataset,
+            root,
+            convert,
+            few_shot,
+            seed,
+        } => prepare::run(&prepare::PrepareArgs {
+            dataset,
+            root,
+            convert,
+            few_shot,
+            seed,
+        }),
         Cmd::Synth {
             out,
             size,

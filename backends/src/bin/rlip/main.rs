@@ -41,11 +41,11 @@ enum Command {
     },
     /// List the backends compiled into this binary and check that the selected one runs.
     Backends,
-    /// Benchmarks (not tests): `rlip bench infer` times the model on synthetic input.
+    /// Benchmarks (not tests): `rlip bench infer|train` time the model on synthetic input.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Fine-tune (or train from scratch) on a HICO-DET-format dataset folder.
-    Train(train::TrainArgs),
+    /// Fine-tune on a HICO-DET-format folder or pre-train on VG scene graphs (resumable).
+    Train(Box<train::TrainArgs>),
     /// Detect relation triplets on images: writes `<image>.json` and an annotated `<image>.png`.
     Infer(infer::InferArgs),
     /// Evaluate a test split (HICO-DET, V-COCO, Open Images) with the official metrics.
@@ -57,6 +57,9 @@ enum Command {
 enum BenchCmd {
     /// Inference images/s of a preset (freshly initialised weights, synthetic input).
     Infer(rlip_backends::bench::BenchInferArgs),
+    /// Training steps/s of a preset (synthetic images and targets, the official criterion and
+    /// optimiser step).
+    Train(rlip_backends::bench::BenchTrainArgs),
 }
 
 fn main() {
@@ -102,7 +105,12 @@ fn run(cli: Cli) -> Result<()> {
             &cli.backend.to_string(),
             &device(cli.backend, cli.device)?,
         ),
-        Command::Train(a) => train::run(a, &device(cli.backend, cli.device)?),
+        Command::Bench(BenchCmd::Train(a)) => rlip_backends::bench::run_train(
+            a,
+            &cli.backend.to_string(),
+            &device(cli.backend, cli.device)?,
+        ),
+        Command::Train(a) => train::run(*a, &device(cli.backend, cli.device)?),
         Command::Infer(a) => infer::run(a, &device(cli.backend, cli.device)?),
         Command::Eval(a) => eval::run(a, cli.backend, cli.device),
         Command::Backends => {

@@ -1,31 +1,70 @@
-//! `rlip train`: fine-tuning on a HICO-DET-format dataset folder.
+//! `rlip train`: fine-tuning on a HICO-DET-format dataset folder, or relational pre-training on
+//! Visual Genome scene graphs, with resumable checkpoints, periodic evaluation, metrics and
+//! training curves.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::prelude::Device;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use rlip_data::hico::{coco_id_to_index, load_hoi_annotations};
 use rlip_data::labels::LabelSet;
+use rlip_data::pretrain::{RelationImage, TextSampling, Vocabulary};
+use rlip_data::transforms::TrainAugment;
+use rlip_data::vg::{KEEP_NAMES_FILE, SCENE_GRAPHS_FILE, load_keep_names, load_scene_graphs};
 use rlip_model::checkpoint::{META_BASE, META_CONFIG, save_params};
 use rlip_model::rlip::{RlipConfig, RlipParSeDa};
-use rlip_train::infer::load_model;
+use rlip_model::text::tokenizer::LabelTokenizer;
+use rlip_train::eval::hico::ZeroShotSetting;
+use rlip_train::eval::{
+    Dataset, EvalOptions, EvalSplit, SplitConfig, evaluate_split, load_split_with,
+};
+use rlip_train::fit::{
+    FitConfig, FitHooks, FitState, Progress, STATE_FILE, TrainData, checkpoint_name, fit,
+    list_checkpoints, pretrain_samples, prune_checkpoints, read_state, save_checkpoint,
+};
+use rlip_train::infer::{PairMode, Predictor, load_model};
 use rlip_train::loss::{Criterion, CriterionConfig};
-use rlip_train::trainer::{AugmentConfig, FitConfig, OptimConfig, Trainer, fit, hico_samples};
+use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer, hico_samples};
 
 use crate::infer::load_tokenizer;
+
+/// What to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Fine-tune on a HICO-DET-format folder (`annotations/trainval_hico.json`).
+    Finetune,
+    /// Relational pre-training on VG scene graphs (`annotations/scene_graphs_preprocessv1.json`
+    /// and `annotations/vg_keep_names_v1_no_lias_freq.json`), label texts sampled per batch,
+    /// relational pseudo-labels (RPL) in the verb loss.
+    Pretrain,
+}
+
+/// Training augmentation presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Augment {
+    /// The official chain.
+    Official,
+    /// Flip, colour jitter and a narrow multi-scale range, no crop.
+    Light,
+}
 
 /// Arguments of `rlip train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Dataset folder in the HICO-DET layout (`annotations/trainval_hico.json`,
-    /// `images/train2015/`).
+    /// Dataset folder (HICO-DET layout for fine-tuning; VG files under `annotations/` for
+    /// pre-training).
     #[arg(long)]
     data: PathBuf,
-    /// Label texts: `hico`, `vcoco` or a JSON file (default: `DATA/labels.json` if present, else
-    /// `hico`).
+    /// Fine-tuning or pre-training.
+    #[arg(long, value_enum, default_value = "finetune")]
+    mode: Mode,
+    /// Fine-tuning label texts: `hico`, `vcoco` or a JSON file (default: `DATA/labels.json` if
+    /// present, else `hico`).
     #[arg(long)]
     labels: Option<String>,
     /// Tokenizer (`tokenizer.json` or a folder; default `DATA/tokenizer.json`).
@@ -38,6 +77,15 @@ pub struct TrainArgs {
     /// official query filter, or an RLIP-rs checkpoint); default: fresh initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Train the ResNet stem and `layer1` even when starting from `--init` (the official recipe
+    /// freezes them because its backbones are ImageNet-pre-trained; a checkpoint trained from
+    /// scratch, e.g. the demo's pre-training, still needs them to learn).
+    #[arg(long)]
+    train_stem: bool,
+    /// Continue the run in `--out` from its newest checkpoint (same batches and losses as an
+    /// uninterrupted run).
+    #[arg(long)]
+    resume: bool,
     /// Epochs.
     #[arg(long, default_value_t = 20)]
     epochs: usize,
@@ -59,26 +107,77 @@ pub struct TrainArgs {
     /// Global gradient-norm clip (0 = off).
     #[arg(long, default_value_t = 0.1)]
     clip_max_norm: f64,
-    /// Training short sides (default: the config's eval size and ±1/8 of it).
-    #[arg(long, value_delimiter = ',')]
-    scales: Vec<usize>,
-    /// Seed of shuffling and augmentation.
+    /// Largest training short side (the official scales 480..800 are scaled to it; default:
+    /// the configuration's evaluation size).
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Pre-training: also COCO pseudo-relations (`FILE`, images under `--coco-root`), the
+    /// mixed-dataset recipe (relations capped at half the queries, vocabularies fused).
+    #[arg(long)]
+    coco_pseudo: Option<PathBuf>,
+    /// Pre-training: COCO image root (`train2017/` below it).
+    #[arg(long)]
+    coco_root: Option<PathBuf>,
+    /// Pre-training: also Objects365 pseudo-relations (`FILE`).
+    #[arg(long)]
+    o365_pseudo: Option<PathBuf>,
+    /// Pre-training: Objects365 image root.
+    #[arg(long)]
+    o365_root: Option<PathBuf>,
+    /// Pre-training: Objects365 `image_id_to_filepath.json`.
+    #[arg(long)]
+    o365_paths: Option<PathBuf>,
+    /// Pre-training: relation-confidence threshold of pseudo-labels (official 0.2).
+    #[arg(long, default_value_t = rlip_data::pseudo::RELATION_THRESHOLD)]
+    pseudo_threshold: f64,
+    /// Training augmentation: `official` (flip, colour jitter, multi-scale resize, and half of
+    /// the time the random-size crop branch; sizes scaled to `--train-size`) or `light` (flip,
+    /// colour jitter, short sides between 7/8 of `--train-size` and `--train-size`, no crop:
+    /// for short runs on small images, where the official downscaling leaves objects too small).
+    #[arg(long, value_enum, default_value = "official")]
+    augment: Augment,
+    /// Label texts per pre-training batch (official 500: 2/3 objects, 1/3 relations).
+    #[arg(long, default_value_t = 500)]
+    num_texts: usize,
+    /// Seed of shuffling, augmentation and text sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Stop after this many steps.
+    /// Data-loading threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Stop after this many steps in all.
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Stop after this many seconds of training.
+    /// Stop after this many seconds of training in this process.
     #[arg(long)]
     time_limit: Option<f64>,
-    /// Output folder: `checkpoint.safetensors`, `metrics.jsonl`, `train_args.json`.
+    /// Also checkpoint every N steps (checkpoints are always written at the end of every epoch
+    /// and of the run).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Step checkpoints kept (the newest; the best is kept separately).
+    #[arg(long, default_value_t = 3)]
+    keep_last: usize,
+    /// Fine-tuning: evaluate on the test split every N epochs and at the end, keeping the best
+    /// checkpoint by Default Full mAP in `best/` (0 = never).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Images per forward pass during evaluation.
+    #[arg(long, default_value_t = 8)]
+    eval_batch_size: usize,
+    /// Output folder: `checkpoint.safetensors` (final model), `checkpoints/step-N/`, `best/`,
+    /// `metrics.jsonl`, `curves.png`, `train_args.json`.
     #[arg(long, default_value = "rlip-train-out")]
     out: PathBuf,
 }
 
-/// Runs `rlip train`.
-pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
-    let cfg = RlipConfig::resolve(&a.config).context("model configuration")?;
+/// The training data and the label texts of evaluation.
+struct Prepared {
+    data: TrainData,
+    labels: Option<LabelSet>,
+}
+
+fn prepare_finetune(a: &TrainArgs, tok: &LabelTokenizer, ad: &Device) -> Result<Prepared> {
     let labels = match &a.labels {
         Some(spec) => LabelSet::resolve(spec)?,
         None if a.data.join("labels.json").is_file() => {
@@ -86,12 +185,6 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         }
         None => LabelSet::builtin("hico").expect("built in"),
     };
-    let tok_path = a
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| a.data.join("tokenizer.json"));
-    let tokenizer =
-        load_tokenizer(&tok_path).with_context(|| format!("tokenizer {}", tok_path.display()))?;
     let anns_path = a.data.join("annotations/trainval_hico.json");
     let anns = load_hoi_annotations(&anns_path)?;
     let n_obj = labels.objects.len();
@@ -107,13 +200,304 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         bail!("{}: no usable training image", anns_path.display());
     }
     println!(
-        "{} training images ({} dropped: relation indices outside their box list), decoded in {:.1} s",
+        "{} training images ({dropped} dropped: relation indices outside their box list), decoded in {:.1} s",
         samples.len(),
-        dropped,
         t.elapsed().as_secs_f64()
     );
+    let (ids, mask) = tok.batch_encode(&labels.flat_texts())?.to_tensors(ad);
+    Ok(Prepared {
+        data: TrainData::Fixed {
+            samples: Arc::new(samples),
+            texts: LabelTexts {
+                ids,
+                mask,
+                n_obj: labels.n_obj_with_none(),
+            },
+            num_verbs: labels.relations.len(),
+        },
+        labels: Some(labels),
+    })
+}
 
+fn prepare_pretrain(a: &TrainArgs, tok: LabelTokenizer, cfg: &RlipConfig) -> Result<Prepared> {
+    let ann = a.data.join("annotations");
+    let graphs = load_scene_graphs(ann.join(SCENE_GRAPHS_FILE))?;
+    let keep = ann.join(KEEP_NAMES_FILE);
+    let vocab = Vocabulary::from_keep_names(&load_keep_names(&keep)?, &keep)?;
+    let root = [a.data.join("images/train2015"), a.data.join("images")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .with_context(|| format!("no images/ folder in {}", a.data.display()))?;
+    let t = std::time::Instant::now();
+    let mut images: Vec<RelationImage> = graphs
+        .iter()
+        .map(|g| RelationImage::from_vg(g, &root))
+        .collect::<Result<_, _>>()?;
+    let mut vocabs = vec![vocab];
+    let mut extra = Vec::new();
+    if let Some(f) = &a.coco_pseudo {
+        let root = a
+            .coco_root
+            .as_ref()
+            .context("--coco-pseudo needs --coco-root")?;
+        for g in rlip_data::pseudo::load_pseudo_relations(f, a.pseudo_threshold)? {
+            extra.push(RelationImage::from_coco(&g, root)?);
+        }
+    }
+    if let Some(f) = &a.o365_pseudo {
+        let (root, paths) = a
+            .o365_root
+            .as_ref()
+            .zip(a.o365_paths.as_ref())
+            .context("--o365-pseudo needs --o365-root and --o365-paths")?;
+        let files = rlip_data::pseudo::O365FilePaths::load(paths)?;
+        for g in rlip_data::pseudo::load_pseudo_relations(f, a.pseudo_threshold)? {
+            extra.push(RelationImage::from_o365(&g, root, &files)?);
+        }
+    }
+    // the official caps: `num_queries` relations per image for VG alone, half as many in the
+    // mixed dataset (the matcher leaves targets beyond the pair queries unmatched)
+    let max_pairs = if extra.is_empty() {
+        rlip_data::pretrain::vg_relation_cap(cfg.num_queries)
+    } else {
+        vocabs.push(Vocabulary::count(extra.iter()));
+        rlip_data::pretrain::mixed_relation_cap(cfg.num_queries).max(1)
+    };
+    images.extend(extra);
+    let vocab = Vocabulary::fuse(&vocabs);
+    let (samples, images, skipped) = pretrain_samples(&images, &vocab, max_pairs)?;
+    if samples.is_empty() {
+        bail!("{}: no image with a usable relation", ann.display());
+    }
+    println!(
+        "{} pre-training images ({skipped} without a usable relation skipped), {} object and {} relation names, decoded in {:.1} s",
+        samples.len(),
+        vocab.objects.len(),
+        vocab.relations.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(Prepared {
+        data: TrainData::Pretrain {
+            samples: Arc::new(samples),
+            images,
+            vocab,
+            sampling: TextSampling {
+                num_texts: a.num_texts,
+                ..TextSampling::default()
+            },
+            tokenizer: tok,
+        },
+        labels: None,
+    })
+}
+
+/// Test-split evaluation during fine-tuning: Default Full/Rare/Non-Rare mAP and, when the
+/// dataset lists unseen combinations, the zero-shot unseen mAP.
+struct Evaluator {
+    split: EvalSplit,
+    unseen: Option<EvalSplit>,
+    labels: LabelSet,
+    tokenizer: LabelTokenizer,
+    cfg: RlipConfig,
+    batch: usize,
+}
+
+impl Evaluator {
+    fn new(a: &TrainArgs, labels: LabelSet, cfg: &RlipConfig) -> Result<Option<Self>> {
+        if !a.data.join("annotations/test_hico.json").is_file() {
+            return Ok(None);
+        }
+        let split = load_split_with(Dataset::Hico, &a.data, &SplitConfig::default())?;
+        let unseen = a
+            .data
+            .join("annotations/unseen_hoi.json")
+            .is_file()
+            .then(|| {
+                load_split_with(
+                    Dataset::Hico,
+                    &a.data,
+                    &SplitConfig {
+                        zero_shot: Some(ZeroShotSetting::UnseenFile),
+                    },
+                )
+            })
+            .transpose()?;
+        Ok(Some(Evaluator {
+            split,
+            unseen,
+            labels,
+            tokenizer: load_tokenizer(&tokenizer_path(a))?,
+            cfg: cfg.clone(),
+            batch: a.eval_batch_size,
+        }))
+    }
+
+    fn run(&self, trainer: &Trainer) -> Result<BTreeMap<String, f64>> {
+        let device = trainer.device().clone().inner();
+        let model = trainer.model().valid();
+        let p = Predictor::new(
+            model,
+            self.cfg.clone(),
+            &self.tokenizer,
+            self.labels.clone(),
+            PairMode::Hoi,
+            &device,
+        )?;
+        let paths: Vec<PathBuf> = self.split.images.iter().map(|i| i.path.clone()).collect();
+        let preds = p.predict_files(&paths, self.batch, |_| {})?;
+        let opts = EvalOptions::default();
+        let r = evaluate_split(&self.split, &preds, &opts)?;
+        let mut m = BTreeMap::new();
+        for (key, name) in [
+            ("map_full", "Default Full mAP"),
+            ("map_rare", "Default Rare mAP"),
+            ("map_nonrare", "Default Non-Rare mAP"),
+        ] {
+            if let Some(v) = r.metric(name) {
+                m.insert(key.to_string(), 100.0 * v);
+            }
+        }
+        if let Some(u) = &self.unseen {
+            let r = evaluate_split(u, &preds, &opts)?;
+            if let Some(v) = r.metric("Default Unseen mAP") {
+                m.insert("zero_shot_unseen_map".into(), 100.0 * v);
+            }
+        }
+        Ok(m)
+    }
+}
+
+fn tokenizer_path(a: &TrainArgs) -> PathBuf {
+    a.tokenizer
+        .clone()
+        .unwrap_or_else(|| a.data.join("tokenizer.json"))
+}
+
+/// Logging, checkpointing and evaluation during [`fit`].
+struct Hooks<'a> {
+    a: &'a TrainArgs,
+    bar: indicatif::ProgressBar,
+    metrics: std::fs::File,
+    meta: BTreeMap<String, String>,
+    ckpt_dir: PathBuf,
+    evaluator: Option<Evaluator>,
+    best: Option<f64>,
+    error: Option<anyhow::Error>,
+}
+
+impl Hooks<'_> {
+    fn log_line(&mut self, v: serde_json::Value) -> Result<(), TrainError> {
+        writeln!(self.metrics, "{v}").map_err(|e| {
+            TrainError::Checkpoint(format!(
+                "writing {}: {e}",
+                self.a.out.join("metrics.jsonl").display()
+            ))
+        })
+    }
+
+    fn checkpoint(&mut self, trainer: &Trainer, state: &FitState) -> Result<(), TrainError> {
+        let dir = self.ckpt_dir.join(checkpoint_name(state.steps));
+        save_checkpoint(trainer, &dir, state, &self.meta)?;
+        prune_checkpoints(&self.ckpt_dir, self.a.keep_last.max(1))
+    }
+
+    fn evaluate(&mut self, trainer: &Trainer, state: &FitState) -> Result<(), TrainError> {
+        let Some(ev) = &self.evaluator else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let m = ev.run(trainer).map_err(|e| {
+            let msg = format!("evaluation at step {}: {e:#}", state.steps);
+            self.error = Some(e);
+            TrainError::Invalid(msg)
+        })?;
+        let line = format!(
+            "eval after epoch {} (step {}, {:.0} s): {}",
+            state.epoch,
+            state.steps,
+            t.elapsed().as_secs_f64(),
+            m.iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.bar.suspend(|| println!("{line}"));
+        self.log_line(serde_json::json!({
+            "eval": {"step": state.steps, "epoch": state.epoch, "metrics": m}
+        }))?;
+        let full = m.get("map_full").copied().unwrap_or(f64::NEG_INFINITY);
+        if self.best.is_none_or(|b| full > b) {
+            self.best = Some(full);
+            save_checkpoint(trainer, &self.a.out.join("best"), state, &self.meta)?;
+        }
+        Ok(())
+    }
+}
+
+impl FitHooks for Hooks<'_> {
+    fn on_step(&mut self, trainer: &Trainer, p: &Progress) -> Result<(), TrainError> {
+        let s = &p.state;
+        self.bar.set_position(s.steps as u64);
+        self.bar.set_message(format!(
+            "epoch {} loss {:.3} lr×{} {:.1} img/s",
+            s.epoch, p.log.loss, p.log.lr_scale, p.images_per_s
+        ));
+        self.log_line(serde_json::json!({
+            "step": p.log.step, "epoch": s.epoch, "images": s.images, "seconds": s.seconds,
+            "loss": p.log.loss, "grad_norm": p.log.grad_norm, "lr_scale": p.log.lr_scale,
+            "terms": p.log.terms.iter().cloned().collect::<BTreeMap<_, _>>(),
+        }))?;
+        if self
+            .a
+            .checkpoint_every
+            .is_some_and(|n| n > 0 && s.steps.is_multiple_of(n))
+        {
+            self.checkpoint(trainer, s)?;
+        }
+        Ok(())
+    }
+
+    fn on_epoch_end(&mut self, trainer: &Trainer, state: &FitState) -> Result<(), TrainError> {
+        self.checkpoint(trainer, state)?;
+        if self.a.eval_every > 0 && state.epoch.is_multiple_of(self.a.eval_every) {
+            self.evaluate(trainer, state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the lines of `metrics.jsonl` up to step `steps` (a killed run may have logged steps
+/// after its last checkpoint; the resumed run logs them again).
+fn truncate_metrics(path: &Path, steps: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let keep: String = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let step = v["step"].as_u64().or(v["eval"]["step"].as_u64());
+            step.is_some_and(|s| {
+                (s as usize) < steps || (v["eval"].is_object() && s as usize <= steps)
+            })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    rlip_model::util::write_atomic(path, keep.as_bytes())
+        .with_context(|| format!("rewriting {}", path.display()))
+}
+
+/// Runs `rlip train`.
+pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
+    let cfg = RlipConfig::resolve(&a.config).context("model configuration")?;
+    let tok_path = tokenizer_path(&a);
+    let tokenizer =
+        load_tokenizer(&tok_path).with_context(|| format!("tokenizer {}", tok_path.display()))?;
     let ad = device.clone().autodiff();
+    let prepared = match a.mode {
+        Mode::Finetune => prepare_finetune(&a, &tokenizer, &ad)?,
+        Mode::Pretrain => prepare_pretrain(&a, tokenizer, &cfg)?,
+    };
     let model = match &a.init {
         Some(p) => {
             let (m, report) = load_model(&cfg, p, &ad, true)?;
@@ -126,9 +510,6 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         }
         None => RlipParSeDa::init(&cfg, &ad).0,
     };
-    let texts = labels.flat_texts();
-    let batch = tokenizer.batch_encode(&texts)?;
-    let text = batch.to_tensors(&ad);
     let optim = OptimConfig {
         lr: a.lr,
         lr_backbone: a.lr_backbone,
@@ -136,58 +517,74 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         weight_decay: 1e-4,
         clip_max_norm: a.clip_max_norm,
     };
-    let mut trainer = Trainer::new(
-        model,
-        text,
-        labels.n_obj_with_none(),
-        Criterion::new(CriterionConfig::default())?,
-        optim.clone(),
-        a.init.is_some(),
-        &ad,
-    );
-    let scales = if a.scales.is_empty() {
-        let s = cfg.eval_size;
-        vec![s * 7 / 8, s, s * 9 / 8]
-    } else {
-        a.scales.clone()
-    };
+    let criterion = Criterion::new(match a.mode {
+        Mode::Finetune => CriterionConfig::default(),
+        Mode::Pretrain => CriterionConfig::pretraining(),
+    })?;
+    let freeze = a.init.is_some() && !a.train_stem;
+    let mut trainer = Trainer::new(model, criterion, optim.clone(), freeze, &ad);
+    let train_size = a.train_size.unwrap_or(cfg.eval_size);
     let fit_cfg = FitConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr_drop: a.lr_drop,
-        augment: AugmentConfig {
-            scales,
-            max_size: cfg.eval_max_size,
-            flip: true,
+        augment: {
+            let mut aug = TrainAugment::scaled(train_size, cfg.eval_max_size.max(train_size));
+            if a.augment == Augment::Light {
+                aug.resize_prob = 1.0;
+                aug.scales = (0..=4).map(|k| train_size * (28 + k) / 32).collect();
+            }
+            aug
         },
         seed: a.seed,
         max_steps: a.max_steps,
         time_limit_s: a.time_limit,
-        subject_label: labels
-            .objects
-            .iter()
-            .position(|o| o == "person")
-            .unwrap_or(0),
-        num_verbs: labels.relations.len(),
+        workers: a.workers,
     };
+
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let ckpt_dir = a.out.join("checkpoints");
+    let metrics_path = a.out.join("metrics.jsonl");
+    let start = if a.resume {
+        let (_, dir) = list_checkpoints(&ckpt_dir).pop().with_context(|| {
+            format!("--resume: no complete checkpoint in {}", ckpt_dir.display())
+        })?;
+        let state = read_state(&dir)?;
+        trainer.restore(&dir, state.steps)?;
+        truncate_metrics(&metrics_path, state.steps)?;
+        println!(
+            "resumed from {} (epoch {}, batch {}, step {})",
+            dir.display(),
+            state.epoch,
+            state.batch,
+            state.steps
+        );
+        state
+    } else {
+        if ckpt_dir.join(checkpoint_name(0)).exists() || list_checkpoints(&ckpt_dir).pop().is_some()
+        {
+            bail!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose another --out",
+                ckpt_dir.display()
+            );
+        }
+        FitState::default()
+    };
     let args_json = serde_json::json!({
-        "data": a.data, "labels": labels.source, "config": cfg, "init": a.init,
-        "optim": optim, "fit": fit_cfg,
+        "data": a.data, "mode": format!("{:?}", a.mode).to_lowercase(), "config": cfg,
+        "init": a.init, "optim": optim, "fit": fit_cfg,
     });
     rlip_model::util::write_atomic(
         &a.out.join("train_args.json"),
         &serde_json::to_vec_pretty(&args_json)?,
     )?;
-    let metrics_path = a.out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .with_context(|| format!("creating {}", metrics_path.display()))?;
-    let steps_per_epoch = samples.len().div_ceil(a.batch_size);
-    let total = (steps_per_epoch * a.epochs).min(a.max_steps.unwrap_or(usize::MAX));
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
-            .expect("valid template"),
-    );
+    let metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(a.resume)
+        .write(true)
+        .truncate(!a.resume)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
     let mut meta = BTreeMap::new();
     meta.insert(META_CONFIG.to_string(), serde_json::to_string(&cfg)?);
     if let Some(p) = &a.init {
@@ -196,53 +593,78 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
             std::fs::canonicalize(p)?.display().to_string(),
         );
     }
-    let ckpt = a.out.join("checkpoint.safetensors");
-    let mut last_epoch = 0;
-    let mut write_err = None;
-    let result = fit(&mut trainer, &samples, &fit_cfg, |p| {
-        bar.set_position(p.log.step as u64 + 1);
-        bar.set_message(format!(
-            "epoch {} loss {:.3} lr×{} {:.1} img/s",
-            p.epoch,
-            p.log.loss,
-            p.log.lr_scale,
-            p.images as f64 / p.seconds.max(1e-9)
-        ));
-        let line = serde_json::json!({
-            "step": p.log.step, "epoch": p.epoch, "images": p.images, "seconds": p.seconds,
-            "loss": p.log.loss, "grad_norm": p.log.grad_norm, "lr_scale": p.log.lr_scale,
-            "terms": p.log.terms.iter().cloned().collect::<BTreeMap<_, _>>(),
-        });
-        if let Err(e) = writeln!(metrics, "{line}") {
-            write_err.get_or_insert(e);
-        }
-        last_epoch = p.epoch;
-    });
-    bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e).with_context(|| format!("writing {}", metrics_path.display()));
-    }
-    let steps = match result {
+    let evaluator = match (&prepared.labels, a.mode) {
+        (Some(l), Mode::Finetune) => Evaluator::new(&a, l.clone(), &cfg)?,
+        _ => None,
+    };
+    let per_epoch = prepared_len(&prepared.data) / a.batch_size;
+    let total = (per_epoch * a.epochs).min(a.max_steps.unwrap_or(usize::MAX));
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
+            .expect("valid template"),
+    );
+    bar.set_position(start.steps as u64);
+    let mut hooks = Hooks {
+        a: &a,
+        bar,
+        metrics,
+        meta: meta.clone(),
+        ckpt_dir: ckpt_dir.clone(),
+        evaluator,
+        best: None,
+        error: None,
+    };
+    let result = fit(&mut trainer, &prepared.data, &fit_cfg, start, &mut hooks);
+    hooks.bar.finish_and_clear();
+    let final_path = a.out.join("checkpoint.safetensors");
+    let state = match result {
         Ok(s) => s,
         Err(e) => {
-            // keep the parameters of the last good step
-            save(&trainer, &ckpt, &meta)?;
+            // the parameters are those of the last good step
+            save_params(trainer.model(), &final_path, &meta)
+                .with_context(|| format!("saving {}", final_path.display()))?;
+            if let Some(inner) = hooks.error.take() {
+                return Err(inner.context(e.to_string()));
+            }
             return Err(e).context(format!(
-                "training stopped; the last good parameters are in {}",
-                ckpt.display()
+                "training stopped; the parameters of the last good step are in {}",
+                final_path.display()
             ));
         }
     };
-    save(&trainer, &ckpt, &meta)?;
+    if list_checkpoints(&ckpt_dir)
+        .last()
+        .is_none_or(|(s, _)| *s != state.steps)
+    {
+        hooks.checkpoint(&trainer, &state)?;
+    }
+    let evaluated_last = state.batch == 0 && state.epoch.is_multiple_of(hooks.a.eval_every.max(1));
+    if hooks.a.eval_every > 0 && hooks.evaluator.is_some() && !evaluated_last {
+        hooks.evaluate(&trainer, &state)?;
+    }
+    save_params(trainer.model(), &final_path, &meta)
+        .with_context(|| format!("saving {}", final_path.display()))?;
+    drop(hooks);
+    let plot = a.out.join("curves.png");
+    let text = std::fs::read_to_string(&metrics_path)
+        .with_context(|| format!("reading {}", metrics_path.display()))?;
+    let charts = rlip_train::plot::charts_from_metrics(&text)?;
+    rlip_train::plot::write_png(&plot, &charts, 900, 300)?;
     println!(
-        "{steps} steps ({} epochs) done; checkpoint {} ; metrics {}",
-        last_epoch + 1,
-        ckpt.display(),
-        metrics_path.display()
+        "{} steps (epoch {}, {:.0} s of training); checkpoint {}; metrics {}; curves {}; resumable checkpoints in {} ({STATE_FILE})",
+        state.steps,
+        state.epoch,
+        state.seconds,
+        final_path.display(),
+        metrics_path.display(),
+        plot.display(),
+        ckpt_dir.display()
     );
     Ok(())
 }
 
-fn save(trainer: &Trainer, path: &Path, meta: &BTreeMap<String, String>) -> Result<()> {
-    save_params(trainer.model(), path, meta).with_context(|| format!("saving {}", path.display()))
+fn prepared_len(d: &TrainData) -> usize {
+    match d {
+        TrainData::Fixed { samples, .. } | TrainData::Pretrain { samples, .. } => samples.len(),
+    }
 }

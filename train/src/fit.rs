@@ -1,0 +1,415 @@
+//! The training loop: epochs of shuffled, augmented batches from a deterministic multi-threaded
+//! loader, fine-tuning with a fixed label list or relational pre-training with label texts
+//! sampled per batch (positives plus frequency-weighted negatives, official
+//! `engine.py::sample_text`), step decay, a time/step budget, and resumption at any batch.
+//!
+//! Everything random is derived from the seed, the epoch and the position (shuffle, per-image
+//! augmentation, per-batch text sampling), so a run resumed from a checkpoint sees exactly the
+//! batches an uninterrupted run would have seen.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rlip_data::labels::LabelSet;
+use rlip_data::loader::{Loader, LoaderConfig};
+use rlip_data::preprocess::load_rgb;
+use rlip_data::pretrain::{RelationImage, TextSampling, Vocabulary, sample_label_texts};
+use rlip_data::transforms::{TrainAugment, augment};
+use rlip_data::{DataError, rng::Rng};
+use rlip_model::text::tokenizer::LabelTokenizer;
+use serde::{Deserialize, Serialize};
+
+use crate::matcher::PairTargets;
+use crate::trainer::{LabelTexts, StepLog, TrainError, TrainSample, Trainer, to_input};
+
+/// Where the data comes from and how label texts are chosen.
+// One value per run: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum TrainData {
+    /// Fine-tuning: every step uses the same label texts; sample labels index them.
+    Fixed {
+        /// Decoded training images with boxes, labels and pairs.
+        samples: Arc<Vec<TrainSample>>,
+        /// The tokenised label texts.
+        texts: LabelTexts,
+        /// Relation texts.
+        num_verbs: usize,
+    },
+    /// Relational pre-training: sample labels index `vocab`; each batch gets its own texts.
+    Pretrain {
+        /// Decoded images whose labels index `vocab.objects` / `vocab.relations`.
+        samples: Arc<Vec<TrainSample>>,
+        /// The same images by name (positives of a batch).
+        images: Vec<RelationImage>,
+        /// Object and relation names with their frequencies.
+        vocab: Vocabulary,
+        /// Texts per batch.
+        sampling: TextSampling,
+        /// Tokeniser of the label texts.
+        tokenizer: LabelTokenizer,
+    },
+}
+
+impl TrainData {
+    fn samples(&self) -> &Arc<Vec<TrainSample>> {
+        match self {
+            TrainData::Fixed { samples, .. } | TrainData::Pretrain { samples, .. } => samples,
+        }
+    }
+
+    fn num_verbs(&self) -> usize {
+        match self {
+            TrainData::Fixed { num_verbs, .. } => *num_verbs,
+            TrainData::Pretrain { vocab, .. } => vocab.relations.len(),
+        }
+    }
+}
+
+/// Pre-training samples from scene-graph images: decoded images, box labels as indices into
+/// `vocab.objects`, relations merged per (subject, object) into multi-label pairs (indices into
+/// `vocab.relations`), at most `max_pairs` pairs per image (the first ones, as the official
+/// loaders cap relations). Images without a usable pair are skipped (returned count).
+pub fn pretrain_samples(
+    images: &[RelationImage],
+    vocab: &Vocabulary,
+    max_pairs: usize,
+) -> Result<(Vec<TrainSample>, Vec<RelationImage>, usize), DataError> {
+    let index = |names: &[(String, u64)]| -> std::collections::HashMap<String, usize> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect()
+    };
+    let (objs, rels) = (index(&vocab.objects), index(&vocab.relations));
+    let (mut out, mut kept, mut skipped) = (Vec::new(), Vec::new(), 0);
+    for img in images {
+        let labels: Vec<Option<usize>> =
+            img.box_names.iter().map(|n| objs.get(n).copied()).collect();
+        let mut pairs: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+        for (s, o, pred) in &img.relations {
+            let (Some(_), Some(_), Some(&r)) = (labels[*s], labels[*o], rels.get(pred)) else {
+                continue;
+            };
+            let valid = |b: [f64; 4]| b[2] > b[0] && b[3] > b[1];
+            if !valid(img.boxes[*s]) || !valid(img.boxes[*o]) {
+                continue;
+            }
+            let full = pairs.len() >= max_pairs;
+            match pairs.iter_mut().find(|p| p.0 == *s && p.1 == *o) {
+                Some(p) if !p.2.contains(&r) => p.2.push(r),
+                Some(_) => {}
+                None if !full => pairs.push((*s, *o, vec![r])),
+                None => {}
+            }
+        }
+        if pairs.is_empty() {
+            skipped += 1;
+            continue;
+        }
+        let image = load_rgb(&img.image_path)?;
+        // boxes without a known name keep a placeholder label; no pair points at them
+        out.push(TrainSample {
+            image,
+            boxes: img.boxes.iter().map(|b| b.map(|v| v as f32)).collect(),
+            labels: labels.iter().map(|l| l.unwrap_or(0)).collect(),
+            pairs,
+        });
+        kept.push(img.clone());
+    }
+    Ok((out, kept, skipped))
+}
+
+/// Schedule and data settings of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FitConfig {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Epoch from which every learning rate is multiplied by 0.1 (official `lr_drop`).
+    pub lr_drop: Option<usize>,
+    /// Augmentation.
+    pub augment: TrainAugment,
+    /// Seed of shuffling, augmentation and text sampling.
+    pub seed: u64,
+    /// Stop once this many steps have been taken in all (resumed runs included).
+    pub max_steps: Option<usize>,
+    /// Stop once this many seconds of training have passed in this process.
+    pub time_limit_s: Option<f64>,
+    /// Data-loading threads (0: in the training thread).
+    pub workers: usize,
+}
+
+/// Position in a run: what a checkpoint needs to continue exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FitState {
+    /// Current epoch.
+    pub epoch: usize,
+    /// Next batch within the epoch.
+    pub batch: usize,
+    /// Steps taken.
+    pub steps: usize,
+    /// Images seen.
+    pub images: usize,
+    /// Training seconds so far (all processes).
+    pub seconds: f64,
+}
+
+/// Progress of [`fit`], passed to the hooks after every step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Position after this step.
+    pub state: FitState,
+    /// Batches per epoch.
+    pub batches_per_epoch: usize,
+    /// Images per second of this process so far.
+    pub images_per_s: f64,
+    /// The step's losses.
+    pub log: StepLog,
+}
+
+/// Callbacks of [`fit`] (checkpointing, logging, evaluation).
+pub trait FitHooks {
+    /// After every step.
+    fn on_step(&mut self, trainer: &Trainer, p: &Progress) -> Result<(), TrainError>;
+    /// After the last batch of an epoch (`state` points at the next epoch).
+    fn on_epoch_end(&mut self, trainer: &Trainer, state: &FitState) -> Result<(), TrainError>;
+}
+
+type Item = ((Vec<f32>, usize, usize), PairTargets);
+
+/// Trains from position `start` (default for a fresh run) until `cfg.epochs`, the step limit
+/// or the time limit; returns the final position.
+pub fn fit(
+    trainer: &mut Trainer,
+    data: &TrainData,
+    cfg: &FitConfig,
+    start: FitState,
+    hooks: &mut dyn FitHooks,
+) -> Result<FitState, TrainError> {
+    cfg.augment
+        .check()
+        .map_err(|e| TrainError::Invalid(format!("augmentation: {e}")))?;
+    let samples = Arc::clone(data.samples());
+    let n = samples.len();
+    if n < cfg.batch_size || cfg.batch_size == 0 {
+        return Err(TrainError::Invalid(format!(
+            "{n} training images for a batch size of {}",
+            cfg.batch_size
+        )));
+    }
+    let (aug, num_verbs) = (cfg.augment.clone(), data.num_verbs());
+    let mut lcfg = LoaderConfig::new(cfg.batch_size, cfg.workers, cfg.seed);
+    lcfg.prefetch = 2;
+    let loader = Loader::new(n, lcfg, move |i, rng: &mut Rng| {
+        Ok::<Item, std::convert::Infallible>(to_input(&augment(&samples[i], &aug, rng), num_verbs))
+    })
+    .map_err(|e| TrainError::Loader(e.to_string()))?;
+    let per_epoch = loader.num_batches();
+    let clock = std::time::Instant::now();
+    let (mut state, mut images_here) = (start, 0usize);
+    let out_of_budget = |state: &FitState| {
+        cfg.max_steps.is_some_and(|m| state.steps >= m)
+            || cfg
+                .time_limit_s
+                .is_some_and(|t| clock.elapsed().as_secs_f64() >= t)
+    };
+    while state.epoch < cfg.epochs && !out_of_budget(&state) {
+        let lr_scale = match cfg.lr_drop {
+            Some(d) if state.epoch >= d => 0.1,
+            _ => 1.0,
+        };
+        let batches = loader
+            .epoch(state.epoch as u64, state.batch)
+            .map_err(|e| TrainError::Loader(e.to_string()))?;
+        for batch in batches {
+            let batch = batch.map_err(|e| TrainError::Loader(e.to_string()))?;
+            let (imgs, mut tgts): (Vec<_>, Vec<_>) = batch.items.into_iter().unzip();
+            let texts = batch_texts(data, trainer, cfg.seed, &state, &batch.indices, &mut tgts)?;
+            let before = clock.elapsed().as_secs_f64();
+            let log = trainer.step(
+                &imgs,
+                &tgts,
+                texts.as_ref().unwrap_or_else(|| fixed(data)),
+                lr_scale,
+            )?;
+            state.seconds += clock.elapsed().as_secs_f64() - before;
+            state.steps += 1;
+            state.images += imgs.len();
+            images_here += imgs.len();
+            state.batch = batch.index + 1;
+            hooks.on_step(
+                trainer,
+                &Progress {
+                    state,
+                    batches_per_epoch: per_epoch,
+                    images_per_s: images_here as f64 / clock.elapsed().as_secs_f64().max(1e-9),
+                    log,
+                },
+            )?;
+            if out_of_budget(&state) {
+                break;
+            }
+        }
+        if state.batch >= per_epoch {
+            state.epoch += 1;
+            state.batch = 0;
+            hooks.on_epoch_end(trainer, &state)?;
+        }
+    }
+    Ok(state)
+}
+
+fn fixed(data: &TrainData) -> &LabelTexts {
+    match data {
+        TrainData::Fixed { texts, .. } => texts,
+        TrainData::Pretrain { .. } => unreachable!("pre-training batches carry their own texts"),
+    }
+}
+
+/// For pre-training: samples the batch's texts and rewrites the targets from vocabulary indices
+/// to indices into those texts. `None` for fixed labels.
+fn batch_texts(
+    data: &TrainData,
+    trainer: &Trainer,
+    seed: u64,
+    state: &FitState,
+    indices: &[usize],
+    targets: &mut [PairTargets],
+) -> Result<Option<LabelTexts>, TrainError> {
+    let TrainData::Pretrain {
+        images,
+        vocab,
+        sampling,
+        tokenizer,
+        ..
+    } = data
+    else {
+        return Ok(None);
+    };
+    let refs: Vec<&RelationImage> = indices.iter().map(|&i| &images[i]).collect();
+    let mut rng = Rng::derive(seed ^ 0x7e47_5a3b, state.epoch as u64, state.batch as u64);
+    let lb = sample_label_texts(&refs, vocab, sampling, &mut rng)?;
+    let position = |texts: &[String], name: &str| texts.iter().position(|t| t == name);
+    let obj_map: Vec<Option<usize>> = vocab
+        .objects
+        .iter()
+        .map(|(n, _)| position(&lb.object_texts, n))
+        .collect();
+    let rel_map: Vec<Option<usize>> = vocab
+        .relations
+        .iter()
+        .map(|(n, _)| position(&lb.relation_texts, n))
+        .collect();
+    let missing = |what: &str, g: usize| {
+        TrainError::Invalid(format!(
+            "batch at epoch {} position {}: {what} {g} of the vocabulary is not among the batch's texts",
+            state.epoch, state.batch
+        ))
+    };
+    for t in targets.iter_mut() {
+        for l in t.sub_labels.iter_mut().chain(t.obj_labels.iter_mut()) {
+            *l = obj_map[*l].ok_or_else(|| missing("object", *l))?;
+        }
+        for row in t.verb_labels.iter_mut() {
+            let mut local = vec![0f32; lb.relation_texts.len()];
+            for (g, v) in row.iter().enumerate().filter(|(_, v)| **v > 0.0) {
+                local[rel_map[g].ok_or_else(|| missing("relation", g))?] = *v;
+            }
+            *row = local;
+        }
+    }
+    let set: LabelSet = lb.label_set();
+    let enc = tokenizer
+        .batch_encode(&set.flat_texts())
+        .map_err(|e| TrainError::Invalid(format!("tokenising the batch's label texts: {e}")))?;
+    let (ids, mask) = enc.to_tensors(trainer.device());
+    Ok(Some(LabelTexts {
+        ids,
+        mask,
+        n_obj: set.n_obj_with_none(),
+    }))
+}
+
+/// Reads `dir/state.json` of a training checkpoint.
+pub fn read_state(dir: &Path) -> Result<FitState, TrainError> {
+    let p = dir.join(STATE_FILE);
+    let bytes =
+        std::fs::read(&p).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))
+}
+
+/// Position file inside a training checkpoint folder.
+pub const STATE_FILE: &str = "state.json";
+
+/// Writes a training checkpoint folder `dir` (model with parameter ids and `metadata`,
+/// optimiser state, position) so that it appears complete or not at all: everything goes to
+/// `dir.tmp` first, which is then renamed (an existing `dir` is replaced). A kill at any point
+/// leaves either the previous checkpoint or the new one.
+pub fn save_checkpoint(
+    trainer: &Trainer,
+    dir: &Path,
+    state: &FitState,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<(), TrainError> {
+    let err = |p: &Path, e: std::io::Error| TrainError::Checkpoint(format!("{}: {e}", p.display()));
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
+    trainer.save(&tmp, metadata)?;
+    let state_json = serde_json::to_vec_pretty(state).expect("plain data serialises");
+    rlip_model::util::write_atomic(&tmp.join(STATE_FILE), &state_json)
+        .map_err(|e| err(&tmp.join(STATE_FILE), e))?;
+    if dir.exists() {
+        let old = dir.with_extension("old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| err(&old, e))?;
+        }
+        std::fs::rename(dir, &old).map_err(|e| err(dir, e))?;
+        std::fs::rename(&tmp, dir).map_err(|e| err(dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| err(&old, e))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(|e| err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Name of the checkpoint folder of a step (`step-00000123`), sorting by step.
+pub fn checkpoint_name(steps: usize) -> String {
+    format!("step-{steps:08}")
+}
+
+/// The complete step checkpoints under `dir`, oldest first (folders `step-N` with a state
+/// file; unfinished `.tmp` folders are ignored).
+pub fn list_checkpoints(dir: &Path) -> Vec<(usize, std::path::PathBuf)> {
+    let mut v: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let step = p
+                .file_name()?
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()?;
+            p.join(STATE_FILE).is_file().then_some((step, p))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Deletes all but the newest `keep` step checkpoints under `dir`.
+pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<(), TrainError> {
+    let all = list_checkpoints(dir);
+    for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(p)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?;
+    }
+    Ok(())
+}
