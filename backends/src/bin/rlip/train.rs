@@ -63,6 +63,11 @@ pub struct TrainArgs {
     /// Fine-tuning or pre-training.
     #[arg(long, value_enum, default_value = "finetune")]
     mode: Mode,
+    /// Fine-tuning annotation file, relative to `DATA/annotations/` or absolute: the official
+    /// few-shot (`trainval_hico_1percent.json`, `…_10percent.json`) and zero-shot
+    /// (`trainval_hico_UC-RF.json`, `…_UC-NF.json`) files have the same layout.
+    #[arg(long, default_value = "trainval_hico.json")]
+    train_annotations: PathBuf,
     /// Fine-tuning label texts: `hico`, `vcoco` or a JSON file (default: `DATA/labels.json` if
     /// present, else `hico`).
     #[arg(long)]
@@ -185,7 +190,7 @@ fn prepare_finetune(a: &TrainArgs, tok: &LabelTokenizer, ad: &Device) -> Result<
         }
         None => LabelSet::builtin("hico").expect("built in"),
     };
-    let anns_path = a.data.join("annotations/trainval_hico.json");
+    let anns_path = a.data.join("annotations").join(&a.train_annotations);
     let anns = load_hoi_annotations(&anns_path)?;
     let n_obj = labels.objects.len();
     let obj_index = move |id: i64| coco_id_to_index(id).filter(|&k| k < n_obj);
