@@ -42,6 +42,42 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// `n` label texts of deterministic token ids, 6 tokens each (`<s>`, 4 words, `</s>`), as
+/// `(input_ids, attention_mask)` on `device`.
+fn label_tokens(cfg: &RlipConfig, n: usize, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let n_tok = 6;
+    let vocab = cfg.text.vocab_size as i64;
+    let ids: Vec<i64> = (0..n * n_tok)
+        .map(|i| match i % n_tok {
+            0 => 0,
+            j if j == n_tok - 1 => 2.min(vocab - 1),
+            _ => 4 + (i as i64 * 7919) % (vocab - 4).max(1),
+        })
+        .collect();
+    (
+        Tensor::from_data(TensorData::new(ids, [n, n_tok]), device),
+        Tensor::ones([n, n_tok], device),
+    )
+}
+
+/// Appends one JSON line to `path` (created if missing).
+fn append_json(path: &std::path::Path, line: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+/// The peak-RSS table cell.
+fn rss_cell() -> String {
+    peak_rss_mib()
+        .map(|v| format!("{v:.0}"))
+        .unwrap_or("-".into())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -51,14 +87,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
     let cfg = RlipConfig::resolve(&a.config)?;
     let (h, w) = match &a.size {
-        Some(s) => {
-            let (h, w) = s
-                .split_once('x')
-                .and_then(|(h, w)| Some((h.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
-                .filter(|&(h, w)| h > 0 && w > 0)
-                .ok_or_else(|| anyhow::anyhow!("--size must be HEIGHTxWIDTH, got '{s}'"))?;
-            (h, w)
-        }
+        Some(s) => parse_size(s)?,
         None => (cfg.eval_size, cfg.eval_max_size),
     };
     if a.iters == 0 || a.batch.contains(&0) {
@@ -68,18 +97,7 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
     let (model, _) = RlipParSeDa::init(&cfg, device);
     let init_s = t.elapsed().as_secs_f64();
 
-    // label texts: deterministic token ids of 6 tokens each (<s> 4 words </s>)
-    let n_tok = 6;
-    let vocab = cfg.text.vocab_size as i64;
-    let ids: Vec<i64> = (0..a.labels * n_tok)
-        .map(|i| match i % n_tok {
-            0 => 0,
-            j if j == n_tok - 1 => 2.min(vocab - 1),
-            _ => 4 + (i as i64 * 7919) % (vocab - 4).max(1),
-        })
-        .collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [a.labels, n_tok]), device);
-    let mask = Tensor::<2, Int>::ones([a.labels, n_tok], device);
+    let (ids, mask) = label_tokens(&cfg, a.labels, device);
     let n_obj = (a.labels * 2 / 3).max(1);
     let mut text_times = Vec::new();
     let mut labels = None;
@@ -129,17 +147,14 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
             }
         }
         let m = median(times.clone());
-        let rss = peak_rss_mib()
-            .map(|v| format!("{v:.0}"))
-            .unwrap_or("-".into());
         println!(
-            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {rss} |",
+            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} |",
             a.config,
             m * 1e3,
-            b as f64 / m
+            b as f64 / m,
+            rss_cell()
         );
         if let Some(p) = &a.json {
-            use std::io::Write;
             let line = serde_json::json!({
                 "bench": "infer", "backend": backend, "config": a.config, "batch": b,
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
@@ -148,11 +163,7 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
                 "text_encoder_ms": median(text_times.clone()) * 1e3,
                 "peak_rss_mib": peak_rss_mib(),
             });
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?;
-            writeln!(f, "{line}")?;
+            append_json(p, &line)?;
         }
     }
     Ok(())
@@ -212,21 +223,9 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
     }
     let ad = device.clone().autodiff();
     let (model, _) = RlipParSeDa::init(&cfg, &ad);
-    let n_tok = 6;
-    let vocab = cfg.text.vocab_size as i64;
-    let ids: Vec<i64> = (0..a.labels * n_tok)
-        .map(|i| match i % n_tok {
-            0 => 0,
-            j if j == n_tok - 1 => 2.min(vocab - 1),
-            _ => 4 + (i as i64 * 7919) % (vocab - 4).max(1),
-        })
-        .collect();
     let n_obj = (a.labels * 2 / 5).max(2);
-    let texts = LabelTexts {
-        ids: Tensor::from_data(TensorData::new(ids, [a.labels, n_tok]), &ad),
-        mask: Tensor::ones([a.labels, n_tok], &ad),
-        n_obj,
-    };
+    let (ids, mask) = label_tokens(&cfg, a.labels, &ad);
+    let texts = LabelTexts { ids, mask, n_obj };
     let n_verb = a.labels - n_obj;
     let crit = Criterion::new(CriterionConfig::default())?;
     let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad);
@@ -253,13 +252,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
         };
         let targets: Vec<PairTargets> = (0..b)
             .map(|_| {
-                let mut t = PairTargets {
-                    sub_boxes: Vec::new(),
-                    obj_boxes: Vec::new(),
-                    sub_labels: Vec::new(),
-                    obj_labels: Vec::new(),
-                    verb_labels: Vec::new(),
-                };
+                let mut t = PairTargets::default();
                 for k in 0..a.pairs {
                     t.sub_boxes.push(boxes());
                     t.obj_boxes.push(boxes());
@@ -287,17 +280,14 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
             }
         }
         let m = median(times.clone());
-        let rss = peak_rss_mib()
-            .map(|v| format!("{v:.0}"))
-            .unwrap_or("-".into());
         println!(
-            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {rss} |",
+            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} |",
             a.config,
             m * 1e3,
-            b as f64 / m
+            b as f64 / m,
+            rss_cell()
         );
         if let Some(p) = &a.json {
-            use std::io::Write;
             let line = serde_json::json!({
                 "bench": "train", "backend": backend, "config": a.config, "batch": b,
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
@@ -305,11 +295,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
                 "images_per_s": b as f64 / m, "first_step_s": first,
                 "peak_rss_mib": peak_rss_mib(),
             });
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?;
-            writeln!(f, "{line}")?;
+            append_json(p, &line)?;
         }
     }
     Ok(())

@@ -21,6 +21,7 @@
 
 pub mod draw;
 pub mod error;
+pub(crate) mod fsutil;
 pub mod hico;
 pub mod labels;
 pub mod loader;

@@ -49,6 +49,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::DataError;
+pub use crate::fsutil::write_new;
+use crate::fsutil::{refuse_existing, write_err};
 use crate::hico::{BoxAnnotation, HoiAnnotation, HoiImageAnnotation};
 use crate::vcoco::{
     CocoInstances, VCOCO_VERB_CLASSES, VsrlAction, load_coco_instances, load_vsrl_annotations,
@@ -343,12 +345,11 @@ pub fn convert(release: &VcocoRelease, out_dir: &Path) -> Result<VcocoConversion
         }
         None => None,
     };
-    let json = |v: &Vec<HoiImageAnnotation>, p: &Path| {
-        serde_json::to_vec(v).map_err(|e| write_error(p, std::io::Error::other(e)))
-    };
+    let json =
+        |v: &Vec<HoiImageAnnotation>, p: &Path| serde_json::to_vec(v).map_err(|e| write_err(p, e));
     let mut files = vec![json(&tv, &targets[0])?, json(&te, &targets[1])?];
     files.extend(corre.as_ref().map(|c| c.0.clone()));
-    std::fs::create_dir_all(out_dir).map_err(|e| write_error(out_dir, e))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| write_err(out_dir, e))?;
     refuse_existing(&targets)?;
     for (t, bytes) in targets.iter().zip(&files) {
         write_new(t, bytes)?;
@@ -361,44 +362,6 @@ pub fn convert(release: &VcocoRelease, out_dir: &Path) -> Result<VcocoConversion
         verb_classes: verbs,
         written: targets,
     })
-}
-
-fn write_error(path: &Path, source: std::io::Error) -> DataError {
-    DataError::Write {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn refuse_existing(targets: &[PathBuf]) -> Result<(), DataError> {
-    match targets.iter().find(|t| t.exists()) {
-        Some(t) => Err(write_error(
-            t,
-            std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "refusing to overwrite an existing file",
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Writes `bytes` to `path`, which must not exist: a temporary file in the same folder, then a
-/// hard link to `path` (fails if `path` appeared meanwhile) — or a rename where the file system
-/// has no hard links.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_string_lossy());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| write_error(&tmp, e))?;
-    let linked = match std::fs::hard_link(&tmp, path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-        Err(_) if !path.exists() => std::fs::rename(&tmp, path),
-        other => other,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    linked.map_err(|e| write_error(path, e))
 }
 
 /// A restricted unpickler for `prior.pickle`: plain data (numbers, strings, tuples, lists,

@@ -65,6 +65,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::DataError;
+use crate::fsutil::{refuse_existing, write_atomic, write_err};
 
 /// File name of the preprocessed scene graphs the official loader reads.
 pub const SCENE_GRAPHS_FILE: &str = "scene_graphs_preprocessv1.json";
@@ -555,56 +556,17 @@ pub fn preprocess_scene_graphs(
         out_dir.join(SCENE_GRAPHS_FILE),
         out_dir.join(KEEP_NAMES_FILE),
     ];
-    let refuse_existing = || -> Result<(), DataError> {
-        match targets.iter().find(|t| t.exists()) {
-            Some(t) => Err(write_error(
-                t,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "refusing to overwrite an existing file",
-                ),
-            )),
-            None => Ok(()),
-        }
-    };
-    refuse_existing()?;
+    refuse_existing(&targets)?;
     let raw = load_raw_scene_graphs(raw_path)?;
     let out = preprocess(raw, cfg, aliases).map_err(|m| DataError::invalid(raw_path, m))?;
-    let graphs = serde_json::to_vec(&out.images).map_err(|e| write_error(&targets[0], e))?;
+    let graphs = serde_json::to_vec(&out.images).map_err(|e| write_err(&targets[0], e))?;
     let keep = serde_json::to_vec(&KeepNamesOut(&out.keep_names))
-        .map_err(|e| write_error(&targets[1], e))?;
-    std::fs::create_dir_all(out_dir).map_err(|e| write_error(out_dir, e))?;
-    refuse_existing()?;
-    write_new(&targets[0], &graphs)?;
-    write_new(&targets[1], &keep)?;
+        .map_err(|e| write_err(&targets[1], e))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| write_err(out_dir, e))?;
+    refuse_existing(&targets)?;
+    write_atomic(&targets[0], &graphs)?;
+    write_atomic(&targets[1], &keep)?;
     Ok(out.stats)
-}
-
-/// Writes `bytes` to a temporary file next to `path`, then renames it to `path`.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |n| n.to_string_lossy());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| write_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        write_error(path, e)
-    })
-}
-
-fn write_error<E>(path: &Path, e: E) -> DataError
-where
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let source = match e.into().downcast::<std::io::Error>() {
-        Ok(io) => *io,
-        Err(other) => std::io::Error::other(other),
-    };
-    DataError::Write {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Serialises a keep-names file with the frequency objects in name order (so that a loader that
@@ -861,15 +823,28 @@ fn parse_relation(v: &Value, at: String) -> Result<SceneGraphRelation, String> {
     })
 }
 
-/// Parses the image-level fields shared by both layouts, with `object` parsing one object.
-/// Returns the message prefix `" (image_id …): "` in errors.
-fn parse_with<O>(
+/// The fields of one image that both layouts share, plus the layout's own (`extra`).
+struct ImageParts<O, X> {
+    image_id: ImageId,
+    objects: Vec<O>,
+    relationships: Vec<SceneGraphRelation>,
+    file_name: Option<String>,
+    width: Option<usize>,
+    height: Option<usize>,
+    extra: X,
+}
+
+/// Parses the image-level fields shared by both layouts, with `object` parsing one object and
+/// `extra` the fields only one layout has (read last). Returns the message prefix
+/// `" (image_id …): "` in errors.
+fn parse_with<O, X>(
     v: &Value,
     object: impl Fn(&Fields) -> Result<O, String>,
     object_id: impl Fn(&O) -> u64,
-) -> Result<(ImageId, Fields<'_>, Vec<O>, Vec<SceneGraphRelation>), String> {
+    extra: impl Fn(&Fields) -> Result<X, String>,
+) -> Result<ImageParts<O, X>, String> {
     let f = Fields::of(v, "").map_err(|m| format!(": {m}"))?;
-    let id = f.image_id().map_err(|m| format!(": {m}"))?;
+    let image_id = f.image_id().map_err(|m| format!(": {m}"))?;
     let inner = || -> Result<_, String> {
         let objects = f
             .list("objects")?
@@ -877,14 +852,14 @@ fn parse_with<O>(
             .enumerate()
             .map(|(i, o)| object(&Fields::of(o, format!("objects[{i}]"))?))
             .collect::<Result<Vec<O>, String>>()?;
-        let rels = f
+        let relationships = f
             .list("relationships")?
             .iter()
             .enumerate()
             .map(|(i, r)| parse_relation(r, format!("relationships[{i}]")))
             .collect::<Result<Vec<_>, String>>()?;
         let index = local_ids(objects.iter().map(&object_id));
-        for (i, r) in rels.iter().enumerate() {
+        for (i, r) in relationships.iter().enumerate() {
             for (field, id) in [("subject_id", r.subject_id), ("object_id", r.object_id)] {
                 if !index.contains_key(&id) {
                     return Err(format!(
@@ -893,10 +868,17 @@ fn parse_with<O>(
                 }
             }
         }
-        Ok((objects, rels))
+        Ok(ImageParts {
+            image_id: image_id.clone(),
+            objects,
+            relationships,
+            file_name: f.opt_string("file_name")?,
+            width: f.opt_u64("width")?.map(|w| w as usize),
+            height: f.opt_u64("height")?.map(|h| h as usize),
+            extra: extra(&f)?,
+        })
     };
-    let (objects, rels) = inner().map_err(|m| format!(" (image_id {id}): {m}"))?;
-    Ok((id, f, objects, rels))
+    inner().map_err(|m| format!(" (image_id {image_id}): {m}"))
 }
 
 pub(crate) fn parse_image(v: &Value) -> Result<SceneGraphImage, String> {
@@ -910,27 +892,20 @@ pub(crate) fn parse_image(v: &Value) -> Result<SceneGraphImage, String> {
             names: o.string("names")?,
         })
     };
-    let (image_id, f, objects, relationships) = parse_with(v, object, |o| o.object_id)?;
-    let opt = || -> Result<_, String> {
-        Ok((
-            f.opt_string("file_name")?,
-            f.opt_u64("width")?.map(|w| w as usize),
-            f.opt_u64("height")?.map(|h| h as usize),
-            f.opt_string("dataset")?,
-            f.opt_string("data_split")?,
-        ))
+    let extra = |f: &Fields| -> Result<_, String> {
+        Ok((f.opt_string("dataset")?, f.opt_string("data_split")?))
     };
-    let (file_name, width, height, dataset, data_split) =
-        opt().map_err(|m| format!(" (image_id {image_id}): {m}"))?;
+    let p = parse_with(v, object, |o| o.object_id, extra)?;
+    let (dataset, data_split) = p.extra;
     Ok(SceneGraphImage {
-        image_id,
-        file_name,
-        width,
-        height,
+        image_id: p.image_id,
+        file_name: p.file_name,
+        width: p.width,
+        height: p.height,
         dataset,
         data_split,
-        objects,
-        relationships,
+        objects: p.objects,
+        relationships: p.relationships,
     })
 }
 
@@ -962,21 +937,13 @@ fn parse_raw_image(v: &Value) -> Result<RawSceneGraph, String> {
             names,
         })
     };
-    let (image_id, f, objects, relationships) = parse_with(v, object, |o| o.object_id)?;
-    let opt = || -> Result<_, String> {
-        Ok((
-            f.opt_string("file_name")?,
-            f.opt_u64("width")?.map(|w| w as usize),
-            f.opt_u64("height")?.map(|h| h as usize),
-        ))
-    };
-    let (file_name, width, height) = opt().map_err(|m| format!(" (image_id {image_id}): {m}"))?;
+    let p = parse_with(v, object, |o| o.object_id, |_| Ok(()))?;
     Ok(RawSceneGraph {
-        image_id,
-        file_name,
-        width,
-        height,
-        objects,
-        relationships,
+        image_id: p.image_id,
+        file_name: p.file_name,
+        width: p.width,
+        height: p.height,
+        objects: p.objects,
+        relationships: p.relationships,
     })
 }

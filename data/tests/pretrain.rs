@@ -283,14 +283,17 @@ fn frequent_names_are_drawn_more_often() {
 
 #[test]
 fn inconsistent_images_are_errors_not_panics() {
+    let sample_err = |a: &RelationImage| {
+        sample_label_texts(
+            &[a],
+            &Vocabulary::default(),
+            &TextSampling::default(),
+            &mut Rng::new(0),
+        )
+        .unwrap_err()
+    };
     let mut a = image(&["a", "b"], &[(0, 5, "on")]);
-    let e = sample_label_texts(
-        &[&a],
-        &Vocabulary::default(),
-        &TextSampling::default(),
-        &mut Rng::new(0),
-    )
-    .unwrap_err();
+    let e = sample_err(&a);
     assert!(matches!(e, DataError::Invalid { .. }), "{e}");
     assert!(
         e.to_string().contains("img-a-b.jpg") && e.to_string().contains("box 0/5"),
@@ -298,12 +301,6 @@ fn inconsistent_images_are_errors_not_panics() {
     );
     a.relations.clear();
     a.box_names.pop();
-    let e = sample_label_texts(
-        &[&a],
-        &Vocabulary::default(),
-        &TextSampling::default(),
-        &mut Rng::new(0),
-    )
-    .unwrap_err();
+    let e = sample_err(&a);
     assert!(e.to_string().contains("1 box names for 2 boxes"), "{e}");
 }

@@ -155,13 +155,7 @@ pub fn to_input(s: &TrainSample, num_verbs: usize) -> ((Vec<f32>, usize, usize),
             (b[3] - b[1]) / h,
         ]
     };
-    let mut t = PairTargets {
-        sub_boxes: Vec::new(),
-        obj_boxes: Vec::new(),
-        sub_labels: Vec::new(),
-        obj_labels: Vec::new(),
-        verb_labels: Vec::new(),
-    };
+    let mut t = PairTargets::default();
     for (sb, ob, verbs) in &s.pairs {
         t.sub_boxes.push(norm(s.boxes[*sb]));
         t.obj_boxes.push(norm(s.boxes[*ob]));

@@ -98,14 +98,20 @@ fn overfits_a_two_image_batch() {
     // coordinate at 96 px
     let l1 = |log: &rlip_train::trainer::StepLog| {
         let term = |n: &str| log.terms.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
-        term("loss_sub_bbox").unwrap().max(term("loss_obj_bbox").unwrap())
+        term("loss_sub_bbox")
+            .unwrap()
+            .max(term("loss_obj_bbox").unwrap())
     };
     while steps < 200 && l1(&last) >= 0.02 {
         last = t.step(&imgs, &tgts, &texts, 1.0).unwrap();
         steps += 1;
     }
     println!("box L1 {:.4} after {steps} steps", l1(&last));
-    assert!(l1(&last) < 0.02, "box L1 {:.4} after {steps} steps", l1(&last));
+    assert!(
+        l1(&last) < 0.02,
+        "box L1 {:.4} after {steps} steps",
+        l1(&last)
+    );
 }
 
 /// The official train-branch rules: images with out-of-range relation indices are dropped,

@@ -53,12 +53,10 @@ use serde::Serialize;
 pub use write::npy_f64_bytes;
 
 use crate::DataError;
+use crate::fsutil::{write_atomic, write_err};
 use crate::hico::{BoxAnnotation, COCO_VALID_OBJ_IDS, HoiAnnotation, HoiImageAnnotation};
 use scene::{Rng, Scene, bit, sample_scene};
-use write::{
-    HoiListEntry, VgImage, VgKeepNames, VgObject, VgRelationship, write_atomic, write_err,
-    write_json,
-};
+use write::{HoiListEntry, VgImage, VgKeepNames, VgObject, VgRelationship, write_json};
 
 /// Object names, in class order (person first).
 pub const OBJECTS: [&str; NUM_OBJECTS] = [

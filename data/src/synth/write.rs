@@ -1,44 +1,11 @@
-//! Output files: atomic writes, the `.npy` writer, the official JSON layouts and the tokenizer.
+//! Output files: atomic JSON writes, the `.npy` writer, the official JSON layouts and the tokenizer.
 
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::DataError;
-
-/// A failure while writing `path`: a [`DataError::Write`]. An I/O error is kept as it is; any
-/// other cause (serialisation, tokenizer training, a path without a folder) becomes an
-/// [`std::io::Error`] of kind `Other` carrying it.
-pub(crate) fn write_err<E>(path: &Path, e: E) -> DataError
-where
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let source = match e.into().downcast::<std::io::Error>() {
-        Ok(io) => *io,
-        Err(other) => std::io::Error::other(other),
-    };
-    DataError::Write {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| write_err(path, "no parent folder"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| write_err(path, "no file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| write_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        write_err(path, e)
-    })
-}
+use crate::fsutil::{write_atomic, write_err};
 
 /// Serialises `value` as compact JSON and writes it atomically.
 pub(crate) fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), DataError> {
@@ -185,29 +152,6 @@ pub(crate) fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn write_failures_are_write_errors_naming_the_file() {
-        let dir = std::env::temp_dir().join(format!("rlip-synth-write-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let target = dir.join("no").join("such").join("x.json");
-        let e = write_atomic(&target, b"{}").unwrap_err();
-        match &e {
-            DataError::Write { path, source } => {
-                assert!(path.starts_with(&dir), "{e}");
-                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
-            }
-            other => panic!("expected DataError::Write, got {other:?}"),
-        }
-        assert!(e.to_string().contains("cannot write file"), "{e}");
-        let e = write_atomic(Path::new("/"), b"").unwrap_err();
-        assert!(matches!(e, DataError::Write { .. }), "{e}");
-        let e = write_err(Path::new("t.json"), "tokenizer training failed");
-        assert!(
-            e.to_string().contains("t.json") && e.to_string().contains("tokenizer training failed"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn npy_round_trips_through_our_reader() {
