@@ -78,6 +78,47 @@ fn rss_cell() -> String {
         .unwrap_or("-".into())
 }
 
+/// Runs `f` `warmup + iters` times; returns the first run's seconds and the timed runs' seconds.
+fn time_runs(
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, Vec<f64>)> {
+    let mut times = Vec::new();
+    let mut first = 0.0;
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        f()?;
+        let dt = t.elapsed().as_secs_f64();
+        if i == 0 {
+            first = dt;
+        }
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    Ok((first, times))
+}
+
+/// Prints one benchmark table row and returns the median seconds.
+fn print_row(
+    backend: &str,
+    config: &str,
+    b: usize,
+    (h, w): (usize, usize),
+    first: f64,
+    times: &[f64],
+) -> f64 {
+    let m = median(times.to_vec());
+    println!(
+        "| {backend} | {config} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} |",
+        m * 1e3,
+        b as f64 / m,
+        rss_cell()
+    );
+    m
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -129,31 +170,15 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(data, [b, 3, h, w]), device);
         let pm = PaddingMask::from_sizes(&vec![(h, w); b], h, w);
-        let mut times = Vec::new();
-        let mut first = 0.0;
-        for i in 0..a.warmup + a.iters {
-            let t = Instant::now();
+        let (first, times) = time_runs(a.warmup, a.iters, || {
             let out = model.forward(x.clone(), &pm, &labels);
             let last = out.layers.last().expect("layers");
             // reading the outputs waits for the device
             let _ = last.verb_logits.clone().into_data();
             let _ = last.obj_boxes.clone().into_data();
-            let dt = t.elapsed().as_secs_f64();
-            if i == 0 {
-                first = dt;
-            }
-            if i >= a.warmup {
-                times.push(dt);
-            }
-        }
-        let m = median(times.clone());
-        println!(
-            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} |",
-            a.config,
-            m * 1e3,
-            b as f64 / m,
-            rss_cell()
-        );
+            Ok(())
+        })?;
+        let m = print_row(backend, &a.config, b, (h, w), first, &times);
         if let Some(p) = &a.json {
             let line = serde_json::json!({
                 "bench": "infer", "backend": backend, "config": a.config, "batch": b,
@@ -265,28 +290,12 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
                 t
             })
             .collect();
-        let mut times = Vec::new();
-        let mut first = 0.0;
-        for i in 0..a.warmup + a.iters {
-            let t = Instant::now();
-            // the step reads the loss and gradient norm back, which waits for the device
-            trainer.step(&images, &targets, &texts, 1.0)?;
-            let dt = t.elapsed().as_secs_f64();
-            if i == 0 {
-                first = dt;
-            }
-            if i >= a.warmup {
-                times.push(dt);
-            }
-        }
-        let m = median(times.clone());
-        println!(
-            "| {backend} | {} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} |",
-            a.config,
-            m * 1e3,
-            b as f64 / m,
-            rss_cell()
-        );
+        // the step reads the loss and gradient norm back, which waits for the device
+        let (first, times) = time_runs(a.warmup, a.iters, || {
+            trainer.step(&images, &targets, &texts, 1.0).map(|_| ())?;
+            Ok(())
+        })?;
+        let m = print_row(backend, &a.config, b, (h, w), first, &times);
         if let Some(p) = &a.json {
             let line = serde_json::json!({
                 "bench": "train", "backend": backend, "config": a.config, "batch": b,
