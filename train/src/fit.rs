@@ -226,7 +226,8 @@ pub fn fit(
         for batch in batches {
             let batch = batch.map_err(|e| TrainError::Loader(e.to_string()))?;
             let (imgs, mut tgts): (Vec<_>, Vec<_>) = batch.items.into_iter().unzip();
-            let texts = batch_texts(data, trainer, cfg.seed, &state, &batch.indices, &mut tgts)?;
+            let texts = batch_texts(data, trainer, cfg.seed, &state, &batch.indices, &mut tgts)?
+                .map(|(t, _)| t);
             let before = clock.elapsed().as_secs_f64();
             let log = trainer.step(
                 &imgs,
@@ -269,7 +270,8 @@ fn fixed(data: &TrainData) -> &LabelTexts {
 }
 
 /// For pre-training: samples the batch's texts and rewrites the targets from vocabulary indices
-/// to indices into those texts. `None` for fixed labels.
+/// to indices into those texts; returns the tokenised texts and the texts. `None` for fixed
+/// labels.
 fn batch_texts(
     data: &TrainData,
     trainer: &Trainer,
@@ -277,7 +279,7 @@ fn batch_texts(
     state: &FitState,
     indices: &[usize],
     targets: &mut [PairTargets],
-) -> Result<Option<LabelTexts>, TrainError> {
+) -> Result<Option<(LabelTexts, LabelSet)>, TrainError> {
     let TrainData::Pretrain {
         images,
         vocab,
@@ -325,11 +327,8 @@ fn batch_texts(
         .batch_encode(&set.flat_texts())
         .map_err(|e| TrainError::Invalid(format!("tokenising the batch's label texts: {e}")))?;
     let (ids, mask) = enc.to_tensors(trainer.device());
-    Ok(Some(LabelTexts {
-        ids,
-        mask,
-        n_obj: set.n_obj_with_none(),
-    }))
+    let n_obj = set.n_obj_with_none();
+    Ok(Some((LabelTexts { ids, mask, n_obj }, set)))
 }
 
 /// Reads `dir/state.json` of a training checkpoint.
@@ -412,4 +411,125 @@ pub fn prune_checkpoints(dir: &Path, keep: usize) -> Result<(), TrainError> {
             .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::{Criterion, CriterionConfig};
+    use crate::trainer::OptimConfig;
+    use rlip_data::preprocess::RgbImage;
+    use rlip_model::rlip::{RlipConfig, RlipParSeDa};
+
+    /// Pre-training targets index the batch's own texts: every subject/object label and every
+    /// relation of a pair points at the text with the right name.
+    #[test]
+    fn pretraining_targets_are_remapped_to_the_batch_texts() {
+        let dir = std::env::temp_dir().join(format!("rlip-fit-remap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = RgbImage {
+            width: 40,
+            height: 30,
+            data: vec![90; 40 * 30 * 3],
+        };
+        let path = dir.join("a.png");
+        std::fs::write(&path, rlip_data::draw::encode_png(&img)).unwrap();
+        let names = |v: &[(&str, u64)]| v.iter().map(|(n, f)| (n.to_string(), *f)).collect();
+        let vocab = Vocabulary {
+            objects: names(&[
+                ("person", 50),
+                ("ball", 20),
+                ("kite", 9),
+                ("cup", 4),
+                ("bird", 1),
+            ]),
+            relations: names(&[("hold", 30), ("above", 10), ("ride", 5), ("kick", 2)]),
+        };
+        let image = |boxes: Vec<&str>, rels: Vec<(usize, usize, &str)>| RelationImage {
+            image_path: path.clone(),
+            width: 40,
+            height: 30,
+            boxes: (0..boxes.len())
+                .map(|i| [i as f64, 1.0, i as f64 + 9.0, 20.0])
+                .collect(),
+            box_names: boxes.iter().map(|s| s.to_string()).collect(),
+            relations: rels
+                .into_iter()
+                .map(|(s, o, p)| (s, o, p.to_string()))
+                .collect(),
+            dataset: "vg".into(),
+        };
+        let images = vec![
+            image(vec!["kite", "bird"], vec![(0, 1, "kick"), (0, 1, "above")]),
+            image(vec!["cup", "person"], vec![(1, 0, "ride")]),
+        ];
+        let (samples, images, skipped) = pretrain_samples(&images, &vocab, 8).unwrap();
+        assert_eq!((samples.len(), skipped), (2, 0));
+        // the synthetic dataset's byte-level BPE tokenizer encodes any text
+        let synth = dir.join("synth");
+        let mut cfg = rlip_data::synth::SynthConfig::new(rlip_data::synth::SynthSize::Tiny, 0);
+        cfg.overwrite = true;
+        rlip_data::synth::generate(&synth, cfg).unwrap();
+        let tokenizer = LabelTokenizer::from_tokenizer_json(synth.join("tokenizer.json")).unwrap();
+        let dev = rlip_backends::default_device().unwrap();
+        let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &dev);
+        let trainer = Trainer::new(
+            model,
+            Criterion::new(CriterionConfig::pretraining()).unwrap(),
+            OptimConfig::default(),
+            false,
+            &dev,
+        );
+        // 3 texts: all positives (kite, dog, cup, person; kick, above, ride) exceed the budget
+        let data = TrainData::Pretrain {
+            samples: Arc::new(samples.clone()),
+            images,
+            vocab: vocab.clone(),
+            sampling: TextSampling {
+                num_texts: 3,
+                ..TextSampling::default()
+            },
+            tokenizer,
+        };
+        let mut targets: Vec<PairTargets> = samples.iter().map(|s| to_input(s, 4).1).collect();
+        let (texts, set) = batch_texts(
+            &data,
+            &trainer,
+            1,
+            &FitState::default(),
+            &[0, 1],
+            &mut targets,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(texts.n_obj, set.objects.len() + 1);
+        assert_eq!(
+            texts.ids.dims()[0],
+            set.objects.len() + 1 + set.relations.len()
+        );
+        let obj = |i: usize| set.objects[i].as_str();
+        let rel = |row: &[f32]| -> Vec<&str> {
+            row.iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(k, _)| set.relations[k].as_str())
+                .collect()
+        };
+        let t0 = &targets[0];
+        assert_eq!(
+            (obj(t0.sub_labels[0]), obj(t0.obj_labels[0])),
+            ("kite", "bird")
+        );
+        let mut r0 = rel(&t0.verb_labels[0]);
+        r0.sort();
+        assert_eq!(r0, vec!["above", "kick"]);
+        let t1 = &targets[1];
+        assert_eq!(
+            (obj(t1.sub_labels[0]), obj(t1.obj_labels[0])),
+            ("person", "cup")
+        );
+        assert_eq!(rel(&t1.verb_labels[0]), vec!["ride"]);
+        assert_eq!(t1.verb_labels[0].len(), set.relations.len());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
