@@ -1,4 +1,5 @@
-//! `rlip bench infer`: inference throughput of a preset with freshly initialised weights.
+//! `rlip bench infer` and `rlip bench train`: inference and training-step throughput of a preset
+//! with freshly initialised weights on synthetic input.
 
 use std::time::Instant;
 

@@ -7,6 +7,7 @@
 //! augmentation, per-batch text sampling), so a run resumed from a checkpoint sees exactly the
 //! batches an uninterrupted run would have seen.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -55,6 +56,11 @@ impl TrainData {
         match self {
             TrainData::Fixed { samples, .. } | TrainData::Pretrain { samples, .. } => samples,
         }
+    }
+
+    /// Training images.
+    pub fn num_samples(&self) -> usize {
+        self.samples().len()
     }
 
     fn num_verbs(&self) -> usize {
@@ -200,8 +206,7 @@ pub fn fit(
         )));
     }
     let (aug, num_verbs) = (cfg.augment.clone(), data.num_verbs());
-    let mut lcfg = LoaderConfig::new(cfg.batch_size, cfg.workers, cfg.seed);
-    lcfg.prefetch = 2;
+    let lcfg = LoaderConfig::new(cfg.batch_size, cfg.workers, cfg.seed);
     let loader = Loader::new(n, lcfg, move |i, rng: &mut Rng| {
         Ok::<Item, std::convert::Infallible>(to_input(&augment(&samples[i], &aug, rng), num_verbs))
     })
@@ -226,15 +231,10 @@ pub fn fit(
         for batch in batches {
             let batch = batch.map_err(|e| TrainError::Loader(e.to_string()))?;
             let (imgs, mut tgts): (Vec<_>, Vec<_>) = batch.items.into_iter().unzip();
-            let texts = batch_texts(data, trainer, cfg.seed, &state, &batch.indices, &mut tgts)?
-                .map(|(t, _)| t);
+            let (texts, _) =
+                batch_texts(data, trainer, cfg.seed, &state, &batch.indices, &mut tgts)?;
             let before = clock.elapsed().as_secs_f64();
-            let log = trainer.step(
-                &imgs,
-                &tgts,
-                texts.as_ref().unwrap_or_else(|| fixed(data)),
-                lr_scale,
-            )?;
+            let log = trainer.step(&imgs, &tgts, &texts, lr_scale)?;
             state.seconds += clock.elapsed().as_secs_f64() - before;
             state.steps += 1;
             state.images += imgs.len();
@@ -262,33 +262,26 @@ pub fn fit(
     Ok(state)
 }
 
-fn fixed(data: &TrainData) -> &LabelTexts {
-    match data {
-        TrainData::Fixed { texts, .. } => texts,
-        TrainData::Pretrain { .. } => unreachable!("pre-training batches carry their own texts"),
-    }
-}
-
-/// For pre-training: samples the batch's texts and rewrites the targets from vocabulary indices
-/// to indices into those texts; returns the tokenised texts and the texts. `None` for fixed
-/// labels.
-fn batch_texts(
-    data: &TrainData,
+/// The label texts of a batch: the fixed ones, or for pre-training the batch's sampled texts
+/// (also returned as text), with the targets rewritten from vocabulary indices to indices into
+/// them.
+fn batch_texts<'a>(
+    data: &'a TrainData,
     trainer: &Trainer,
     seed: u64,
     state: &FitState,
     indices: &[usize],
     targets: &mut [PairTargets],
-) -> Result<Option<(LabelTexts, LabelSet)>, TrainError> {
-    let TrainData::Pretrain {
-        images,
-        vocab,
-        sampling,
-        tokenizer,
-        ..
-    } = data
-    else {
-        return Ok(None);
+) -> Result<(Cow<'a, LabelTexts>, Option<LabelSet>), TrainError> {
+    let (images, vocab, sampling, tokenizer) = match data {
+        TrainData::Fixed { texts, .. } => return Ok((Cow::Borrowed(texts), None)),
+        TrainData::Pretrain {
+            images,
+            vocab,
+            sampling,
+            tokenizer,
+            ..
+        } => (images, vocab, sampling, tokenizer),
     };
     let refs: Vec<&RelationImage> = indices.iter().map(|&i| &images[i]).collect();
     let mut rng = Rng::derive(seed ^ 0x7e47_5a3b, state.epoch as u64, state.batch as u64);
@@ -328,7 +321,7 @@ fn batch_texts(
         .map_err(|e| TrainError::Invalid(format!("tokenising the batch's label texts: {e}")))?;
     let (ids, mask) = enc.to_tensors(trainer.device());
     let n_obj = set.n_obj_with_none();
-    Ok(Some((LabelTexts { ids, mask, n_obj }, set)))
+    Ok((Cow::Owned(LabelTexts { ids, mask, n_obj }), Some(set)))
 }
 
 /// Reads `dir/state.json` of a training checkpoint.
@@ -500,8 +493,8 @@ mod tests {
             &[0, 1],
             &mut targets,
         )
-        .unwrap()
         .unwrap();
+        let set = set.expect("pre-training batches return their texts");
         assert_eq!(texts.n_obj, set.objects.len() + 1);
         assert_eq!(
             texts.ids.dims()[0],

@@ -140,8 +140,6 @@ pub fn hico_samples(
     Ok((out, dropped))
 }
 
-pub use rlip_data::rng::Rng;
-
 /// Model inputs of one augmented sample: normalised `[3, h, w]` values and the pair targets
 /// (boxes as normalised cxcywh of the image, subject and object classes from the box labels,
 /// multi-hot relation rows over `num_verbs`).

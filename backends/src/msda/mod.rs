@@ -54,11 +54,10 @@ mod flex_impl {
     use super::cpu::{self, Dims};
     use super::*;
 
-    fn f32s(t: &FlexTensor) -> Vec<f32> {
-        let t = t.to_contiguous();
+    /// The values of a tensor made dense by `to_contiguous` (which copies only when needed).
+    fn f32s(t: &FlexTensor) -> &[f32] {
         t.as_slice::<f32>()
             .expect("the MSDA kernel only accepts f32 tensors")
-            .to_vec()
     }
 
     fn dims(value: &FlexTensor, loc: &FlexTensor, shapes: &[[usize; 2]]) -> Dims {
@@ -87,7 +86,8 @@ mod flex_impl {
             shapes: Vec<[usize; 2]>,
         ) -> FlexTensor {
             let d = dims(&value, &loc, &shapes);
-            let out = cpu::forward(&d, &f32s(&value), &f32s(&loc), &f32s(&attn));
+            let [value, loc, attn] = [value, loc, attn].map(|t| t.to_contiguous());
+            let out = cpu::forward(&d, f32s(&value), f32s(&loc), f32s(&attn));
             tensor(out, vec![d.n, d.lq, d.m * d.d])
         }
 
@@ -104,8 +104,9 @@ mod flex_impl {
                 loc.layout().shape().to_vec(),
                 attn.layout().shape().to_vec(),
             );
+            let [value, loc, attn, grad] = [value, loc, attn, grad].map(|t| t.to_contiguous());
             let (gv, gl, ga) =
-                cpu::backward(&d, &f32s(&value), &f32s(&loc), &f32s(&attn), &f32s(&grad));
+                cpu::backward(&d, f32s(&value), f32s(&loc), f32s(&attn), f32s(&grad));
             (
                 tensor(gv, shapes_in.0),
                 tensor(gl, shapes_in.1),

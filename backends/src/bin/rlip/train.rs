@@ -176,13 +176,12 @@ pub struct TrainArgs {
     out: PathBuf,
 }
 
-/// The training data and the label texts of evaluation.
-struct Prepared {
-    data: TrainData,
-    labels: Option<LabelSet>,
-}
-
-fn prepare_finetune(a: &TrainArgs, tok: &LabelTokenizer, ad: &Device) -> Result<Prepared> {
+/// The fine-tuning data and its label texts.
+fn prepare_finetune(
+    a: &TrainArgs,
+    tok: &LabelTokenizer,
+    ad: &Device,
+) -> Result<(TrainData, LabelSet)> {
     let labels = match &a.labels {
         Some(spec) => LabelSet::resolve(spec)?,
         None if a.data.join("labels.json").is_file() => {
@@ -210,21 +209,19 @@ fn prepare_finetune(a: &TrainArgs, tok: &LabelTokenizer, ad: &Device) -> Result<
         t.elapsed().as_secs_f64()
     );
     let (ids, mask) = tok.batch_encode(&labels.flat_texts())?.to_tensors(ad);
-    Ok(Prepared {
-        data: TrainData::Fixed {
-            samples: Arc::new(samples),
-            texts: LabelTexts {
-                ids,
-                mask,
-                n_obj: labels.n_obj_with_none(),
-            },
-            num_verbs: labels.relations.len(),
+    let data = TrainData::Fixed {
+        samples: Arc::new(samples),
+        texts: LabelTexts {
+            ids,
+            mask,
+            n_obj: labels.n_obj_with_none(),
         },
-        labels: Some(labels),
-    })
+        num_verbs: labels.relations.len(),
+    };
+    Ok((data, labels))
 }
 
-fn prepare_pretrain(a: &TrainArgs, tok: LabelTokenizer, cfg: &RlipConfig) -> Result<Prepared> {
+fn prepare_pretrain(a: &TrainArgs, tok: LabelTokenizer, cfg: &RlipConfig) -> Result<TrainData> {
     let ann = a.data.join("annotations");
     let graphs = load_scene_graphs(ann.join(SCENE_GRAPHS_FILE))?;
     let keep = ann.join(KEEP_NAMES_FILE);
@@ -281,18 +278,15 @@ fn prepare_pretrain(a: &TrainArgs, tok: LabelTokenizer, cfg: &RlipConfig) -> Res
         vocab.relations.len(),
         t.elapsed().as_secs_f64()
     );
-    Ok(Prepared {
-        data: TrainData::Pretrain {
-            samples: Arc::new(samples),
-            images,
-            vocab,
-            sampling: TextSampling {
-                num_texts: a.num_texts,
-                ..TextSampling::default()
-            },
-            tokenizer: tok,
+    Ok(TrainData::Pretrain {
+        samples: Arc::new(samples),
+        images,
+        vocab,
+        sampling: TextSampling {
+            num_texts: a.num_texts,
+            ..TextSampling::default()
         },
-        labels: None,
+        tokenizer: tok,
     })
 }
 
@@ -308,8 +302,14 @@ struct Evaluator {
 }
 
 impl Evaluator {
-    fn new(a: &TrainArgs, labels: LabelSet, cfg: &RlipConfig) -> Result<Option<Self>> {
-        if !a.data.join("annotations/test_hico.json").is_file() {
+    /// `None` without `--eval-every` or without a test split.
+    fn new(
+        a: &TrainArgs,
+        labels: LabelSet,
+        cfg: &RlipConfig,
+        tokenizer: LabelTokenizer,
+    ) -> Result<Option<Self>> {
+        if a.eval_every == 0 || !a.data.join("annotations/test_hico.json").is_file() {
             return Ok(None);
         }
         let split = load_split_with(Dataset::Hico, &a.data, &SplitConfig::default())?;
@@ -331,7 +331,7 @@ impl Evaluator {
             split,
             unseen,
             labels,
-            tokenizer: load_tokenizer(&tokenizer_path(a))?,
+            tokenizer,
             cfg: cfg.clone(),
             batch: a.eval_batch_size,
         }))
@@ -499,9 +499,12 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
     let tokenizer =
         load_tokenizer(&tok_path).with_context(|| format!("tokenizer {}", tok_path.display()))?;
     let ad = device.clone().autodiff();
-    let prepared = match a.mode {
-        Mode::Finetune => prepare_finetune(&a, &tokenizer, &ad)?,
-        Mode::Pretrain => prepare_pretrain(&a, tokenizer, &cfg)?,
+    let (data, evaluator) = match a.mode {
+        Mode::Finetune => {
+            let (data, labels) = prepare_finetune(&a, &tokenizer, &ad)?;
+            (data, Evaluator::new(&a, labels, &cfg, tokenizer)?)
+        }
+        Mode::Pretrain => (prepare_pretrain(&a, tokenizer, &cfg)?, None),
     };
     let model = match &a.init {
         Some(p) => {
@@ -598,11 +601,7 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
             std::fs::canonicalize(p)?.display().to_string(),
         );
     }
-    let evaluator = match (&prepared.labels, a.mode) {
-        (Some(l), Mode::Finetune) => Evaluator::new(&a, l.clone(), &cfg)?,
-        _ => None,
-    };
-    let per_epoch = prepared_len(&prepared.data) / a.batch_size;
+    let per_epoch = data.num_samples() / a.batch_size;
     let total = (per_epoch * a.epochs).min(a.max_steps.unwrap_or(usize::MAX));
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
@@ -619,7 +618,7 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         best: None,
         error: None,
     };
-    let result = fit(&mut trainer, &prepared.data, &fit_cfg, start, &mut hooks);
+    let result = fit(&mut trainer, &data, &fit_cfg, start, &mut hooks);
     hooks.bar.finish_and_clear();
     let final_path = a.out.join("checkpoint.safetensors");
     let state = match result {
@@ -644,7 +643,7 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         hooks.checkpoint(&trainer, &state)?;
     }
     let evaluated_last = state.batch == 0 && state.epoch.is_multiple_of(hooks.a.eval_every.max(1));
-    if hooks.a.eval_every > 0 && hooks.evaluator.is_some() && !evaluated_last {
+    if hooks.evaluator.is_some() && !evaluated_last {
         hooks.evaluate(&trainer, &state)?;
     }
     save_params(trainer.model(), &final_path, &meta)
@@ -666,10 +665,4 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         ckpt_dir.display()
     );
     Ok(())
-}
-
-fn prepared_len(d: &TrainData) -> usize {
-    match d {
-        TrainData::Fixed { samples, .. } | TrainData::Pretrain { samples, .. } => samples.len(),
-    }
 }
