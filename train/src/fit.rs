@@ -316,12 +316,9 @@ fn batch_texts<'a>(
         }
     }
     let set: LabelSet = lb.label_set();
-    let enc = tokenizer
-        .batch_encode(&set.flat_texts())
+    let texts = LabelTexts::encode(tokenizer, &set, trainer.device())
         .map_err(|e| TrainError::Invalid(format!("tokenising the batch's label texts: {e}")))?;
-    let (ids, mask) = enc.to_tensors(trainer.device());
-    let n_obj = set.n_obj_with_none();
-    Ok((Cow::Owned(LabelTexts { ids, mask, n_obj }), Some(set)))
+    Ok((Cow::Owned(texts), Some(set)))
 }
 
 /// Reads `dir/state.json` of a training checkpoint.

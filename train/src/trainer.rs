@@ -10,9 +10,11 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rlip_data::DataError;
 use rlip_data::hico::HoiImageAnnotation;
+use rlip_data::labels::LabelSet;
 use rlip_data::preprocess::{load_rgb, normalize, pad_batch};
 use rlip_model::position::PaddingMask;
 use rlip_model::rlip::RlipParSeDa;
+use rlip_model::text::tokenizer::{LabelTokenizer, TokenizerError};
 use serde::Serialize;
 
 use crate::loss::{Criterion, CriterionError, NonFiniteLoss};
@@ -177,6 +179,24 @@ pub struct LabelTexts {
     pub mask: Tensor<2, Int>,
     /// Object texts including "no objects".
     pub n_obj: usize,
+}
+
+impl LabelTexts {
+    /// Tokenises `labels.flat_texts()` (objects, "no objects", relations) onto `device`.
+    pub fn encode(
+        tokenizer: &LabelTokenizer,
+        labels: &LabelSet,
+        device: &Device,
+    ) -> Result<Self, TokenizerError> {
+        let (ids, mask) = tokenizer
+            .batch_encode(&labels.flat_texts())?
+            .to_tensors(device);
+        Ok(Self {
+            ids,
+            mask,
+            n_obj: labels.n_obj_with_none(),
+        })
+    }
 }
 
 /// Optimiser settings (official fine-tuning defaults: lr 1e-4, backbone and label encoder 1e-5,

@@ -38,17 +38,9 @@ fn fixed_data(dir: &Path, dev: &burn::prelude::Device) -> TrainData {
     )
     .unwrap();
     let tok = LabelTokenizer::from_tokenizer_json(dir.join("tokenizer.json")).unwrap();
-    let (ids, mask) = tok
-        .batch_encode(&labels.flat_texts())
-        .unwrap()
-        .to_tensors(dev);
     TrainData::Fixed {
         samples: Arc::new(samples),
-        texts: LabelTexts {
-            ids,
-            mask,
-            n_obj: labels.n_obj_with_none(),
-        },
+        texts: LabelTexts::encode(&tok, &labels, dev).unwrap(),
         num_verbs: labels.relations.len(),
     }
 }

@@ -208,14 +208,9 @@ fn prepare_finetune(
         samples.len(),
         t.elapsed().as_secs_f64()
     );
-    let (ids, mask) = tok.batch_encode(&labels.flat_texts())?.to_tensors(ad);
     let data = TrainData::Fixed {
         samples: Arc::new(samples),
-        texts: LabelTexts {
-            ids,
-            mask,
-            n_obj: labels.n_obj_with_none(),
-        },
+        texts: LabelTexts::encode(tok, &labels, ad)?,
         num_verbs: labels.relations.len(),
     };
     Ok((data, labels))
