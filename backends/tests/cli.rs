@@ -301,3 +301,171 @@ fn pretrain_finetune_kill_and_resume() {
     assert_eq!(losses(&killed), expected, "resumed run's losses differ");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Fine-tuning reads the V-COCO (HOIA) and Open Images layouts: the synthetic HICO-DET set
+/// rewritten into each (V-COCO: 0-based verb roles, actions without an object; Open Images:
+/// classes as indices into the full object list, an image with a bad relation index dropped).
+#[test]
+fn finetune_on_vcoco_and_open_images_layouts() {
+    use serde_json::{Value, json};
+    let dir = tmp("layouts");
+    let synth = dir.join("synth");
+    generate(&synth, SynthConfig::new(SynthSize::Tiny, 5)).expect("synthetic data");
+    let read =
+        |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let hico = read(&synth.join("annotations/trainval_hico.json"));
+    let labels = read(&synth.join("labels.json"));
+    let objects: Vec<String> = serde_json::from_value(labels["objects"].clone()).unwrap();
+    let write = |p: PathBuf, v: &Value| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, serde_json::to_vec(v).unwrap()).unwrap();
+    };
+    let tok = synth.join("tokenizer.json");
+    let train = |data: &Path, dataset: &str, extra: &[&str]| {
+        let run = data.join("run");
+        let mut args = vec![
+            "train",
+            "--data",
+            s(data),
+            "--dataset",
+            dataset,
+            "--config",
+            "small",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--tokenizer",
+            s(&tok),
+            "--out",
+            s(&run),
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        let l = losses(&run);
+        assert_eq!(l.len(), 2, "{out}");
+        assert!(l.iter().all(|(_, v)| v.is_finite() && *v > 0.0), "{l:?}");
+        let args: Value = read(&run.join("train_args.json"));
+        assert_eq!(args["dataset"], dataset);
+        out
+    };
+
+    // V-COCO: verbs 0-based, and every subject also "looks at" nothing
+    let vcoco = dir.join("vcoco");
+    std::os::unix::fs::symlink(synth.join("images/train2015"), {
+        std::fs::create_dir_all(vcoco.join("images")).unwrap();
+        vcoco.join("images/train2014")
+    })
+    .unwrap();
+    let mut no_object = 0;
+    let anns: Vec<Value> = hico
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|img| {
+            let mut rels: Vec<Value> = img["hoi_annotation"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| json!({"subject_id": r["subject_id"], "object_id": r["object_id"],
+                                "category_id": r["category_id"].as_i64().unwrap() - 1}))
+                .collect();
+            if let Some(first) = rels.first().cloned() {
+                no_object += 1;
+                rels.push(json!({"subject_id": first["subject_id"], "object_id": -1, "category_id": 4}));
+            }
+            json!({"file_name": img["file_name"], "annotations": img["annotations"], "hoi_annotation": rels})
+        })
+        .collect();
+    assert!(no_object > 0);
+    write(vcoco.join("annotations/trainval_vcoco.json"), &json!(anns));
+    let mut vobj = objects.clone();
+    vobj.push(rlip_data::labels::VCOCO_MISSING_OBJECT.into());
+    let vlabels = vcoco.join("labels.json");
+    write(
+        vlabels.clone(),
+        &json!({"objects": vobj, "relations": labels["relations"]}),
+    );
+    let out = train(&vcoco, "vcoco", &["--labels", s(&vlabels)]);
+    assert!(out.contains("(0 dropped"), "{out}");
+    // a V-COCO label set without the `missing objects` text is refused by name
+    let e = fails(&[
+        "train",
+        "--data",
+        s(&vcoco),
+        "--dataset",
+        "vcoco",
+        "--labels",
+        s(&synth.join("labels.json")),
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&dir.join("x")),
+    ]);
+    assert!(e.contains("missing objects"), "{e}");
+    // evaluation needs the official V-COCO files: the first missing one is named
+    let e = fails(&[
+        "train",
+        "--data",
+        s(&vcoco),
+        "--dataset",
+        "vcoco",
+        "--labels",
+        s(&vlabels),
+        "--tokenizer",
+        s(&tok),
+        "--eval-every",
+        "1",
+        "--out",
+        s(&dir.join("y")),
+    ]);
+    assert!(e.contains("test_vcoco.json"), "{e}");
+
+    // Open Images: classes index a longer, reordered full list
+    let oi = dir.join("oi");
+    std::fs::create_dir_all(&oi).unwrap();
+    std::os::unix::fs::symlink(synth.join("images/train2015"), oi.join("images")).unwrap();
+    let mut full: Vec<String> = vec!["zebra".into()];
+    full.extend(objects.iter().rev().cloned());
+    let full_index = |coco_id: i64| {
+        let k = rlip_data::hico::coco_id_to_index(coco_id).unwrap();
+        full.iter().position(|n| *n == objects[k]).unwrap() as i64
+    };
+    let mut anns: Vec<Value> = hico
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|img| {
+            let boxes: Vec<Value> = img["annotations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| json!({"bbox": b["bbox"], "category_id": full_index(b["category_id"].as_i64().unwrap())}))
+                .collect();
+            let rels: Vec<Value> = img["hoi_annotation"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| json!({"subject_id": r["subject_id"], "object_id": r["object_id"],
+                                "category_id": r["category_id"].as_i64().unwrap() - 1}))
+                .collect();
+            json!({"file_name": img["file_name"], "annotations": boxes, "rel_annotations": rels})
+        })
+        .collect();
+    anns[0]["rel_annotations"][0]["object_id"] = json!(99);
+    write(
+        oi.join("annotations/OI_SGG_train_finetuning.json"),
+        &json!(anns),
+    );
+    write(
+        oi.join("annotations/categories_dict.json"),
+        &json!({"obj": full, "rel": labels["relations"]}),
+    );
+    write(
+        oi.join("annotations/OI_SGG_trainval_test_categories_dict.json"),
+        &json!({"obj": objects, "rel": labels["relations"]}),
+    );
+    let out = train(&oi, "oi", &[]);
+    assert!(out.contains("(1 dropped"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}

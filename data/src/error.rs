@@ -64,7 +64,8 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn invalid(path: &std::path::Path, msg: impl Into<String>) -> Self {
+    /// An [`DataError::Invalid`] naming `path`.
+    pub fn invalid(path: &std::path::Path, msg: impl Into<String>) -> Self {
         DataError::Invalid {
             path: path.to_path_buf(),
             msg: msg.into(),

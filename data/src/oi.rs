@@ -47,6 +47,12 @@ pub struct OiCategories {
     pub rel: Vec<String>,
 }
 
+/// Reads an annotation list without checking relation indices: the official training loader
+/// drops images whose relations point past their boxes, which the caller counts.
+pub fn read_oi_annotations(path: impl AsRef<Path>) -> Result<Vec<OiImageAnnotation>, DataError> {
+    crate::read_json(path.as_ref())
+}
+
 /// Reads `OI_SGG_test.json` (or the train list) and checks every box index.
 pub fn load_oi_annotations(path: impl AsRef<Path>) -> Result<Vec<OiImageAnnotation>, DataError> {
     let path = path.as_ref();

@@ -27,8 +27,9 @@ pub struct Sample {
     pub boxes: Vec<[f32; 4]>,
     /// Class index of each box.
     pub labels: Vec<usize>,
-    /// `(subject box, object box, verb indices)`, one entry per distinct pair.
-    pub pairs: Vec<(usize, usize, Vec<usize>)>,
+    /// `(subject box, object box, verb indices)`, one entry per distinct pair; the object is
+    /// `None` for a relation without an object (V-COCO actions such as `stand` or `smile`).
+    pub pairs: Vec<(usize, Option<usize>, Vec<usize>)>,
 }
 
 /// Why a [`Sample`] or a [`TrainAugment`] cannot be used.
@@ -65,14 +66,14 @@ pub enum TransformError {
         height: usize,
     },
     /// A pair points past the box list.
-    #[error("pair {index} refers to box {sub} or {obj}, but there are {boxes} boxes")]
+    #[error("pair {index} refers to box {sub} or {obj:?}, but there are {boxes} boxes")]
     Pair {
         /// Pair index.
         index: usize,
         /// Subject box.
         sub: usize,
-        /// Object box.
-        obj: usize,
+        /// Object box (`None`: no object).
+        obj: Option<usize>,
         /// Number of boxes.
         boxes: usize,
     },
@@ -117,7 +118,7 @@ impl Sample {
             }
         }
         for (index, &(sub, obj, _)) in self.pairs.iter().enumerate() {
-            if sub >= self.boxes.len() || obj >= self.boxes.len() {
+            if sub >= self.boxes.len() || obj.is_some_and(|o| o >= self.boxes.len()) {
                 return Err(TransformError::Pair {
                     index,
                     sub,
@@ -302,7 +303,7 @@ pub struct CropRegion {
 /// (`x1 > x0` and `y1 > y0` must both hold) together with their labels. As the official HOI
 /// datasets then build the relation targets only from pairs whose subject and object boxes both
 /// survived (`kept_box_indices`), pairs with a removed box are dropped and the others re-indexed,
-/// each keeping its subject and object.
+/// each keeping its subject and object (a pair without an object needs only its subject).
 pub fn crop(s: &Sample, region: CropRegion) -> Sample {
     let (iw, ih) = (s.image.width, s.image.height);
     let top = region.top.min(ih);
@@ -335,7 +336,13 @@ pub fn crop(s: &Sample, region: CropRegion) -> Sample {
     let pairs = s
         .pairs
         .iter()
-        .filter_map(|(sb, ob, v)| Some((at(*sb)?, at(*ob)?, v.clone())))
+        .filter_map(|(sb, ob, v)| {
+            let o = match ob {
+                Some(o) => Some(at(*o)?),
+                None => None,
+            };
+            Some((at(*sb)?, o, v.clone()))
+        })
         .collect();
     Sample {
         image: RgbImage {
@@ -541,7 +548,14 @@ mod tests {
                 [3.0, 3.0, 8.0, 8.0],
             ],
             labels: vec![0, 5, 7],
-            pairs: vec![(0, 1, vec![1]), (2, 1, vec![2, 3]), (0, 2, vec![4])],
+            pairs: vec![
+                (0, Some(1), vec![1]),
+                (2, Some(1), vec![2, 3]),
+                (0, Some(2), vec![4]),
+                // no object: kept while its subject is
+                (2, None, vec![5]),
+                (0, None, vec![6]),
+            ],
         };
         let r = CropRegion {
             top: 5,
@@ -554,7 +568,7 @@ mod tests {
         assert_eq!(&c.image.data[..3], &[55, 56, 57]);
         assert_eq!(c.boxes, vec![[1.0, 1.0, 4.0, 4.0], [0.0, 0.0, 3.0, 3.0]]);
         assert_eq!(c.labels, vec![5, 7]);
-        assert_eq!(c.pairs, vec![(1, 0, vec![2, 3])]);
+        assert_eq!(c.pairs, vec![(1, Some(0), vec![2, 3]), (1, None, vec![5])]);
     }
 
     #[test]

@@ -41,7 +41,9 @@ fn random_sample(rng: &mut Rng, max_side: usize) -> Sample {
         (0..rng.below(6))
             .map(|_| {
                 let verbs = (0..1 + rng.below(3)).map(|_| rng.below(10)).collect();
-                (rng.below(nb), rng.below(nb), verbs)
+                // one pair in four without an object (V-COCO)
+                let obj = (rng.below(4) != 0).then(|| rng.below(nb));
+                (rng.below(nb), obj, verbs)
             })
             .collect()
     };
@@ -65,10 +67,10 @@ fn assert_inside(s: &Sample, what: &str) {
 }
 
 /// Pairs of `out` mapped back to the original boxes through the identity labels.
-fn pairs_by_identity(out: &Sample) -> Vec<(usize, usize, Vec<usize>)> {
+fn pairs_by_identity(out: &Sample) -> Vec<(usize, Option<usize>, Vec<usize>)> {
     out.pairs
         .iter()
-        .map(|(s, o, v)| (out.labels[*s], out.labels[*o], v.clone()))
+        .map(|(s, o, v)| (out.labels[*s], o.map(|o| out.labels[o]), v.clone()))
         .collect()
 }
 
@@ -168,7 +170,7 @@ fn crop_clips_boxes_and_keeps_pair_identities() {
         let want: Vec<_> = s
             .pairs
             .iter()
-            .filter(|(a, b, _)| kept.contains(a) && kept.contains(b))
+            .filter(|(a, b, _)| kept.contains(a) && b.is_none_or(|b| kept.contains(&b)))
             .cloned()
             .collect();
         assert_eq!(pairs_by_identity(&c), want, "seed {seed}");
@@ -372,7 +374,7 @@ fn bad_inputs_are_reported_not_panicked() {
     };
     assert_eq!(augment(&empty, &TrainAugment::hico(), &mut rng), empty);
     let bad_pair = Sample {
-        pairs: vec![(0, 9, vec![])],
+        pairs: vec![(0, Some(9), vec![])],
         ..random_sample(&mut Rng::new(3), 10)
     };
     assert!(bad_pair.check().is_err());

@@ -108,25 +108,29 @@ impl AlifConfig {
     }
 }
 
-/// `FeatureResizer`: Linear then LayerNorm (eps 1e-12); its dropout is inactive at inference.
+/// `FeatureResizer`: Linear, LayerNorm (eps 1e-12), then dropout in training (official 0.1,
+/// `expander_dropout`).
 #[derive(Module, Debug)]
 pub struct FeatureResizer {
     fc: Linear,
     norm: LayerNorm,
+    dropout: f64,
 }
 
 impl FeatureResizer {
     /// Loads `{prefix}.fc` and `{prefix}.layer_norm` (official prefix `transformer.resizer`).
-    pub fn load(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize) -> Self {
+    /// Training dropout `dropout`.
+    pub fn load(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, dropout: f64) -> Self {
         Self {
             fc: linear(ld, &format!("{prefix}.fc"), d_in, d_out, true),
             norm: layer_norm(ld, &format!("{prefix}.layer_norm"), d_out, 1e-12),
+            dropout,
         }
     }
 
     /// Resizes the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.norm.forward(self.fc.forward(x))
+        crate::util::dropout(self.norm.forward(self.fc.forward(x)), self.dropout)
     }
 }
 
@@ -143,11 +147,13 @@ pub struct BiMultiHeadAttention {
     out_l_proj: Linear,
     n_heads: usize,
     dim: usize,
+    dropout: f64,
 }
 
 impl BiMultiHeadAttention {
     /// Loads the six projections under `prefix` for visual width `v_dim`, label width `l_dim`
-    /// and inner width `dim` split over `n_heads`.
+    /// and inner width `dim` split over `n_heads`; `dropout` on both attention maps in training
+    /// (official 0.1).
     pub fn load(
         ld: &mut Loader,
         prefix: &str,
@@ -155,6 +161,7 @@ impl BiMultiHeadAttention {
         l_dim: usize,
         dim: usize,
         n_heads: usize,
+        dropout: f64,
     ) -> Self {
         Self {
             v_proj: linear(ld, &format!("{prefix}.v_proj"), v_dim, dim, true),
@@ -165,6 +172,7 @@ impl BiMultiHeadAttention {
             out_l_proj: linear(ld, &format!("{prefix}.out_l_proj"), dim, l_dim, true),
             n_heads,
             dim,
+            dropout,
         }
     }
 
@@ -195,8 +203,8 @@ impl BiMultiHeadAttention {
         let logits = q.matmul(k.swap_dims(2, 3)); // [B, H, N, L]
         let logits_t = logits.clone().swap_dims(2, 3); // [B, H, L, N]
         let shifted = logits_t.clone() - logits_t.max_dim(3);
-        let attn_l = softmax(shifted + v_bias, 3);
-        let attn_v = softmax(logits + l_bias, 3);
+        let attn_l = crate::util::dropout(softmax(shifted + v_bias, 3), self.dropout);
+        let attn_v = crate::util::dropout(softmax(logits + l_bias, 3), self.dropout);
 
         let out_v = attn_v.matmul(value_l).swap_dims(1, 2).reshape([b, n, dim]);
         let out_l = attn_l
@@ -243,6 +251,7 @@ impl VlFuse {
                 dl,
                 cfg.fusion_dim,
                 cfg.fusion_heads,
+                cfg.text.attention_probs_dropout_prob,
             ),
             gamma_v: gamma(ld, "gamma_v", dv),
             gamma_l: gamma(ld, "gamma_l", dl),
@@ -349,6 +358,7 @@ impl AlifEncoder {
             "transformer.resizer",
             cfg.text.hidden_size,
             cfg.msda.d_model,
+            cfg.text.hidden_dropout_prob,
         );
         Self {
             layers,

@@ -25,3 +25,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+/// Training-time dropout: on an autodiff device, zeroes each element with probability `p` and
+/// scales the others by `1 / (1 − p)`; the identity for `p = 0` and on inference devices
+/// (evaluation runs on `.valid()` models), as PyTorch's `F.dropout(x, p, training)`. The mask
+/// comes from the device's random generator (seeded per training step by the trainer).
+pub fn dropout<const D: usize>(x: burn::tensor::Tensor<D>, p: f64) -> burn::tensor::Tensor<D> {
+    if p <= 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
+    (x * mask).mul_scalar(1.0 / keep)
+}

@@ -21,7 +21,8 @@ use rlip_model::text::tokenizer::LabelTokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::matcher::PairTargets;
-use crate::trainer::{LabelTexts, StepLog, TrainError, TrainSample, Trainer, to_input};
+use crate::samples::to_input;
+use crate::trainer::{LabelTexts, StepLog, TrainError, TrainSample, Trainer};
 
 /// Where the data comes from and how label texts are chosen.
 // One value per run: the size difference between the variants does not matter.
@@ -35,6 +36,9 @@ pub enum TrainData {
         texts: LabelTexts,
         /// Relation texts.
         num_verbs: usize,
+        /// Object class of pairs without an object (V-COCO's `missing objects` text; unused by
+        /// datasets whose pairs all have objects).
+        no_object_label: usize,
     },
     /// Relational pre-training: sample labels index `vocab`; each batch gets its own texts.
     Pretrain {
@@ -69,6 +73,16 @@ impl TrainData {
             TrainData::Pretrain { vocab, .. } => vocab.relations.len(),
         }
     }
+
+    fn no_object_label(&self) -> usize {
+        match self {
+            TrainData::Fixed {
+                no_object_label, ..
+            } => *no_object_label,
+            // pre-training pairs always have an object; this is the "no objects" text
+            TrainData::Pretrain { vocab, .. } => vocab.objects.len(),
+        }
+    }
 }
 
 /// Pre-training samples from scene-graph images: decoded images, box labels as indices into
@@ -92,7 +106,7 @@ pub fn pretrain_samples(
     for img in images {
         let labels: Vec<Option<usize>> =
             img.box_names.iter().map(|n| objs.get(n).copied()).collect();
-        let mut pairs: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+        let mut pairs: Vec<(usize, Option<usize>, Vec<usize>)> = Vec::new();
         for (s, o, pred) in &img.relations {
             let (Some(_), Some(_), Some(&r)) = (labels[*s], labels[*o], rels.get(pred)) else {
                 continue;
@@ -102,10 +116,10 @@ pub fn pretrain_samples(
                 continue;
             }
             let full = pairs.len() >= max_pairs;
-            match pairs.iter_mut().find(|p| p.0 == *s && p.1 == *o) {
+            match pairs.iter_mut().find(|p| p.0 == *s && p.1 == Some(*o)) {
                 Some(p) if !p.2.contains(&r) => p.2.push(r),
                 Some(_) => {}
-                None if !full => pairs.push((*s, *o, vec![r])),
+                None if !full => pairs.push((*s, Some(*o), vec![r])),
                 None => {}
             }
         }
@@ -197,6 +211,7 @@ pub fn fit(
     cfg.augment
         .check()
         .map_err(|e| TrainError::Invalid(format!("augmentation: {e}")))?;
+    trainer.set_seed(cfg.seed);
     let samples = Arc::clone(data.samples());
     let n = samples.len();
     if n < cfg.batch_size || cfg.batch_size == 0 {
@@ -205,10 +220,18 @@ pub fn fit(
             cfg.batch_size
         )));
     }
-    let (aug, num_verbs) = (cfg.augment.clone(), data.num_verbs());
+    let (aug, num_verbs, none) = (
+        cfg.augment.clone(),
+        data.num_verbs(),
+        data.no_object_label(),
+    );
     let lcfg = LoaderConfig::new(cfg.batch_size, cfg.workers, cfg.seed);
     let loader = Loader::new(n, lcfg, move |i, rng: &mut Rng| {
-        Ok::<Item, std::convert::Infallible>(to_input(&augment(&samples[i], &aug, rng), num_verbs))
+        Ok::<Item, std::convert::Infallible>(to_input(
+            &augment(&samples[i], &aug, rng),
+            num_verbs,
+            none,
+        ))
     })
     .map_err(|e| TrainError::Loader(e.to_string()))?;
     let per_epoch = loader.num_batches();
@@ -481,7 +504,7 @@ mod tests {
             },
             tokenizer,
         };
-        let mut targets: Vec<PairTargets> = samples.iter().map(|s| to_input(s, 4).1).collect();
+        let mut targets: Vec<PairTargets> = samples.iter().map(|s| to_input(s, 4, 0).1).collect();
         let (texts, set) = batch_texts(
             &data,
             &trainer,

@@ -19,4 +19,6 @@ pub mod loss;
 pub mod matcher;
 pub mod plot;
 #[cfg(feature = "model")]
+pub mod samples;
+#[cfg(feature = "model")]
 pub mod trainer;

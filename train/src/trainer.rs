@@ -1,5 +1,4 @@
-//! Fine-tuning on HICO-DET-format data: training samples with the official target rules,
-//! augmentation and batching, and the optimisation step of the official recipe (AdamW with
+//! The optimisation step of the official recipe (AdamW with
 //! weight decay 1e-4, separate learning rates for the backbone, the label encoder and the rest,
 //! the ResNet stem and `layer1` frozen, gradient clipping at a global norm, step decay).
 
@@ -9,9 +8,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rlip_data::DataError;
-use rlip_data::hico::HoiImageAnnotation;
 use rlip_data::labels::LabelSet;
-use rlip_data::preprocess::{load_rgb, normalize, pad_batch};
+use rlip_data::preprocess::pad_batch;
 use rlip_model::position::PaddingMask;
 use rlip_model::rlip::RlipParSeDa;
 use rlip_model::text::tokenizer::{LabelTokenizer, TokenizerError};
@@ -54,121 +52,6 @@ pub enum TrainError {
 }
 
 pub use rlip_data::transforms::Sample as TrainSample;
-
-/// Builds training samples from HICO-DET-format annotations the way the official
-/// `HICODetection` train branch does: images whose relations point outside their box list are
-/// dropped (returned count), boxes are clamped to the image and degenerate ones removed together
-/// with their relations, and relations of the same (subject, object) merged into one multi-verb
-/// pair. `obj_index` maps a `category_id` to a class index; verbs are `category_id - 1`.
-pub fn hico_samples(
-    annotations: &[HoiImageAnnotation],
-    image_dir: &Path,
-    obj_index: &dyn Fn(i64) -> Option<usize>,
-    num_verbs: usize,
-) -> Result<(Vec<TrainSample>, usize), DataError> {
-    let mut out = Vec::new();
-    let mut dropped = 0;
-    for ann in annotations {
-        let n = ann.annotations.len() as i64;
-        if ann
-            .hoi_annotation
-            .iter()
-            .any(|h| h.subject_id < 0 || h.subject_id >= n || h.object_id < 0 || h.object_id >= n)
-        {
-            dropped += 1;
-            continue;
-        }
-        let path = image_dir.join(&ann.file_name);
-        let image = load_rgb(&path)?;
-        let (w, h) = (image.width as f64, image.height as f64);
-        let mut keep_index = vec![None; ann.annotations.len()];
-        let mut boxes = Vec::new();
-        let mut labels = Vec::new();
-        for (i, b) in ann.annotations.iter().enumerate() {
-            let label = obj_index(b.category_id).ok_or_else(|| DataError::Invalid {
-                path: path.clone(),
-                msg: format!("box {i}: unknown category_id {}", b.category_id),
-            })?;
-            let [x0, y0, x1, y1] = b.bbox;
-            if [x0, y0, x1, y1].iter().any(|v| !v.is_finite()) {
-                return Err(DataError::Invalid {
-                    path: path.clone(),
-                    msg: format!("box {i}: non-finite coordinates"),
-                });
-            }
-            let c = [
-                x0.clamp(0.0, w),
-                y0.clamp(0.0, h),
-                x1.clamp(0.0, w),
-                y1.clamp(0.0, h),
-            ];
-            if c[2] > c[0] && c[3] > c[1] {
-                keep_index[i] = Some(boxes.len());
-                boxes.push(c.map(|v| v as f32));
-                labels.push(label);
-            }
-        }
-        let mut pairs: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-        for r in &ann.hoi_annotation {
-            let (Some(s), Some(o)) = (
-                keep_index[r.subject_id as usize],
-                keep_index[r.object_id as usize],
-            ) else {
-                continue;
-            };
-            let v = usize::try_from(r.category_id - 1)
-                .ok()
-                .filter(|&v| v < num_verbs)
-                .ok_or_else(|| DataError::Invalid {
-                    path: path.clone(),
-                    msg: format!(
-                        "relation verb category_id {} outside 1..={num_verbs}",
-                        r.category_id
-                    ),
-                })?;
-            match pairs.iter_mut().find(|p| p.0 == s && p.1 == o) {
-                Some(p) if !p.2.contains(&v) => p.2.push(v),
-                Some(_) => {}
-                None => pairs.push((s, o, vec![v])),
-            }
-        }
-        out.push(TrainSample {
-            image,
-            boxes,
-            labels,
-            pairs,
-        });
-    }
-    Ok((out, dropped))
-}
-
-/// Model inputs of one augmented sample: normalised `[3, h, w]` values and the pair targets
-/// (boxes as normalised cxcywh of the image, subject and object classes from the box labels,
-/// multi-hot relation rows over `num_verbs`).
-pub fn to_input(s: &TrainSample, num_verbs: usize) -> ((Vec<f32>, usize, usize), PairTargets) {
-    let (w, h) = (s.image.width as f32, s.image.height as f32);
-    let norm = |b: [f32; 4]| {
-        [
-            (b[0] + b[2]) / 2.0 / w,
-            (b[1] + b[3]) / 2.0 / h,
-            (b[2] - b[0]) / w,
-            (b[3] - b[1]) / h,
-        ]
-    };
-    let mut t = PairTargets::default();
-    for (sb, ob, verbs) in &s.pairs {
-        t.sub_boxes.push(norm(s.boxes[*sb]));
-        t.obj_boxes.push(norm(s.boxes[*ob]));
-        t.sub_labels.push(s.labels[*sb]);
-        t.obj_labels.push(s.labels[*ob]);
-        let mut row = vec![0f32; num_verbs];
-        for &v in verbs {
-            row[v] = 1.0;
-        }
-        t.verb_labels.push(row);
-    }
-    ((normalize(&s.image), s.image.height, s.image.width), t)
-}
 
 /// Tokenised label texts of a step: object texts (with "no objects" last), then relations.
 #[derive(Debug, Clone)]
@@ -289,6 +172,7 @@ pub struct Trainer {
     optim_cfg: OptimConfig,
     device: Device,
     step: usize,
+    seed: u64,
 }
 
 impl Trainer {
@@ -316,7 +200,14 @@ impl Trainer {
             optim_cfg,
             device: device.clone(),
             step: 0,
+            seed: 0,
         }
+    }
+
+    /// Seed of the training randomness inside the model (dropout, stochastic depth): step `n`
+    /// draws from a generator seeded by `(seed, n)`, so a resumed run repeats the masks.
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 
     /// The model (still on the autodiff device).
@@ -384,6 +275,8 @@ impl Trainer {
             )));
         }
         let step = self.step;
+        self.device
+            .seed(self.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let model = self.model.take().expect("model present between steps");
         let batch = pad_batch(images);
         let b = images.len();

@@ -16,7 +16,8 @@ use rlip_train::fit::{
     save_checkpoint,
 };
 use rlip_train::loss::{Criterion, CriterionConfig};
-use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer, hico_samples};
+use rlip_train::samples::hico_samples;
+use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer};
 
 fn dataset(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rlip-fit-{name}-{}", std::process::id()));
@@ -35,6 +36,7 @@ fn fixed_data(dir: &Path, dev: &burn::prelude::Device) -> TrainData {
         &dir.join("images/train2015"),
         &coco_id_to_index,
         labels.relations.len(),
+        128,
     )
     .unwrap();
     let tok = LabelTokenizer::from_tokenizer_json(dir.join("tokenizer.json")).unwrap();
@@ -42,6 +44,7 @@ fn fixed_data(dir: &Path, dev: &burn::prelude::Device) -> TrainData {
         samples: Arc::new(samples),
         texts: LabelTexts::encode(&tok, &labels, dev).unwrap(),
         num_verbs: labels.relations.len(),
+        no_object_label: labels.objects.len(),
     }
 }
 

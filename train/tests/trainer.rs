@@ -6,7 +6,8 @@ use rlip_data::hico::{BoxAnnotation, HoiAnnotation, HoiImageAnnotation};
 use rlip_data::preprocess::RgbImage;
 use rlip_model::rlip::{RlipConfig, RlipParSeDa};
 use rlip_train::loss::{Criterion, CriterionConfig};
-use rlip_train::trainer::{LabelTexts, OptimConfig, TrainSample, Trainer, to_input};
+use rlip_train::samples::{hico_samples, oi_samples, to_input, vcoco_samples};
+use rlip_train::trainer::{LabelTexts, OptimConfig, TrainSample, Trainer};
 
 fn scene(w: usize, h: usize, boxes: &[([usize; 4], [u8; 3])]) -> RgbImage {
     let mut data = vec![40u8; w * h * 3];
@@ -37,7 +38,7 @@ fn samples() -> Vec<TrainSample> {
         image: scene(96, 96, boxes),
         boxes: boxes.iter().map(|(b, _)| b.map(|v| v as f32)).collect(),
         labels: vec![0, obj],
-        pairs: vec![(0, 1, vec![verb])],
+        pairs: vec![(0, Some(1), vec![verb])],
     };
     vec![mk(&a, 1, 0), mk(&b, 2, 1)]
 }
@@ -72,7 +73,7 @@ fn overfits_a_two_image_batch() {
     let dev = rlip_backends::default_device().unwrap().autodiff();
     let mut t = trainer(&dev);
     let texts = text(&dev);
-    let (imgs, tgts): (Vec<_>, Vec<_>) = samples().iter().map(|s| to_input(s, 2)).unzip();
+    let (imgs, tgts): (Vec<_>, Vec<_>) = samples().iter().map(|s| to_input(s, 2, 3)).unzip();
     let start = std::time::Instant::now();
     let first = t.step(&imgs, &tgts, &texts, 1.0).unwrap();
     let mut last = first.clone();
@@ -143,11 +144,12 @@ fn hico_samples_follow_the_official_loader() {
         hoi_annotation: vec![rel(0, 7, 1)],
         ..good.clone()
     };
-    let (samples, dropped) = rlip_train::trainer::hico_samples(
+    let (samples, dropped) = hico_samples(
         &[good, bad],
         &dir,
         &|id| rlip_data::hico::coco_id_to_index(id),
         10,
+        128,
     )
     .unwrap();
     assert_eq!(dropped, 1);
@@ -158,9 +160,9 @@ fn hico_samples_follow_the_official_loader() {
         vec![[0.0, 0.0, 20.0, 40.0], [10.0, 10.0, 30.0, 30.0]]
     );
     assert_eq!(s.labels, vec![0, 2]);
-    assert_eq!(s.pairs, vec![(0, 1, vec![1, 4])]);
+    assert_eq!(s.pairs, vec![(0, Some(1), vec![1, 4])]);
     // model inputs: normalised cxcywh boxes, classes from the box labels, multi-hot verbs
-    let ((v, h, w), t) = to_input(s, 10);
+    let ((v, h, w), t) = to_input(s, 10, 80);
     assert_eq!((h, w, v.len()), (40, 50, 3 * 40 * 50));
     assert_eq!(
         (t.sub_labels.clone(), t.obj_labels.clone()),
@@ -171,4 +173,179 @@ fn hico_samples_follow_the_official_loader() {
     let hot: Vec<usize> = (0..10).filter(|&k| t.verb_labels[0][k] == 1.0).collect();
     assert_eq!(hot, vec![1, 4]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// V-COCO (`datasets/vcoco.py`): verb roles 0-based, `object_id` −1 makes a pair without an
+/// object (kept with its subject, object box all zeros, class `missing objects`), boxes past
+/// `max_boxes` removed with their relations, malformed indices named.
+#[test]
+fn vcoco_samples_keep_pairs_without_objects() {
+    let dir = std::env::temp_dir().join(format!("rlip-vcoco-samples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("v.png"),
+        rlip_data::draw::encode_png(&scene(40, 40, &[])),
+    )
+    .unwrap();
+    let bx = |bbox: [f64; 4], category_id| BoxAnnotation { bbox, category_id };
+    let rel = |subject_id, object_id, category_id| HoiAnnotation {
+        subject_id,
+        object_id,
+        category_id,
+        hoi_category_id: None,
+    };
+    let ann = HoiImageAnnotation {
+        file_name: "v.png".into(),
+        img_id: None,
+        annotations: vec![
+            bx([0.0, 0.0, 20.0, 40.0], 1),
+            bx([20.0, 10.0, 30.0, 20.0], 44), // bottle, class 39
+            bx([5.0, 5.0, 10.0, 10.0], 1),    // past max_boxes = 2
+        ],
+        // hold bottle, stand (no object), smile + stand merged, a relation of a removed box
+        hoi_annotation: vec![rel(0, 1, 0), rel(0, -1, 1), rel(0, -1, 23), rel(2, -1, 1)],
+    };
+    let s = vcoco_samples(std::slice::from_ref(&ann), &dir, 29, 2).unwrap();
+    assert_eq!(s[0].labels, vec![0, 39]);
+    assert_eq!(
+        s[0].pairs,
+        vec![(0, Some(1), vec![0]), (0, None, vec![1, 23])]
+    );
+    let (_, t) = to_input(&s[0], 29, 80);
+    assert_eq!(t.obj_labels, vec![39, 80]);
+    assert_eq!(t.obj_boxes[1], [0.0; 4]);
+    assert_eq!(t.sub_labels, vec![0, 0]);
+    // verb 29 is outside the 29 roles; subject −1 is not a box
+    for (bad, needle) in [
+        (rel(0, 1, 29), "category_id 29"),
+        (rel(-1, 1, 0), "box -1/1"),
+    ] {
+        let a = HoiImageAnnotation {
+            hoi_annotation: vec![bad],
+            ..ann.clone()
+        };
+        let e = vcoco_samples(&[a], &dir, 29, 2).unwrap_err().to_string();
+        assert!(e.contains(needle) && e.contains("v.png"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Open Images (`datasets/oi_sgg.py`): images with out-of-range relation indices are dropped
+/// and counted, classes are positions among the evaluated objects, subjects keep their class.
+#[test]
+fn oi_samples_follow_the_official_loader() {
+    use rlip_data::oi::{OiBox, OiImageAnnotation, OiRelation};
+    let dir = std::env::temp_dir().join(format!("rlip-oi-samples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("o.png"),
+        rlip_data::draw::encode_png(&scene(40, 40, &[])),
+    )
+    .unwrap();
+    let rel = |subject_id, object_id, category_id| OiRelation {
+        subject_id,
+        object_id,
+        category_id,
+    };
+    let good = OiImageAnnotation {
+        file_name: "o.png".into(),
+        annotations: vec![
+            OiBox {
+                bbox: [0.0, 0.0, 20.0, 20.0],
+                category_id: 57,
+            },
+            OiBox {
+                bbox: [10.0, 10.0, 40.0, 40.0],
+                category_id: 3,
+            },
+        ],
+        rel_annotations: vec![rel(0, 1, 4), rel(1, 0, 29), rel(0, 1, 7)],
+    };
+    let bad = OiImageAnnotation {
+        rel_annotations: vec![rel(0, 2, 4)],
+        ..good.clone()
+    };
+    let (s, dropped) = oi_samples(&[good.clone(), bad], &dir, &[3, 9, 57], 30, 200).unwrap();
+    assert_eq!((s.len(), dropped), (1, 1));
+    assert_eq!(s[0].labels, vec![2, 0]);
+    assert_eq!(
+        s[0].pairs,
+        vec![(0, Some(1), vec![4, 7]), (1, Some(0), vec![29])]
+    );
+    let (_, t) = to_input(&s[0], 30, 3);
+    assert_eq!((t.sub_labels, t.obj_labels), (vec![2, 0], vec![0, 2]));
+    let e = oi_samples(&[good], &dir, &[3, 9], 30, 200)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("category_id 57") && e.contains("o.png"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A pair without an object trains on its subject: no object-box loss, finite terms.
+#[test]
+fn pairs_without_objects_have_no_object_box_loss() {
+    let dev = rlip_backends::default_device().unwrap().autodiff();
+    let mut t = trainer(&dev);
+    let texts = text(&dev);
+    let mut s = samples();
+    for x in &mut s {
+        x.pairs = vec![(0, None, vec![1])];
+    }
+    let (imgs, tgts): (Vec<_>, Vec<_>) = s.iter().map(|s| to_input(s, 2, 3)).unzip();
+    let log = t.step(&imgs, &tgts, &texts, 1.0).unwrap();
+    let term = |n: &str| log.terms.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+    assert_eq!(term("loss_obj_bbox"), Some(0.0));
+    assert_eq!(term("loss_obj_giou"), Some(0.0));
+    assert!(term("loss_sub_bbox").unwrap() > 0.0);
+    assert!(log.loss.is_finite() && log.loss > 0.0);
+}
+
+/// Dropout (label encoder, resizer, fusion attention) acts in training only: losses depend on
+/// the trainer's seed and repeat for the same seed; without dropout the seed does not matter;
+/// inference ignores it.
+#[test]
+fn dropout_is_seeded_per_step_and_off_at_inference() {
+    let dev = rlip_backends::default_device().unwrap().autodiff();
+    let mut with = RlipConfig::small();
+    with.text.hidden_dropout_prob = 0.1;
+    with.text.attention_probs_dropout_prob = 0.1;
+    let texts = text(&dev);
+    let (imgs, tgts): (Vec<_>, Vec<_>) = samples().iter().map(|s| to_input(s, 2, 3)).unzip();
+    let run = |cfg: &RlipConfig, seed: u64| -> Vec<f64> {
+        let (model, _) = RlipParSeDa::init(cfg, &dev);
+        let crit = Criterion::new(CriterionConfig::default()).unwrap();
+        let mut t = Trainer::new(model, crit, OptimConfig::default(), true, &dev);
+        t.set_seed(seed);
+        (0..2)
+            .map(|_| t.step(&imgs, &tgts, &texts, 1.0).unwrap().loss)
+            .collect()
+    };
+    let a = run(&with, 1);
+    assert_eq!(a, run(&with, 1), "same seed, same masks");
+    assert_ne!(a, run(&with, 2), "another seed, other masks");
+    let without = RlipConfig::small();
+    assert_eq!(run(&without, 1), run(&without, 2));
+    // inference: the same weights give the same outputs with and without dropout configured
+    let infer = |cfg: &RlipConfig| {
+        let (model, _) = RlipParSeDa::init(cfg, &dev);
+        let model = model.valid();
+        let d = dev.clone().inner();
+        let x = Tensor::<4>::ones([1, 3, 64, 64], &d).mul_scalar(0.3);
+        let mask = rlip_model::position::PaddingMask::from_sizes(&[(64, 64)], 64, 64);
+        let labels = model.encode_labels(
+            texts.ids.clone().inner(),
+            texts.mask.clone().inner(),
+            texts.n_obj,
+        );
+        let out = model.forward(x, &mask, &labels);
+        out.layers
+            .last()
+            .unwrap()
+            .obj_logits
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(infer(&with), infer(&without));
 }

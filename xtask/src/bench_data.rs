@@ -45,15 +45,15 @@ fn to_sample(item: &Item, image: RgbImage) -> Sample {
             labels.push(*label);
         }
     }
-    let mut pairs: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    let mut pairs: Vec<(usize, Option<usize>, Vec<usize>)> = Vec::new();
     for &(s, o, v) in &item.hois {
         let (Some(s), Some(o)) = (index[s], index[o]) else {
             continue;
         };
-        match pairs.iter_mut().find(|p| p.0 == s && p.1 == o) {
+        match pairs.iter_mut().find(|p| p.0 == s && p.1 == Some(o)) {
             Some(p) if !p.2.contains(&v) => p.2.push(v),
             Some(_) => {}
-            None => pairs.push((s, o, vec![v])),
+            None => pairs.push((s, Some(o), vec![v])),
         }
     }
     Sample {

@@ -56,6 +56,11 @@ pub struct SwinConfig {
     pub out_indices: Vec<usize>,
     /// Epsilon of every LayerNorm.
     pub norm_eps: f64,
+    /// Stochastic depth in training (`--drop_path_rate`: RLIPv2 uses 0.2 for Swin-T and 0.5
+    /// for Swin-L): block `k` of `n` drops its residual branches per image with probability
+    /// `rate · k / (n − 1)`. 0 when absent from a file.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 impl SwinConfig {
@@ -70,27 +75,42 @@ impl SwinConfig {
             qkv_bias: true,
             out_indices: vec![1, 2, 3],
             norm_eps: 1e-5,
+            drop_path_rate: 0.0,
         }
     }
 
-    /// Swin-T (`swin_tiny`): embed 96, depths 2-2-6-2, heads 3-6-12-24.
+    /// Swin-T (`swin_tiny`): embed 96, depths 2-2-6-2, heads 3-6-12-24, drop path 0.2 (the
+    /// RLIPv2 scripts).
     pub fn tiny() -> Self {
-        Self::preset(96, [2, 2, 6, 2], [3, 6, 12, 24])
+        Self {
+            drop_path_rate: 0.2,
+            ..Self::preset(96, [2, 2, 6, 2], [3, 6, 12, 24])
+        }
     }
 
     /// Swin-S (`swin_small`): embed 96, depths 2-2-18-2, heads 3-6-12-24.
     pub fn small() -> Self {
-        Self::preset(96, [2, 2, 18, 2], [3, 6, 12, 24])
+        Self {
+            drop_path_rate: 0.3,
+            ..Self::preset(96, [2, 2, 18, 2], [3, 6, 12, 24])
+        }
     }
 
     /// Swin-B (`swin_base`, window 7): embed 128, depths 2-2-18-2, heads 4-8-16-32.
     pub fn base() -> Self {
-        Self::preset(128, [2, 2, 18, 2], [4, 8, 16, 32])
+        Self {
+            drop_path_rate: 0.5,
+            ..Self::preset(128, [2, 2, 18, 2], [4, 8, 16, 32])
+        }
     }
 
-    /// Swin-L (`swin_large`, window 7): embed 192, depths 2-2-18-2, heads 6-12-24-48.
+    /// Swin-L (`swin_large`, window 7): embed 192, depths 2-2-18-2, heads 6-12-24-48, drop path
+    /// 0.5 (the RLIPv2 scripts; Swin-S 0.3 and Swin-B 0.5 are Swin's own settings).
     pub fn large() -> Self {
-        Self::preset(192, [2, 2, 18, 2], [6, 12, 24, 48])
+        Self {
+            drop_path_rate: 0.5,
+            ..Self::preset(192, [2, 2, 18, 2], [6, 12, 24, 48])
+        }
     }
 
     /// Channels of stage `i` (`embed_dim · 2^i`).
@@ -298,6 +318,7 @@ struct SwinBlock {
     mlp: Mlp,
     window: usize,
     shift: usize,
+    drop_path: f64,
 }
 
 impl SwinBlock {
@@ -307,6 +328,7 @@ impl SwinBlock {
         dim: usize,
         heads: usize,
         shift: usize,
+        drop_path: f64,
         cfg: &SwinConfig,
     ) -> Self {
         let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
@@ -320,6 +342,7 @@ impl SwinBlock {
             },
             window: cfg.window_size,
             shift,
+            drop_path,
         }
     }
 
@@ -352,10 +375,27 @@ impl SwinBlock {
         if hp > h || wp > w {
             y = y.slice(s![.., 0..h, 0..w, ..]);
         }
-        let x = x + y.reshape([b, h * w, c]);
+        let x = x + drop_path(y.reshape([b, h * w, c]), self.drop_path);
         let z = self.mlp.fc1.forward(self.norm2.forward(x.clone()));
-        x + self.mlp.fc2.forward(gelu(z))
+        x + drop_path(self.mlp.fc2.forward(gelu(z)), self.drop_path)
     }
+}
+
+/// Stochastic depth (`timm`'s `DropPath`): in training on an autodiff device, keeps each
+/// image's residual branch with probability `1 − p`, scaled by `1 / (1 − p)`; the identity
+/// otherwise.
+fn drop_path(x: Tensor<3>, p: f64) -> Tensor<3> {
+    if p <= 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let [b, _, _] = x.dims();
+    let keep = 1.0 - p;
+    let mask = Tensor::<3>::random(
+        [b, 1, 1],
+        burn::tensor::Distribution::Bernoulli(keep),
+        &x.device(),
+    );
+    (x * mask).mul_scalar(1.0 / keep)
 }
 
 /// 2×2 patch merging: concatenate neighbours (4C), LayerNorm, project to 2C without bias.
@@ -456,9 +496,13 @@ impl Swin {
             patch: cfg.patch_size,
         };
         let n = cfg.depths.len();
+        // the official linear schedule: torch.linspace(0, rate, total blocks)
+        let total: usize = cfg.depths.iter().sum();
+        let rate = |k: usize| cfg.drop_path_rate * k as f64 / (total.max(2) - 1) as f64;
         let stages = (0..n)
             .map(|i| {
                 let dim = cfg.stage_channels(i);
+                let before: usize = cfg.depths[..i].iter().sum();
                 let blocks = (0..cfg.depths[i])
                     .map(|j| {
                         let shift = if j % 2 == 0 { 0 } else { cfg.window_size / 2 };
@@ -468,6 +512,7 @@ impl Swin {
                             dim,
                             cfg.num_heads[i],
                             shift,
+                            rate(before + j),
                             cfg,
                         )
                     })

@@ -13,6 +13,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
 
+use crate::util::dropout;
 use crate::weights::layers::{layer_norm, linear};
 use crate::weights::{Init, Loader};
 
@@ -39,6 +40,13 @@ pub struct RobertaConfig {
     pub layer_norm_eps: f64,
     /// Padding token id (also the padding index of the position table).
     pub pad_token_id: usize,
+    /// Training dropout after the embeddings, the attention output and the FFN output
+    /// (HuggingFace's name; roberta-base 0.1; 0 when absent from a file).
+    #[serde(default)]
+    pub hidden_dropout_prob: f64,
+    /// Training dropout on the attention probabilities (roberta-base 0.1; 0 when absent).
+    #[serde(default)]
+    pub attention_probs_dropout_prob: f64,
 }
 
 impl Default for RobertaConfig {
@@ -144,10 +152,13 @@ impl RobertaConfig {
             type_vocab_size: 1,
             layer_norm_eps: 1e-5,
             pad_token_id: 1,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
         }
     }
 
-    /// A small model for tests and demos: vocab 256, width 32, 2 layers, 4 heads, FFN 64, 16 positions.
+    /// A small model for tests and demos: vocab 256, width 32, 2 layers, 4 heads, FFN 64, 16
+    /// positions, no dropout.
     pub fn tiny() -> Self {
         Self {
             vocab_size: 256,
@@ -159,6 +170,8 @@ impl RobertaConfig {
             type_vocab_size: 1,
             layer_norm_eps: 1e-5,
             pad_token_id: 1,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
         }
     }
 }
@@ -182,6 +195,7 @@ pub struct RobertaEmbeddings {
     norm: LayerNorm,
     pad_id: usize,
     max_positions: usize,
+    dropout: f64,
 }
 
 impl RobertaEmbeddings {
@@ -208,6 +222,7 @@ impl RobertaEmbeddings {
             norm: layer_norm(ld, &format!("{prefix}.LayerNorm"), d, cfg.layer_norm_eps),
             pad_id: cfg.pad_token_id,
             max_positions: cfg.max_position_embeddings,
+            dropout: cfg.hidden_dropout_prob,
         }
     }
 
@@ -228,7 +243,7 @@ impl RobertaEmbeddings {
         let pos = self.position.forward(self.position_ids(input_ids.clone()));
         let types = self.token_type.forward(input_ids.zeros_like());
         let x = self.word.forward(input_ids) + types + pos;
-        self.norm.forward(x)
+        dropout(self.norm.forward(x), self.dropout)
     }
 }
 
@@ -244,6 +259,8 @@ pub struct RobertaLayer {
     output: Linear,
     out_norm: LayerNorm,
     n_heads: usize,
+    hidden_dropout: f64,
+    attn_dropout: f64,
 }
 
 impl RobertaLayer {
@@ -262,6 +279,8 @@ impl RobertaLayer {
             output: linear(ld, &format!("{prefix}.output.dense"), f, d, true),
             out_norm: layer_norm(ld, &format!("{prefix}.output.LayerNorm"), d, eps),
             n_heads: cfg.num_attention_heads,
+            hidden_dropout: cfg.hidden_dropout_prob,
+            attn_dropout: cfg.attention_probs_dropout_prob,
         }
     }
 
@@ -278,15 +297,17 @@ impl RobertaLayer {
         if let Some(bias) = bias {
             scores = scores + bias;
         }
-        let ctx = softmax(scores, 3)
+        let ctx = dropout(softmax(scores, 3), self.attn_dropout)
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([b, l, d]);
-        let attn = self.attn_norm.forward(self.attn_out.forward(ctx) + hidden);
+        let attn_out = dropout(self.attn_out.forward(ctx), self.hidden_dropout);
+        let attn = self.attn_norm.forward(attn_out + hidden);
         let ffn = self
             .output
             .forward(gelu(self.intermediate.forward(attn.clone())));
-        self.out_norm.forward(ffn + attn)
+        self.out_norm
+            .forward(dropout(ffn, self.hidden_dropout) + attn)
     }
 }
 

@@ -1,5 +1,5 @@
-//! `rlip train`: fine-tuning on a HICO-DET-format dataset folder, or relational pre-training on
-//! Visual Genome scene graphs, with resumable checkpoints, periodic evaluation, metrics and
+//! `rlip train`: fine-tuning on a HICO-DET, V-COCO or Open Images folder, or relational
+//! pre-training on Visual Genome scene graphs (and COCO / Objects365 pseudo-relations), with resumable checkpoints, periodic evaluation, metrics and
 //! training curves.
 
 use std::collections::BTreeMap;
@@ -28,20 +28,55 @@ use rlip_train::fit::{
     list_checkpoints, pretrain_samples, prune_checkpoints, read_state, save_checkpoint,
 };
 use rlip_train::infer::{PairMode, Predictor, load_model};
-use rlip_train::loss::{Criterion, CriterionConfig};
-use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer, hico_samples};
+use rlip_train::loss::{Criterion, CriterionConfig, VerbLoss};
+use rlip_train::samples::{FinetuneDataset, hico_samples, oi_samples, vcoco_samples};
+use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer};
 
 use crate::infer::load_tokenizer;
 
 /// What to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// Fine-tune on a HICO-DET-format folder (`annotations/trainval_hico.json`).
+    /// Fine-tune on a dataset folder (`--dataset`).
     Finetune,
     /// Relational pre-training on VG scene graphs (`annotations/scene_graphs_preprocessv1.json`
     /// and `annotations/vg_keep_names_v1_no_lias_freq.json`), label texts sampled per batch,
     /// relational pseudo-labels (RPL) in the verb loss.
     Pretrain,
+}
+
+/// Fine-tuning datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetArg {
+    /// HICO-DET layout: `images/train2015`, `annotations/trainval_hico.json` (the synthetic
+    /// dataset has it too).
+    Hico,
+    /// V-COCO in the HOIA layout (`cargo xtask prepare vcoco --convert`): `images/train2014`,
+    /// `annotations/trainval_vcoco.json`; plain focal verb loss as the official scripts.
+    Vcoco,
+    /// Open Images v6: `images/`, `annotations/OI_SGG_train_finetuning.json`,
+    /// `categories_dict.json`, `OI_SGG_trainval_test_categories_dict.json`.
+    Oi,
+}
+
+impl From<DatasetArg> for FinetuneDataset {
+    fn from(d: DatasetArg) -> Self {
+        match d {
+            DatasetArg::Hico => FinetuneDataset::Hico,
+            DatasetArg::Vcoco => FinetuneDataset::Vcoco,
+            DatasetArg::Oi => FinetuneDataset::Oi,
+        }
+    }
+}
+
+impl From<DatasetArg> for Dataset {
+    fn from(d: DatasetArg) -> Self {
+        match d {
+            DatasetArg::Hico => Dataset::Hico,
+            DatasetArg::Vcoco => Dataset::Vcoco,
+            DatasetArg::Oi => Dataset::Oi,
+        }
+    }
 }
 
 /// Training augmentation presets.
@@ -56,20 +91,25 @@ pub enum Augment {
 /// Arguments of `rlip train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Dataset folder (HICO-DET layout for fine-tuning; VG files under `annotations/` for
-    /// pre-training).
+    /// Dataset folder (the `--dataset` layout for fine-tuning; VG files under `annotations/`
+    /// for pre-training).
     #[arg(long)]
     data: PathBuf,
     /// Fine-tuning or pre-training.
     #[arg(long, value_enum, default_value = "finetune")]
     mode: Mode,
-    /// Fine-tuning annotation file, relative to `DATA/annotations/` or absolute: the official
-    /// few-shot (`trainval_hico_1percent.json`, `…_10percent.json`) and zero-shot
+    /// Fine-tuning dataset layout.
+    #[arg(long, value_enum, default_value = "hico")]
+    dataset: DatasetArg,
+    /// Fine-tuning annotation file, relative to `DATA/annotations/` or absolute (default: the
+    /// dataset's official train file). The official HICO-DET few-shot
+    /// (`trainval_hico_1percent.json`, `…_10percent.json`) and zero-shot
     /// (`trainval_hico_UC-RF.json`, `…_UC-NF.json`) files have the same layout.
-    #[arg(long, default_value = "trainval_hico.json")]
-    train_annotations: PathBuf,
-    /// Fine-tuning label texts: `hico`, `vcoco` or a JSON file (default: `DATA/labels.json` if
-    /// present, else `hico`).
+    #[arg(long)]
+    train_annotations: Option<PathBuf>,
+    /// Fine-tuning label texts: `hico`, `vcoco` or a JSON file (default: HICO-DET
+    /// `DATA/labels.json` if present, else `hico`; V-COCO `vcoco`; Open Images
+    /// `annotations/OI_SGG_trainval_test_categories_dict.json`).
     #[arg(long)]
     labels: Option<String>,
     /// Tokenizer (`tokenizer.json` or a folder; default `DATA/tokenizer.json`).
@@ -164,7 +204,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     keep_last: usize,
     /// Fine-tuning: evaluate on the test split every N epochs and at the end, keeping the best
-    /// checkpoint by Default Full mAP in `best/` (0 = never).
+    /// checkpoint in `best/` by HICO-DET Default Full mAP, V-COCO role AP scenario 1 (the
+    /// in-training mAP without the official role files) or Open Images `score_wtd` (0 = never).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
     /// Images per forward pass during evaluation.
@@ -179,27 +220,70 @@ pub struct TrainArgs {
 /// The fine-tuning data and its label texts.
 fn prepare_finetune(
     a: &TrainArgs,
+    cfg: &RlipConfig,
     tok: &LabelTokenizer,
     ad: &Device,
 ) -> Result<(TrainData, LabelSet)> {
-    let labels = match &a.labels {
-        Some(spec) => LabelSet::resolve(spec)?,
-        None if a.data.join("labels.json").is_file() => {
+    let dataset = FinetuneDataset::from(a.dataset);
+    let ann_dir = a.data.join("annotations");
+    let labels = match (&a.labels, dataset) {
+        (Some(spec), _) => LabelSet::resolve(spec)?,
+        (None, FinetuneDataset::Hico) if a.data.join("labels.json").is_file() => {
             LabelSet::from_file(&a.data.join("labels.json"))?
         }
-        None => LabelSet::builtin("hico").expect("built in"),
+        (None, FinetuneDataset::Hico) => LabelSet::builtin("hico").expect("built in"),
+        (None, FinetuneDataset::Vcoco) => LabelSet::builtin("vcoco").expect("built in"),
+        (None, FinetuneDataset::Oi) => {
+            LabelSet::from_file(&ann_dir.join("OI_SGG_trainval_test_categories_dict.json"))?
+        }
     };
-    let anns_path = a.data.join("annotations").join(&a.train_annotations);
-    let anns = load_hoi_annotations(&anns_path)?;
-    let n_obj = labels.objects.len();
-    let obj_index = move |id: i64| coco_id_to_index(id).filter(|&k| k < n_obj);
-    let t = std::time::Instant::now();
-    let (samples, dropped) = hico_samples(
-        &anns,
-        &a.data.join("images/train2015"),
-        &obj_index,
+    let anns_path = ann_dir.join(
+        a.train_annotations
+            .clone()
+            .unwrap_or_else(|| dataset.default_annotations().into()),
+    );
+    let images = dataset.image_dir(&a.data);
+    let (n_obj, n_verb, max_boxes) = (
+        labels.objects.len(),
         labels.relations.len(),
-    )?;
+        cfg.num_queries,
+    );
+    let t = std::time::Instant::now();
+    // pairs without an object (V-COCO) take the `missing objects` text
+    let mut no_object_label = n_obj;
+    let (samples, dropped) = match dataset {
+        FinetuneDataset::Hico => {
+            let anns = load_hoi_annotations(&anns_path)?;
+            let obj_index = move |id: i64| coco_id_to_index(id).filter(|&k| k < n_obj);
+            hico_samples(&anns, &images, &obj_index, n_verb, max_boxes)?
+        }
+        FinetuneDataset::Vcoco => {
+            let missing = rlip_data::labels::VCOCO_MISSING_OBJECT;
+            no_object_label = labels
+                .objects
+                .iter()
+                .position(|o| o == missing)
+                .with_context(|| {
+                    format!(
+                        "the V-COCO label texts ({}) need the object text {missing:?} for actions without an object",
+                        labels.source
+                    )
+                })?;
+            let anns = load_hoi_annotations(&anns_path)?;
+            (vcoco_samples(&anns, &images, n_verb, max_boxes)?, 0)
+        }
+        FinetuneDataset::Oi => {
+            let all_path = ann_dir.join("categories_dict.json");
+            let all = rlip_data::oi::load_oi_categories(&all_path)?;
+            let evaluated = rlip_data::oi::OiCategories {
+                obj: labels.objects.clone(),
+                rel: labels.relations.clone(),
+            };
+            let valid = rlip_data::oi::valid_obj_ids(&all, &evaluated, &all_path)?;
+            let anns = rlip_data::oi::read_oi_annotations(&anns_path)?;
+            oi_samples(&anns, &images, &valid, n_verb, max_boxes)?
+        }
+    };
     if samples.is_empty() {
         bail!("{}: no usable training image", anns_path.display());
     }
@@ -211,7 +295,8 @@ fn prepare_finetune(
     let data = TrainData::Fixed {
         samples: Arc::new(samples),
         texts: LabelTexts::encode(tok, &labels, ad)?,
-        num_verbs: labels.relations.len(),
+        num_verbs: n_verb,
+        no_object_label,
     };
     Ok((data, labels))
 }
@@ -285,9 +370,12 @@ fn prepare_pretrain(a: &TrainArgs, tok: LabelTokenizer, cfg: &RlipConfig) -> Res
     })
 }
 
-/// Test-split evaluation during fine-tuning: Default Full/Rare/Non-Rare mAP and, when the
-/// dataset lists unseen combinations, the zero-shot unseen mAP.
+/// Test-split evaluation during fine-tuning with the dataset's official evaluator: HICO-DET
+/// Default Full/Rare/Non-Rare mAP (and the zero-shot unseen mAP when the folder lists unseen
+/// combinations), V-COCO role AP (scenarios 1 and 2) and the in-training mAP, Open Images
+/// R@50, wmAP and `score_wtd`.
 struct Evaluator {
+    dataset: Dataset,
     split: EvalSplit,
     unseen: Option<EvalSplit>,
     labels: LabelSet,
@@ -296,33 +384,66 @@ struct Evaluator {
     batch: usize,
 }
 
+/// `(key in metrics.jsonl and report.json, headline metric)` per dataset; the first key present
+/// selects `best/`.
+fn eval_keys(dataset: Dataset) -> &'static [(&'static str, &'static str)] {
+    match dataset {
+        Dataset::Hico => &[
+            ("map_full", "Default Full mAP"),
+            ("map_rare", "Default Rare mAP"),
+            ("map_nonrare", "Default Non-Rare mAP"),
+        ],
+        Dataset::Vcoco => &[
+            ("ap_role_1", "AP_role scenario 1"),
+            ("ap_role_2", "AP_role scenario 2"),
+            ("map_all", "in-training mAP_all"),
+        ],
+        Dataset::Oi => &[
+            ("score_wtd", "score_wtd"),
+            ("r50", "R@50"),
+            ("wmap_rel", "wmAP_rel"),
+            ("wmap_phr", "wmAP_phr"),
+        ],
+    }
+}
+
 impl Evaluator {
-    /// `None` without `--eval-every` or without a test split.
+    /// `None` without `--eval-every`; an error naming the missing file when the test split
+    /// cannot be read.
     fn new(
         a: &TrainArgs,
         labels: LabelSet,
         cfg: &RlipConfig,
         tokenizer: LabelTokenizer,
     ) -> Result<Option<Self>> {
-        if a.eval_every == 0 || !a.data.join("annotations/test_hico.json").is_file() {
+        if a.eval_every == 0 {
             return Ok(None);
         }
-        let split = load_split_with(Dataset::Hico, &a.data, &SplitConfig::default())?;
-        let unseen = a
-            .data
-            .join("annotations/unseen_hoi.json")
-            .is_file()
-            .then(|| {
-                load_split_with(
-                    Dataset::Hico,
-                    &a.data,
-                    &SplitConfig {
-                        zero_shot: Some(ZeroShotSetting::UnseenFile),
-                    },
-                )
-            })
-            .transpose()?;
+        let dataset = Dataset::from(a.dataset);
+        let split = load_split_with(dataset, &a.data, &SplitConfig::default())
+            .with_context(|| format!("--eval-every: the {dataset} test split"))?;
+        if labels.relations.len() != split.num_verbs() {
+            bail!(
+                "the label texts of {} have {} relations but the {dataset} test split has {}",
+                labels.source,
+                labels.relations.len(),
+                split.num_verbs()
+            );
+        }
+        let unseen = (dataset == Dataset::Hico
+            && a.data.join("annotations/unseen_hoi.json").is_file())
+        .then(|| {
+            load_split_with(
+                Dataset::Hico,
+                &a.data,
+                &SplitConfig {
+                    zero_shot: Some(ZeroShotSetting::UnseenFile),
+                },
+            )
+        })
+        .transpose()?;
         Ok(Some(Evaluator {
+            dataset,
             split,
             unseen,
             labels,
@@ -332,15 +453,26 @@ impl Evaluator {
         }))
     }
 
+    /// The metric that selects `best/`.
+    fn best_key(&self, m: &BTreeMap<String, f64>) -> Option<f64> {
+        eval_keys(self.dataset)
+            .iter()
+            .find_map(|(k, _)| m.get(*k).copied().filter(|v| v.is_finite()))
+    }
+
     fn run(&self, trainer: &Trainer) -> Result<BTreeMap<String, f64>> {
         let device = trainer.device().clone().inner();
         let model = trainer.model().valid();
+        let mode = match self.dataset {
+            Dataset::Oi => PairMode::Sgg,
+            _ => PairMode::Hoi,
+        };
         let p = Predictor::new(
             model,
             self.cfg.clone(),
             &self.tokenizer,
             self.labels.clone(),
-            PairMode::Hoi,
+            mode,
             &device,
         )?;
         let paths: Vec<PathBuf> = self.split.images.iter().map(|i| i.path.clone()).collect();
@@ -348,11 +480,7 @@ impl Evaluator {
         let opts = EvalOptions::default();
         let r = evaluate_split(&self.split, &preds, &opts)?;
         let mut m = BTreeMap::new();
-        for (key, name) in [
-            ("map_full", "Default Full mAP"),
-            ("map_rare", "Default Rare mAP"),
-            ("map_nonrare", "Default Non-Rare mAP"),
-        ] {
+        for (key, name) in eval_keys(self.dataset) {
             if let Some(v) = r.metric(name) {
                 m.insert(key.to_string(), 100.0 * v);
             }
@@ -425,9 +553,13 @@ impl Hooks<'_> {
         self.log_line(serde_json::json!({
             "eval": {"step": state.steps, "epoch": state.epoch, "metrics": m}
         }))?;
-        let full = m.get("map_full").copied().unwrap_or(f64::NEG_INFINITY);
-        if self.best.is_none_or(|b| full > b) {
-            self.best = Some(full);
+        let score = self
+            .evaluator
+            .as_ref()
+            .and_then(|ev| ev.best_key(&m))
+            .unwrap_or(f64::NEG_INFINITY);
+        if self.best.is_none_or(|b| score > b) {
+            self.best = Some(score);
             save_checkpoint(trainer, &self.a.out.join("best"), state, &self.meta)?;
         }
         Ok(())
@@ -496,7 +628,7 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
     let ad = device.clone().autodiff();
     let (data, evaluator) = match a.mode {
         Mode::Finetune => {
-            let (data, labels) = prepare_finetune(&a, &tokenizer, &ad)?;
+            let (data, labels) = prepare_finetune(&a, &cfg, &tokenizer, &ad)?;
             (data, Evaluator::new(&a, labels, &cfg, tokenizer)?)
         }
         Mode::Pretrain => (prepare_pretrain(&a, tokenizer, &cfg)?, None),
@@ -520,9 +652,14 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         weight_decay: 1e-4,
         clip_max_norm: a.clip_max_norm,
     };
-    let criterion = Criterion::new(match a.mode {
-        Mode::Finetune => CriterionConfig::default(),
-        Mode::Pretrain => CriterionConfig::pretraining(),
+    let criterion = Criterion::new(match (a.mode, a.dataset) {
+        // the official V-COCO scripts leave out --giou_verb_label: plain focal verb loss
+        (Mode::Finetune, DatasetArg::Vcoco) => CriterionConfig {
+            verb_loss: VerbLoss::Focal,
+            ..CriterionConfig::default()
+        },
+        (Mode::Finetune, _) => CriterionConfig::default(),
+        (Mode::Pretrain, _) => CriterionConfig::pretraining(),
     })?;
     let freeze = a.init.is_some() && !a.train_stem;
     let mut trainer = Trainer::new(model, criterion, optim.clone(), freeze, &ad);
@@ -574,7 +711,8 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         FitState::default()
     };
     let args_json = serde_json::json!({
-        "data": a.data, "mode": format!("{:?}", a.mode).to_lowercase(), "config": cfg,
+        "data": a.data, "mode": format!("{:?}", a.mode).to_lowercase(),
+        "dataset": FinetuneDataset::from(a.dataset), "config": cfg,
         "init": a.init, "optim": optim, "fit": fit_cfg,
     });
     rlip_model::util::write_atomic(
