@@ -79,6 +79,21 @@ fn rss_cell() -> String {
         .unwrap_or("-".into())
 }
 
+/// Memory the device's pools hold in MiB (GPU backends; `None` on the CPU backends). Pools keep
+/// their pages, so after a run this is the run's peak.
+pub fn device_reserved_mib(device: &Device) -> Option<f64> {
+    device
+        .memory_pool_usage()
+        .map(|u| u.bytes_reserved as f64 / (1024.0 * 1024.0))
+        .filter(|&v| v > 0.0)
+}
+
+fn device_cell(device: &Device) -> String {
+    device_reserved_mib(device)
+        .map(|v| format!("{v:.0}"))
+        .unwrap_or("-".into())
+}
+
 /// Runs `f` `warmup + iters` times; returns the first run's seconds and the timed runs' seconds.
 fn time_runs(
     warmup: usize,
@@ -109,13 +124,15 @@ fn print_row(
     (h, w): (usize, usize),
     first: f64,
     times: &[f64],
+    device: &Device,
 ) -> f64 {
     let m = median(times.to_vec());
     println!(
-        "| {backend} | {config} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} |",
+        "| {backend} | {config} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} | {} |",
         m * 1e3,
         b as f64 / m,
-        rss_cell()
+        rss_cell(),
+        device_cell(device)
     );
     m
 }
@@ -160,10 +177,10 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
         median(text_times.clone()) * 1e3
     );
     println!(
-        "| backend | config | batch | input | ms/batch (median of {}) | images/s | first call s | peak RSS MiB |",
+        "| backend | config | batch | input | ms/batch (median of {}) | images/s | first call s | peak RSS MiB | device MiB |",
         a.iters
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &b in &a.batch {
         let n = b * 3 * h * w;
         let data: Vec<f32> = (0..n)
@@ -179,9 +196,10 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
             let _ = last.obj_boxes.clone().into_data();
             Ok(())
         })?;
-        let m = print_row(backend, &a.config, b, (h, w), first, &times);
+        let m = print_row(backend, &a.config, b, (h, w), first, &times, device);
         if let Some(p) = &a.json {
             let line = serde_json::json!({
+                "device_reserved_mib": device_reserved_mib(device),
                 "bench": "infer", "backend": backend, "config": a.config, "batch": b,
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
                 "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
@@ -260,10 +278,10 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
         a.config, a.labels, a.pairs
     );
     println!(
-        "| backend | config | batch | input | ms/step (median of {}) | images/s | first step s | peak RSS MiB |",
+        "| backend | config | batch | input | ms/step (median of {}) | images/s | first step s | peak RSS MiB | device MiB |",
         a.iters
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut rng = rlip_data::rng::Rng::new(11);
     for &b in &a.batch {
         let images: Vec<(Vec<f32>, usize, usize)> = (0..b)
@@ -296,9 +314,10 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
             trainer.step(&images, &targets, &texts, 1.0).map(|_| ())?;
             Ok(())
         })?;
-        let m = print_row(backend, &a.config, b, (h, w), first, &times);
+        let m = print_row(backend, &a.config, b, (h, w), first, &times, device);
         if let Some(p) = &a.json {
             let line = serde_json::json!({
+                "device_reserved_mib": device_reserved_mib(device),
                 "bench": "train", "backend": backend, "config": a.config, "batch": b,
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
                 "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
@@ -308,5 +327,226 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
             append_json(p, &line)?;
         }
     }
+    Ok(())
+}
+
+/// Arguments of `rlip bench msda`.
+#[derive(Args, Debug)]
+pub struct BenchMsdaArgs {
+    /// Level sizes `HxW` (default: the encoder of an 800x1333 input, 22,223 tokens).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100x167,50x84,25x42,13x21"
+    )]
+    pub levels: Vec<String>,
+    /// Queries (default: one per value token, as in the encoder).
+    #[arg(long)]
+    pub queries: Option<usize>,
+    /// Images.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Heads.
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Channels per head.
+    #[arg(long, default_value_t = 32)]
+    pub channels: usize,
+    /// Sampling points per head and level.
+    #[arg(long, default_value_t = 4)]
+    pub points: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Append one JSON line per measurement to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Times the deformable-attention sampling core alone, forward and forward + backward, with the
+/// fused kernel of this backend (if it has one) and the portable `grid_sample` composite.
+pub fn run_msda(a: BenchMsdaArgs, backend: &str, device: &Device) -> Result<()> {
+    use rlip_model::msda::{MsdaKernel, ms_deform_attn_core_portable};
+    let shapes: Vec<[usize; 2]> = a
+        .levels
+        .iter()
+        .map(|s| parse_size(s).map(|(h, w)| [h, w]))
+        .collect::<Result<_>>()?;
+    let tokens: usize = shapes.iter().map(|[h, w]| h * w).sum();
+    let (n, m, d, p, l) = (a.batch, a.heads, a.channels, a.points, shapes.len());
+    let lq = a.queries.unwrap_or(tokens);
+    if a.iters == 0 || [n, m, d, p, lq].contains(&0) {
+        bail!("--iters, --batch, --heads, --channels, --points and --queries must be positive");
+    }
+    let mut rng = rlip_data::rng::Rng::new(5);
+    let mut vec = |len: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..len).map(|_| rng.range_f32(lo, hi)).collect()
+    };
+    let value = vec(n * tokens * m * d, -1.0, 1.0);
+    let loc = vec(n * lq * m * l * p * 2, -0.05, 1.05);
+    let attn = vec(n * lq * m * l * p, 0.0, 1.0 / (l * p) as f32);
+    let grad = vec(n * lq * m * d, -1.0, 1.0);
+    println!(
+        "backend {backend}: deformable-attention core, {n} image(s), {lq} queries, {l} levels ({tokens} tokens), {m} heads x {d}, {p} points"
+    );
+    println!(
+        "| backend | implementation | pass | ms (median of {}) | first call s | device MiB |",
+        a.iters
+    );
+    println!("|---|---|---|---|---|---|");
+    type Core = fn(&Tensor<4>, &[[usize; 2]], &Tensor<6>, &Tensor<5>) -> Option<Tensor<3>>;
+    let fused: Core = |v, s, loc, w| crate::msda::FusedMsda.forward(v, s, loc, w);
+    let portable: Core = |v, s, loc, w| {
+        Some(ms_deform_attn_core_portable(
+            v.clone(),
+            s,
+            loc.clone(),
+            w.clone(),
+        ))
+    };
+    for (name, core) in [("fused", fused), ("portable", portable)] {
+        for pass in ["forward", "forward+backward"] {
+            let dev = if pass == "forward" {
+                device.clone()
+            } else {
+                device.clone().autodiff()
+            };
+            let t4 = |v: &[f32], s: [usize; 4]| {
+                Tensor::<4>::from_data(TensorData::new(v.to_vec(), s), &dev)
+            };
+            let v = t4(&value, [n, tokens, m, d]);
+            let lo =
+                Tensor::<6>::from_data(TensorData::new(loc.clone(), [n, lq, m, l, p, 2]), &dev);
+            let w = Tensor::<5>::from_data(TensorData::new(attn.clone(), [n, lq, m, l, p]), &dev);
+            let g = Tensor::<3>::from_data(TensorData::new(grad.clone(), [n, lq, m * d]), &dev);
+            if core(&v, &shapes, &lo, &w).is_none() {
+                println!(
+                    "| {backend} | {name} | {pass} | - (no fused kernel on this backend) | | |"
+                );
+                break;
+            }
+            let (first, times) = time_runs(a.warmup, a.iters, || {
+                if pass == "forward" {
+                    let out = core(&v, &shapes, &lo, &w).expect("checked above");
+                    let _ = out.slice(s![0..1, 0..1, 0..1]).into_data();
+                } else {
+                    let (v, lo, w) = (
+                        v.clone().require_grad(),
+                        lo.clone().require_grad(),
+                        w.clone().require_grad(),
+                    );
+                    let out = core(&v, &shapes, &lo, &w).expect("checked above");
+                    let grads = (out * g.clone()).sum().backward();
+                    for t in [
+                        v.grad(&grads)
+                            .map(|t| t.slice(s![0..1, 0..1, 0..1, 0..1]).sum()),
+                        lo.grad(&grads).map(|t| t.sum()),
+                        w.grad(&grads).map(|t| t.sum()),
+                    ] {
+                        let _ = t.map(|t| t.into_data());
+                    }
+                }
+                Ok(())
+            })?;
+            let med = median(times.clone());
+            println!(
+                "| {backend} | {name} | {pass} | {:.2} | {first:.1} | {} |",
+                med * 1e3,
+                device_cell(&dev)
+            );
+            if let Some(path) = &a.json {
+                append_json(
+                    path,
+                    &serde_json::json!({
+                        "bench": "msda", "backend": backend, "implementation": name,
+                        "pass": pass, "batch": n, "queries": lq, "tokens": tokens, "heads": m,
+                        "channels": d, "points": p, "levels": a.levels, "ms_median": med * 1e3,
+                        "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
+                        "first_call_s": first, "device_reserved_mib": device_reserved_mib(&dev),
+                    }),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arguments of `rlip bench gpu`.
+#[derive(Args, Debug)]
+pub struct BenchGpuArgs {
+    /// Small shapes only (a smoke run on a CPU or software GPU).
+    #[arg(long)]
+    pub quick: bool,
+    /// Append one JSON line per measurement to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// The GPU suite of the anchor table in one process: r50 inference at 800x1333 (batch 1 and 4,
+/// label texts cached; the text encoder alone on 198 labels), an r50 training step at batch 4,
+/// 800x1200, and the deformable-attention core at the encoder shape (fused and portable).
+pub fn run_gpu(a: BenchGpuArgs, backend: &str, device: &Device) -> Result<()> {
+    let (config, train_size, levels) = if a.quick {
+        (
+            "small",
+            "96x128",
+            vec!["12x16".to_string(), "6x8".into(), "3x4".into()],
+        )
+    } else {
+        (
+            "r50",
+            "800x1200",
+            ["100x167", "50x84", "25x42", "13x21"]
+                .map(String::from)
+                .to_vec(),
+        )
+    };
+    let t = Instant::now();
+    run(
+        BenchInferArgs {
+            config: config.into(),
+            size: a.quick.then(|| "96x128".into()),
+            batch: vec![1, 4],
+            labels: 198,
+            warmup: 2,
+            iters: if a.quick { 3 } else { 10 },
+            json: a.json.clone(),
+        },
+        backend,
+        device,
+    )?;
+    run_train(
+        BenchTrainArgs {
+            config: config.into(),
+            size: Some(train_size.into()),
+            batch: vec![4],
+            labels: 198,
+            pairs: 3,
+            warmup: 2,
+            iters: if a.quick { 2 } else { 5 },
+            json: a.json.clone(),
+        },
+        backend,
+        device,
+    )?;
+    run_msda(
+        BenchMsdaArgs {
+            levels,
+            queries: None,
+            batch: 1,
+            heads: 8,
+            channels: 32,
+            points: 4,
+            warmup: 2,
+            iters: if a.quick { 3 } else { 10 },
+            json: a.json.clone(),
+        },
+        backend,
+        device,
+    )?;
+    println!("suite on {backend} took {:.0} s", t.elapsed().as_secs_f64());
     Ok(())
 }

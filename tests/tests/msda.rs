@@ -402,7 +402,7 @@ type CoreFn = fn(Tensor<4>, &SpatialShapes, Tensor<6>, Tensor<5>) -> Tensor<3>;
 fn fused_core(v: Tensor<4>, s: &SpatialShapes, loc: Tensor<6>, w: Tensor<5>) -> Tensor<3> {
     FusedMsda
         .forward(&v, s, &loc, &w)
-        .expect("the fused kernel accepts f32 tensors on flex")
+        .expect("the fused kernel accepts f32 tensors on flex and cubecl devices")
 }
 
 /// Both implementations of the core; every core check runs on each.
@@ -410,6 +410,18 @@ const CORES: [(&str, CoreFn); 2] = [
     ("portable", ms_deform_attn_core_portable),
     ("fused", fused_core),
 ];
+
+/// The other compiled-in backends (of the parity selection) where the fused kernel runs: the
+/// CubeCL kernels on wgpu (and cuda with `RLIP_PARITY_CUDA`).
+fn fused_devices() -> Vec<(String, Device)> {
+    rlip_tests::parity::devices()
+        .into_iter()
+        .filter(|(k, d)| {
+            *k != rlip_backends::BackendKind::Flex && rlip_backends::msda::supported(d)
+        })
+        .map(|(k, d)| (format!("fused-{k}"), d))
+        .collect()
+}
 
 fn run_core(core: CoreFn, c: &CoreCase, dev: &Device) -> Vec<f32> {
     let g = &c.g;
@@ -458,7 +470,15 @@ fn core_matches_f64_reference() {
         for (special, seed) in [(false, 11u64), (true, 12), (true, 13)] {
             let c = gen_core_case(seed + 100 * gi as u64, g.clone(), special, false);
             let want = core_ref(g, &f64s(&c.value), &f64s(&c.loc), &f64s(&c.attw));
-            for (name, core) in CORES {
+            let runs = CORES
+                .iter()
+                .map(|(n, core)| (n.to_string(), *core, dev.clone()))
+                .chain(
+                    fused_devices()
+                        .into_iter()
+                        .map(|(n, d)| (n, fused_core as CoreFn, d)),
+                );
+            for (name, core, dev) in runs {
                 let got = run_core(core, &c, &dev);
                 let err = max_abs_err(&got, &want);
                 let outside = c.loc.iter().filter(|u| !(0.0..=1.0).contains(*u)).count();
@@ -807,8 +827,16 @@ fn core_gradients_match_finite_differences() {
     let fd_v = central_diff(&v, FD_STEP, |x| dot(&core_ref(&g, x, &loc, &w), &r64));
     let fd_l = central_diff(&loc, FD_STEP, |x| dot(&core_ref(&g, &v, x, &w), &r64));
     let fd_w = central_diff(&w, FD_STEP, |x| dot(&core_ref(&g, &v, &loc, x), &r64));
-    for (name, core) in CORES {
-        let (gv, gl, gw, _) = core_grad_tensors(core, &c, &r, &device());
+    let runs = CORES
+        .iter()
+        .map(|(n, core)| (n.to_string(), *core, device()))
+        .chain(
+            fused_devices()
+                .into_iter()
+                .map(|(n, d)| (n, fused_core as CoreFn, d)),
+        );
+    for (name, core, dev) in runs {
+        let (gv, gl, gw, _) = core_grad_tensors(core, &c, &r, &dev);
         let (gv, gl, gw) = (host(gv), host(gl), host(gw));
         println!("{name}:");
         check_grad("d/d value", &gv, &fd_v);

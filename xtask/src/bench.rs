@@ -1,6 +1,6 @@
-//! `cargo xtask bench infer|train`: builds the `rlip` CLI (dev profile, optimised dependencies)
-//! with every backend this machine can run and prints its inference or training-step benchmark
-//! table per backend.
+//! `cargo xtask bench infer|train|msda|gpu`: builds the `rlip` CLI (dev profile, optimised
+//! dependencies) with every backend this machine can run and prints its inference,
+//! training-step, deformable-attention or whole GPU-suite benchmark table per backend.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,12 +38,51 @@ fn software_vulkan() -> bool {
         && !std::path::Path::new("/dev/dri/renderD128").exists()
 }
 
-/// Runs the inference (`what = "infer"`) or training-step (`"train"`) benchmark; `backends`
-/// empty = every available one; `quick` = small preset only.
+/// Builds `rlip` with cuda and wgpu (no GPU needed), strips it and packs it with xz into
+/// `target/gpu-bench/rlip.xz` for a GPU machine without a Rust toolchain.
+pub fn pack() -> Result<()> {
+    let mut build = cargo();
+    build.env("CUDARC_CUDA_VERSION", "13000").args([
+        "build",
+        "-p",
+        "rlip-backends",
+        "--features",
+        "cuda,wgpu",
+    ]);
+    ok(&mut build)?;
+    let dir = root().join("target/gpu-bench");
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join("rlip");
+    std::fs::copy(root().join("target/debug/rlip"), &bin)?;
+    ok(Command::new("strip").arg(&bin))?;
+    ok(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&bin))?;
+    println!(
+        "packed {}: on the GPU machine `xz -d rlip.xz && ./rlip --backend cuda bench gpu --json gpu.jsonl` \
+         (and --backend wgpu where Vulkan works); CUDARC_CUDA_VERSION was 13000",
+        dir.join("rlip.xz").display()
+    );
+    Ok(())
+}
+
+/// Runs the inference (`what = "infer"`), training-step (`"train"`), deformable-attention
+/// (`"msda"`) or whole GPU-suite (`"gpu"`) benchmark; `backends` empty = every available one
+/// (`gpu`: every GPU one); `quick` = small shapes only.
 pub fn run(what: &str, backends: Vec<String>, quick: bool) -> Result<()> {
     let avail = available();
     let chosen: Vec<String> = if backends.is_empty() {
-        avail.iter().map(|s| s.to_string()).collect()
+        let gpu = |b: &&&str| **b == "cuda" || (**b == "wgpu" && !software_vulkan());
+        if what == "gpu" && !quick {
+            let v: Vec<String> = avail.iter().filter(gpu).map(|s| s.to_string()).collect();
+            if v.is_empty() {
+                bail!(
+                    "no GPU backend runs here: `--quick` smoke-tests the suite on {avail:?}, \
+                     `--pack` builds a binary to carry to a GPU machine"
+                );
+            }
+            v
+        } else {
+            avail.iter().map(|s| s.to_string()).collect()
+        }
     } else {
         for b in &backends {
             if !avail.contains(&b.as_str()) {
@@ -75,7 +114,22 @@ pub fn run(what: &str, backends: Vec<String>, quick: bool) -> Result<()> {
         let mut runs: Vec<Vec<&str>> = vec![vec![
             "--config", "small", "--batch", "1,4", "--warmup", "1", "--iters", "5",
         ]];
-        if what == "train" {
+        if what == "gpu" {
+            runs = vec![if quick { vec!["--quick"] } else { vec![] }];
+        } else if what == "msda" {
+            runs = vec![if quick || slow {
+                vec![
+                    "--levels",
+                    "50x84,25x42,13x21,7x11",
+                    "--warmup",
+                    "1",
+                    "--iters",
+                    "3",
+                ]
+            } else {
+                vec![]
+            }];
+        } else if what == "train" {
             // the official fine-tuning benchmark: r50, batch 4 at 800x1200 (about 70 GB on a
             // GPU with the official code); on a CPU one step of batch 1 at a smaller size
             runs = vec![vec![

@@ -73,7 +73,7 @@ enum Cmd {
     /// dataset per loader worker count (--workers, --size).
     Bench {
         /// What to benchmark.
-        #[arg(value_parser = ["infer", "train", "eval", "data"])]
+        #[arg(value_parser = ["infer", "train", "eval", "data", "msda", "gpu"])]
         what: String,
         /// `bench data`: loader worker counts to measure (0 = in the calling thread).
         #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
@@ -87,6 +87,11 @@ enum Cmd {
         /// Small preset only.
         #[arg(long)]
         quick: bool,
+        /// `bench gpu`: only build the `rlip` binary with cuda and wgpu, strip it and pack it
+        /// as `target/gpu-bench/rlip.xz` to carry to a GPU machine, where
+        /// `rlip --backend cuda bench gpu --json gpu.jsonl` runs the suite.
+        #[arg(long)]
+        pack: bool,
         /// Options of `bench eval`, after `--`.
         #[arg(last = true)]
         rest: Vec<String>,
@@ -332,10 +337,12 @@ fn teardown_crashes_only(log: &str) -> Result<usize> {
 fn test(flex_only: bool, no_cuda: bool) -> Result<()> {
     let mut features = vec!["rlip-tests/flex"];
     let mut cmd = cargo();
+    let mut wgpu = false;
     if flex_only {
         eprintln!("note: flex only (no cross-backend parity)");
     } else {
         if vulkan_available() {
+            wgpu = true;
             features.push("rlip-tests/wgpu");
             cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
             if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
@@ -360,9 +367,41 @@ fn test(flex_only: bool, no_cuda: bool) -> Result<()> {
             cmd.env("CUDARC_CUDA_VERSION", "13000");
         }
     }
-    cmd.args(["test", "--workspace", "--no-fail-fast", "--features"])
-        .arg(features.join(","));
-    run_tests_tolerating_gpu_teardown(cmd)
+    let features = features.join(",");
+    let mut again = Command::new(cmd.get_program());
+    again.current_dir(root());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => again.env(k, v),
+            None => again.env_remove(k),
+        };
+    }
+    cmd.args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--features",
+        &features,
+    ]);
+    run_tests_tolerating_gpu_teardown(cmd)?;
+    if wgpu {
+        // The deformable-attention value gradient again with compare-and-swap atomics, the path
+        // of GPUs without native float atomic adds (lavapipe has them).
+        again
+            .env("RLIP_MSDA_ATOMICS", "cas")
+            .env("RLIP_PARITY_BACKENDS", "wgpu")
+            .args([
+                "test",
+                "-p",
+                "rlip-tests",
+                "--features",
+                &features,
+                "--test",
+                "msda",
+            ]);
+        run_tests_tolerating_gpu_teardown(again)?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -376,6 +415,9 @@ fn main() -> Result<()> {
             size,
             ..
         } if what == "data" => bench_data::run(&workers, &size),
+        Cmd::Bench {
+            what, pack: true, ..
+        } if what == "gpu" => bench::pack(),
         Cmd::Bench {
             what,
             backend,

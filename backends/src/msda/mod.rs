@@ -4,11 +4,15 @@
 //! The operation is a Burn backend extension ([`MsdaOps`]): one forward and one backward op per
 //! backend, and a hand-written autodiff node that calls the backward op, so training uses the
 //! fused path too. Implemented for the `flex` CPU backend ([`cpu`]: loops over `f32` slices,
-//! parallel over queries and, for the value gradient, over (image, head)). Tensors on any other
-//! device, or not `f32`, fall back to the portable `grid_sample` composite.
+//! parallel over queries and, for the value gradient, over (image, head)) and for the cubecl
+//! runtimes of the `wgpu` and `cuda` backends ([`cube`]: CubeCL kernels, atomics for the value
+//! gradient). Tensors on any other device (tch), or not `f32`, fall back to the portable
+//! `grid_sample` composite.
 
 #[cfg(feature = "flex")]
 pub mod cpu;
+#[cfg(feature = "cube")]
+pub mod cube;
 
 use std::sync::Arc;
 
@@ -23,8 +27,8 @@ use rlip_model::msda::{MsdaKernel, SpatialShapes};
 
 /// Backend operations of the fused sampling core (see `rlip_model::msda::ms_deform_attn_core`
 /// for the tensor contract). `shapes` holds the per-level `(H, W)`.
-#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(unused_variables))]
+#[backend_extension(Flex: cfg(feature = "flex"), Cube: cfg(feature = "cube"), Autodiff)]
 pub trait MsdaOps: Backend {
     /// `value [N, S, M, D]`, `loc [N, Lq, M, L, P, 2]`, `attn [N, Lq, M, L, P]` → `[N, Lq, M·D]`.
     fn msda_forward(
@@ -113,6 +117,28 @@ mod flex_impl {
                 tensor(ga, shapes_in.2),
             )
         }
+    }
+}
+
+#[cfg(feature = "cube")]
+impl MsdaOps for burn_cubecl::CubeBackend {
+    fn msda_forward(
+        value: FloatTensor<Self>,
+        loc: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        shapes: Vec<[usize; 2]>,
+    ) -> FloatTensor<Self> {
+        cube::forward(value, loc, attn, &shapes)
+    }
+
+    fn msda_backward(
+        value: FloatTensor<Self>,
+        loc: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        shapes: Vec<[usize; 2]>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        cube::backward(value, loc, attn, grad, &shapes)
     }
 }
 
@@ -207,14 +233,14 @@ fn fused(
     Tensor::from_dispatch(out)
 }
 
-/// The fused sampling core as an [`MsdaKernel`]: accepts `f32` tensors on the flex device (with
-/// or without autodiff) and declines everything else.
+/// The fused sampling core as an [`MsdaKernel`]: accepts `f32` tensors on the flex device and
+/// on cubecl devices (wgpu, cuda), with or without autodiff, and declines everything else.
 #[derive(Debug, Default)]
 pub struct FusedMsda;
 
 impl MsdaKernel for FusedMsda {
     fn name(&self) -> &str {
-        "fused-cpu"
+        "fused"
     }
 
     fn forward(
@@ -224,15 +250,26 @@ impl MsdaKernel for FusedMsda {
         locations: &Tensor<6>,
         weights: &Tensor<5>,
     ) -> Option<Tensor<3>> {
-        #[cfg(feature = "flex")]
-        let on_flex = value.device().inner() == Device::flex();
-        #[cfg(not(feature = "flex"))]
-        let on_flex = false;
         let f32s = [value.dtype(), locations.dtype(), weights.dtype()]
             .iter()
             .all(|d| *d == burn::tensor::DType::F32);
-        (on_flex && f32s).then(|| fused(value, shapes, locations, weights))
+        (supported(&value.device()) && f32s).then(|| fused(value, shapes, locations, weights))
     }
+}
+
+/// Whether the extension has a kernel for `device`'s backend.
+pub fn supported(device: &Device) -> bool {
+    let inner = device.clone().inner();
+    #[cfg(feature = "flex")]
+    if inner == Device::flex() {
+        return true;
+    }
+    #[cfg(feature = "cube")]
+    if matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+        return true;
+    }
+    let _ = inner;
+    false
 }
 
 /// Registers the fused kernels this binary was built with (idempotent; [`crate::device`] calls

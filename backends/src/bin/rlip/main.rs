@@ -41,7 +41,8 @@ enum Command {
     },
     /// List the backends compiled into this binary and check that the selected one runs.
     Backends,
-    /// Benchmarks (not tests): `rlip bench infer|train` time the model on synthetic input.
+    /// Benchmarks (not tests): `rlip bench infer|train|msda|gpu` time the model on synthetic
+    /// input.
     #[command(subcommand)]
     Bench(BenchCmd),
     /// Fine-tune on a HICO-DET-format folder or pre-train on VG scene graphs (resumable).
@@ -60,6 +61,12 @@ enum BenchCmd {
     /// Training steps/s of a preset (synthetic images and targets, the official criterion and
     /// optimiser step).
     Train(rlip_backends::bench::BenchTrainArgs),
+    /// The deformable-attention sampling core alone (fused kernel and portable composite,
+    /// forward and forward + backward).
+    Msda(rlip_backends::bench::BenchMsdaArgs),
+    /// The GPU suite: r50 inference (batch 1 and 4), an r50 training step and the
+    /// deformable-attention core, in one process.
+    Gpu(rlip_backends::bench::BenchGpuArgs),
 }
 
 fn main() {
@@ -106,6 +113,16 @@ fn run(cli: Cli) -> Result<()> {
             &device(cli.backend, cli.device)?,
         ),
         Command::Bench(BenchCmd::Train(a)) => rlip_backends::bench::run_train(
+            a,
+            &cli.backend.to_string(),
+            &device(cli.backend, cli.device)?,
+        ),
+        Command::Bench(BenchCmd::Msda(a)) => rlip_backends::bench::run_msda(
+            a,
+            &cli.backend.to_string(),
+            &device(cli.backend, cli.device)?,
+        ),
+        Command::Bench(BenchCmd::Gpu(a)) => rlip_backends::bench::run_gpu(
             a,
             &cli.backend.to_string(),
             &device(cli.backend, cli.device)?,

@@ -1,0 +1,413 @@
+//! Multi-scale deformable attention sampling as CubeCL kernels, for every cubecl runtime Burn
+//! runs (wgpu — Vulkan, Metal, DirectX, WebGPU — and CUDA through NVRTC). Same contract as the
+//! CPU kernel in [`super::cpu`]: bilinear sampling with zero padding and `align_corners = false`.
+//!
+//! - forward: one thread per output element `(n, q, m, c)`, looping over levels and points;
+//! - value gradient: one thread per `(n, q, m, c)`, scattering into the four corners with float
+//!   atomic adds (native where the device has them, a compare-and-swap loop on the bits
+//!   otherwise);
+//! - location and weight gradients: one thread per sampling point `(n, q, m, l, p)`, looping over
+//!   the channels, so they need no atomics.
+//!
+//! Level sizes travel as a small `f32` tensor `[L, 3]` of `(H, W, first token)` (exact below
+//! 2^24 tokens).
+
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{DType, Shape, TensorData};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::features::AtomicUsage;
+use cubecl::ir::FloatKind;
+use cubecl::prelude::*;
+use cubecl::{calculate_cube_count_elemwise, cube};
+
+/// The four bilinear corners of pixel coordinate `(x, y)` (after the `−0.5` shift): for corner
+/// `k` (0: top-left, 1: top-right, 2: bottom-left, 3: bottom-right) whether it lies inside the
+/// `h × w` map, its token offset in the level, and its weight.
+#[cube]
+fn corner(x: f32, y: f32, h: usize, w: usize, k: u32) -> (bool, usize, f32) {
+    let x0 = x.floor();
+    let y0 = y.floor();
+    let fx = x - x0;
+    let fy = y - y0;
+    let dx = k % 2;
+    let dy = k / 2;
+    let xi = i32::cast_from(x0) + i32::cast_from(dx);
+    let yi = i32::cast_from(y0) + i32::cast_from(dy);
+    let wx = if dx == 0 { 1.0f32 - fx } else { fx };
+    let wy = if dy == 0 { 1.0f32 - fy } else { fy };
+    // non-finite or far-away coordinates sample nothing
+    let finite = x > -1.0e9f32 && x < 1.0e9f32 && y > -1.0e9f32 && y < 1.0e9f32;
+    let inside = finite && xi >= 0 && yi >= 0 && xi < i32::cast_from(w) && yi < i32::cast_from(h);
+    let offset = if inside {
+        usize::cast_from(yi) * w + usize::cast_from(xi)
+    } else {
+        0usize
+    };
+    (inside, offset, wx * wy)
+}
+
+/// `(H, W, first token)` of level `l`.
+#[cube]
+fn level(levels: &Tensor<f32>, l: usize) -> (usize, usize, usize) {
+    (
+        usize::cast_from(levels[l * 3]),
+        usize::cast_from(levels[l * 3 + 1]),
+        usize::cast_from(levels[l * 3 + 2]),
+    )
+}
+
+#[cube(launch, address_type = "dynamic")]
+fn msda_forward_kernel(
+    value: &Tensor<f32>,
+    loc: &Tensor<f32>,
+    attn: &Tensor<f32>,
+    levels: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    #[comptime] n_levels: usize,
+    #[comptime] n_points: usize,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let (s, m_count, d) = (value.shape(1), value.shape(2), value.shape(3));
+    let lq = loc.shape(1);
+    let c = ABSOLUTE_POS % d;
+    let m = (ABSOLUTE_POS / d) % m_count;
+    let nq = ABSOLUTE_POS / (d * m_count);
+    let n = nq / lq;
+    let mut acc = 0.0f32;
+    for l in 0..n_levels {
+        let (h, w, start) = level(levels, l);
+        for p in 0..n_points {
+            let k = (nq * m_count + m) * n_levels * n_points + l * n_points + p;
+            let a = attn[k];
+            let x = loc[2 * k] * f32::cast_from(w) - 0.5f32;
+            let y = loc[2 * k + 1] * f32::cast_from(h) - 0.5f32;
+            let mut sample = 0.0f32;
+            #[unroll]
+            for corner_k in 0..4u32 {
+                let (inside, offset, cw) = corner(x, y, h, w, corner_k);
+                if inside {
+                    sample += cw * value[((n * s + start + offset) * m_count + m) * d + c];
+                }
+            }
+            acc += a * sample;
+        }
+    }
+    out[ABSOLUTE_POS] = acc;
+}
+
+/// `grad_value` with native float atomic adds.
+#[cube(launch, address_type = "dynamic")]
+fn msda_grad_value_kernel(
+    loc: &Tensor<f32>,
+    attn: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    levels: &Tensor<f32>,
+    grad_value: &mut Tensor<Atomic<f32>>,
+    #[comptime] n_levels: usize,
+    #[comptime] n_points: usize,
+) {
+    if ABSOLUTE_POS >= grad.len() {
+        terminate!();
+    }
+    let (s, m_count, d) = (
+        grad_value.shape(1),
+        grad_value.shape(2),
+        grad_value.shape(3),
+    );
+    let lq = loc.shape(1);
+    let c = ABSOLUTE_POS % d;
+    let m = (ABSOLUTE_POS / d) % m_count;
+    let nq = ABSOLUTE_POS / (d * m_count);
+    let n = nq / lq;
+    let g = grad[ABSOLUTE_POS];
+    for l in 0..n_levels {
+        let (h, w, start) = level(levels, l);
+        for p in 0..n_points {
+            let k = (nq * m_count + m) * n_levels * n_points + l * n_points + p;
+            let ag = attn[k] * g;
+            let x = loc[2 * k] * f32::cast_from(w) - 0.5f32;
+            let y = loc[2 * k + 1] * f32::cast_from(h) - 0.5f32;
+            #[unroll]
+            for corner_k in 0..4u32 {
+                let (inside, offset, cw) = corner(x, y, h, w, corner_k);
+                if inside {
+                    let i = ((n * s + start + offset) * m_count + m) * d + c;
+                    grad_value[i].fetch_add(cw * ag);
+                }
+            }
+        }
+    }
+}
+
+/// `grad_value` on devices without float atomics: a compare-and-swap loop on the `f32` bits.
+#[cube(launch, address_type = "dynamic")]
+fn msda_grad_value_cas_kernel(
+    loc: &Tensor<f32>,
+    attn: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    levels: &Tensor<f32>,
+    grad_value: &mut Tensor<Atomic<u32>>,
+    #[comptime] n_levels: usize,
+    #[comptime] n_points: usize,
+) {
+    if ABSOLUTE_POS >= grad.len() {
+        terminate!();
+    }
+    let (s, m_count, d) = (
+        grad_value.shape(1),
+        grad_value.shape(2),
+        grad_value.shape(3),
+    );
+    let lq = loc.shape(1);
+    let c = ABSOLUTE_POS % d;
+    let m = (ABSOLUTE_POS / d) % m_count;
+    let nq = ABSOLUTE_POS / (d * m_count);
+    let n = nq / lq;
+    let g = grad[ABSOLUTE_POS];
+    for l in 0..n_levels {
+        let (h, w, start) = level(levels, l);
+        for p in 0..n_points {
+            let k = (nq * m_count + m) * n_levels * n_points + l * n_points + p;
+            let ag = attn[k] * g;
+            let x = loc[2 * k] * f32::cast_from(w) - 0.5f32;
+            let y = loc[2 * k + 1] * f32::cast_from(h) - 0.5f32;
+            #[unroll]
+            for corner_k in 0..4u32 {
+                let (inside, offset, cw) = corner(x, y, h, w, corner_k);
+                let add = cw * ag;
+                if inside && add != 0.0f32 {
+                    let i = ((n * s + start + offset) * m_count + m) * d + c;
+                    let mut seen = grad_value[i].load();
+                    loop {
+                        let expected = seen;
+                        let next = (f32::from_bits(expected) + add).to_bits();
+                        seen = grad_value[i].compare_exchange_weak(expected, next);
+                        if seen == expected {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Location and weight gradients: one thread per sampling point.
+#[cube(launch, address_type = "dynamic")]
+fn msda_grad_point_kernel(
+    value: &Tensor<f32>,
+    loc: &Tensor<f32>,
+    attn: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    levels: &Tensor<f32>,
+    grad_loc: &mut Tensor<f32>,
+    grad_attn: &mut Tensor<f32>,
+    #[comptime] n_levels: usize,
+    #[comptime] n_points: usize,
+) {
+    if ABSOLUTE_POS >= grad_attn.len() {
+        terminate!();
+    }
+    let (s, m_count, d) = (value.shape(1), value.shape(2), value.shape(3));
+    let lq = loc.shape(1);
+    let k = ABSOLUTE_POS;
+    let l = (k / n_points) % n_levels;
+    let nqm = k / (n_points * n_levels);
+    let m = nqm % m_count;
+    let nq = nqm / m_count;
+    let n = nq / lq;
+    let (h, w, start) = level(levels, l);
+    let (wf, hf) = (f32::cast_from(w), f32::cast_from(h));
+    let a = attn[k];
+    let x = loc[2 * k] * wf - 0.5f32;
+    let y = loc[2 * k + 1] * hf - 0.5f32;
+    let fx = x - x.floor();
+    let fy = y - y.floor();
+    let mut g_attn = 0.0f32;
+    let mut g_x = 0.0f32;
+    let mut g_y = 0.0f32;
+    for c in 0..d {
+        let g = grad[nq * m_count * d + m * d + c];
+        #[unroll]
+        for corner_k in 0..4u32 {
+            let (inside, offset, cw) = corner(x, y, h, w, corner_k);
+            if inside {
+                let v = value[((n * s + start + offset) * m_count + m) * d + c] * g;
+                let dx = corner_k % 2;
+                let dy = corner_k / 2;
+                // ∂cw/∂x and ∂cw/∂y of the bilinear weight
+                let wx = if dx == 0 { 1.0f32 - fx } else { fx };
+                let wy = if dy == 0 { 1.0f32 - fy } else { fy };
+                let sx = if dx == 0 { -1.0f32 } else { 1.0f32 };
+                let sy = if dy == 0 { -1.0f32 } else { 1.0f32 };
+                g_attn += cw * v;
+                g_x += sx * wy * v;
+                g_y += sy * wx * v;
+            }
+        }
+    }
+    grad_attn[k] = g_attn;
+    grad_loc[2 * k] = a * g_x * wf;
+    grad_loc[2 * k + 1] = a * g_y * hf;
+}
+
+/// Launch geometry and shared inputs of one call.
+struct Launch {
+    levels: CubeTensor,
+    n_levels: usize,
+    n_points: usize,
+}
+
+impl Launch {
+    fn new(loc: &CubeTensor, shapes: &[[usize; 2]]) -> Self {
+        let mut meta = Vec::with_capacity(shapes.len() * 3);
+        let mut start = 0usize;
+        for [h, w] in shapes {
+            meta.extend([*h as f32, *w as f32, start as f32]);
+            start += h * w;
+        }
+        let levels = <CubeBackend as FloatTensorOps<CubeBackend>>::float_from_data(
+            TensorData::new(meta, [shapes.len(), 3]),
+            &loc.device,
+        );
+        Self {
+            levels,
+            n_levels: shapes.len(),
+            n_points: loc.meta.shape().dims::<6>()[4],
+        }
+    }
+}
+
+fn address_type(tensors: &[&CubeTensor]) -> AddressType {
+    tensors
+        .iter()
+        .map(|t| t.required_address_type())
+        .max()
+        .unwrap_or_default()
+}
+
+/// Cubes of one thread per element for `n` elements on `t`'s device.
+fn elementwise(t: &CubeTensor, n: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(&t.client, n);
+    (calculate_cube_count_elemwise(&t.client, n, dim), dim)
+}
+
+/// Forward: `value [N, S, M, D]`, `loc [N, Lq, M, L, P, 2]`, `attn [N, Lq, M, L, P]` →
+/// `[N, Lq, M·D]`.
+pub fn forward(
+    value: CubeTensor,
+    loc: CubeTensor,
+    attn: CubeTensor,
+    shapes: &[[usize; 2]],
+) -> CubeTensor {
+    let [value, loc, attn] = [value, loc, attn].map(into_contiguous);
+    let [n, _, m, d] = value.meta.shape().dims::<4>();
+    let lq = loc.meta.shape().dims::<6>()[1];
+    let call = Launch::new(&loc, shapes);
+    let out = empty_device_dtype(
+        value.client.clone(),
+        value.device.clone(),
+        Shape::new([n, lq, m * d]),
+        DType::F32,
+    );
+    let (count, dim) = elementwise(&value, n * lq * m * d);
+    let addr = address_type(&[&value, &loc, &attn, &out]);
+    msda_forward_kernel::launch(
+        &out.client,
+        count,
+        dim,
+        addr,
+        value.into_tensor_arg(),
+        loc.into_tensor_arg(),
+        attn.into_tensor_arg(),
+        call.levels.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        call.n_levels,
+        call.n_points,
+    );
+    out
+}
+
+/// Backward: `(∂value, ∂loc, ∂attn)` for the output gradient `grad [N, Lq, M·D]`.
+pub fn backward(
+    value: CubeTensor,
+    loc: CubeTensor,
+    attn: CubeTensor,
+    grad: CubeTensor,
+    shapes: &[[usize; 2]],
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let [value, loc, attn, grad] = [value, loc, attn, grad].map(into_contiguous);
+    let call = Launch::new(&loc, shapes);
+    let client = value.client.clone();
+    let device = value.device.clone();
+    let grad_value = zeros_client(
+        client.clone(),
+        device.clone(),
+        value.meta.shape().clone(),
+        DType::F32,
+    );
+    let grad_loc = empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        loc.meta.shape().clone(),
+        DType::F32,
+    );
+    let grad_attn = empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        attn.meta.shape().clone(),
+        DType::F32,
+    );
+
+    // `RLIP_MSDA_ATOMICS=cas` forces the compare-and-swap path (to test it on any device)
+    let native = client
+        .properties()
+        .atomic_type_usage(Type::atomic(FloatKind::F32))
+        .contains(AtomicUsage::Add)
+        && std::env::var("RLIP_MSDA_ATOMICS").map_or(true, |v| v != "cas");
+    tracing::debug!(native, "MSDA value gradient: float atomics");
+    let (count, dim) = elementwise(&grad, grad.meta.shape().num_elements());
+    let addr = address_type(&[&loc, &attn, &grad, &grad_value]);
+    let launch = if native {
+        msda_grad_value_kernel::launch
+    } else {
+        msda_grad_value_cas_kernel::launch
+    };
+    launch(
+        &client,
+        count,
+        dim,
+        addr,
+        loc.clone().into_tensor_arg(),
+        attn.clone().into_tensor_arg(),
+        grad.clone().into_tensor_arg(),
+        call.levels.clone().into_tensor_arg(),
+        grad_value.clone().into_tensor_arg(),
+        call.n_levels,
+        call.n_points,
+    );
+
+    let (count, dim) = elementwise(&attn, attn.meta.shape().num_elements());
+    let addr = address_type(&[&value, &loc, &attn, &grad, &grad_loc, &grad_attn]);
+    msda_grad_point_kernel::launch(
+        &client,
+        count,
+        dim,
+        addr,
+        value.into_tensor_arg(),
+        loc.into_tensor_arg(),
+        attn.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        call.levels.into_tensor_arg(),
+        grad_loc.clone().into_tensor_arg(),
+        grad_attn.clone().into_tensor_arg(),
+        call.n_levels,
+        call.n_points,
+    );
+    (grad_value, grad_loc, grad_attn)
+}
