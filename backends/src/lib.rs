@@ -9,8 +9,51 @@ pub mod msda;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use burn::prelude::Device;
+use burn::tensor::FloatDType;
+
+/// Precision of the float tensors a device creates (weights, activations): `f32` (default, the
+/// parity setting), or `bf16` / `f16` everywhere (inference only; no float32 islands yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats.
+    #[default]
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl Precision {
+    fn dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::Bf16 => FloatDType::BF16,
+            Self::F16 => FloatDType::F16,
+        }
+    }
+}
+
+static PRECISION: OnceLock<Precision> = OnceLock::new();
+
+/// Sets the float precision of every device [`device`] creates afterwards in this process
+/// (once; call before creating devices).
+pub fn set_precision(p: Precision) -> Result<(), BackendError> {
+    if *PRECISION.get_or_init(|| p) != p {
+        return Err(BackendError::Precision(
+            "the float precision was already chosen for this process".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The float precision chosen with [`set_precision`] (default `f32`).
+pub fn precision() -> Precision {
+    PRECISION.get().copied().unwrap_or_default()
+}
 
 /// A Burn backend RLIP-rs can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -87,6 +130,9 @@ pub enum BackendError {
         /// Backends that are available.
         compiled: String,
     },
+    /// The device cannot use the requested float precision.
+    #[error("float precision: {0}")]
+    Precision(String),
 }
 
 /// Creates the device for `kind`, using GPU `index` where the backend has several devices
@@ -103,6 +149,22 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
         return Err(BackendError::NotCompiled { kind, compiled });
     }
     msda::register();
+    let device = plain_device(kind, index)?;
+    let p = precision();
+    if p != Precision::F32 {
+        let mut d = device.clone();
+        if let Err(e) = d.configure(p.dtype()) {
+            // a second handle on an already configured device is fine
+            if d.settings().float_dtype != p.dtype() {
+                return Err(BackendError::Precision(format!("{kind}: {e:?}")));
+            }
+        }
+    }
+    Ok(device)
+}
+
+#[allow(unused_variables)] // `index` is unused when only flex is compiled in
+fn plain_device(kind: BackendKind, index: Option<usize>) -> Result<Device, BackendError> {
     #[allow(unreachable_code)]
     match kind {
         #[cfg(feature = "flex")]

@@ -292,7 +292,13 @@ pub fn model_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsuppo
         let (s, o) = out.ho.refs[n - 1].clone();
         checks.push(fx.check("verb.ref_in", Tensor::stack::<4>(vec![s, o], 0)));
     }
-    if fx.has("post.boxes") {
+    // post-processing compares labels and ids exactly: meaningful at float32 only (in bf16 or
+    // f16 near-tied classes flip; the value checks above report the error)
+    let f32_model = out
+        .layers
+        .last()
+        .is_some_and(|l| l.obj_logits.dtype() == burn::tensor::DType::F32);
+    if fx.has("post.boxes") && f32_model {
         checks.extend(postprocess_checks(fx, &out));
     }
     Ok(checks)

@@ -180,7 +180,9 @@ impl RobertaConfig {
 /// 0 on real tokens and `f32::MIN` on padding, as HuggingFace's extended attention mask.
 pub fn padding_bias(padding: Tensor<2, Bool>) -> Tensor<4> {
     let [b, l] = padding.dims();
-    padding.float().mul_scalar(f32::MIN).reshape([b, 1, 1, l])
+    // mask_fill, not a product: `0 · MIN` must stay 0 where MIN rounds to −∞ (bf16, f16)
+    let zeros = Tensor::<2>::zeros([b, l], &padding.device());
+    zeros.mask_fill(padding, f32::MIN).reshape([b, 1, 1, l])
 }
 
 /// Token, position and token-type embeddings followed by LayerNorm.

@@ -20,6 +20,10 @@ struct Cli {
     /// Device index for GPU backends.
     #[arg(long)]
     device: Option<usize>,
+    /// Float precision of the model (`bf16`/`f16`: every float tensor in that type; the golden
+    /// tolerances are float32 ones, so expect failures and read the errors).
+    #[arg(long, value_enum, default_value = "f32")]
+    float_dtype: rlip_backends::Precision,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -47,6 +51,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = rlip_backends::set_precision(cli.float_dtype) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let device = match rlip_backends::device(cli.backend, cli.device) {
         Ok(d) => d,
         Err(e) => {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use rlip_backends::{BackendKind, device};
+use rlip_backends::{BackendKind, Precision, device};
 use rlip_model::weights::{StateDict, pth, st};
 
 /// RLIPv2 relation detection on any Burn backend.
@@ -21,6 +21,11 @@ struct Cli {
     /// Device index for GPU backends (wgpu: n-th discrete GPU; tch: CUDA device; cuda: device).
     #[arg(long, global = true)]
     device: Option<usize>,
+    /// Float precision of weights and activations (`infer`, `eval`, `bench infer|msda`):
+    /// `bf16` and `f16` run everything in that type (no float32 islands yet); training needs
+    /// `f32`.
+    #[arg(long, global = true, value_enum, default_value = "f32")]
+    float_dtype: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +104,18 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if cli.float_dtype != Precision::F32 {
+        if matches!(
+            cli.command,
+            Command::Train(_) | Command::Bench(BenchCmd::Train(_))
+        ) {
+            bail!(
+                "--float-dtype {:?}: training runs in f32 (mixed-precision training is not implemented)",
+                cli.float_dtype
+            );
+        }
+        rlip_backends::set_precision(cli.float_dtype)?;
+    }
     match cli.command {
         Command::Inspect { file } => inspect(&file),
         Command::Convert { input, output } => {
