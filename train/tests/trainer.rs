@@ -3,57 +3,13 @@
 
 use burn::prelude::*;
 use rlip_data::hico::{BoxAnnotation, HoiAnnotation, HoiImageAnnotation};
-use rlip_data::preprocess::RgbImage;
 use rlip_model::rlip::{RlipConfig, RlipParSeDa};
 use rlip_train::loss::{Criterion, CriterionConfig};
 use rlip_train::samples::{hico_samples, oi_samples, to_input, vcoco_samples};
-use rlip_train::trainer::{LabelTexts, OptimConfig, TrainSample, Trainer};
+use rlip_train::trainer::{OptimConfig, Trainer};
 
-fn scene(w: usize, h: usize, boxes: &[([usize; 4], [u8; 3])]) -> RgbImage {
-    let mut data = vec![40u8; w * h * 3];
-    for (b, c) in boxes {
-        for y in b[1]..b[3] {
-            for x in b[0]..b[2] {
-                data[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(c);
-            }
-        }
-    }
-    RgbImage {
-        width: w,
-        height: h,
-        data,
-    }
-}
-
-fn samples() -> Vec<TrainSample> {
-    let a = [
-        ([10, 10, 40, 80], [220, 180, 150]),
-        ([45, 50, 80, 85], [30, 90, 220]),
-    ];
-    let b = [
-        ([50, 5, 85, 70], [220, 180, 150]),
-        ([5, 20, 40, 50], [230, 40, 40]),
-    ];
-    let mk = |boxes: &[([usize; 4], [u8; 3])], obj: usize, verb: usize| TrainSample {
-        image: scene(96, 96, boxes),
-        boxes: boxes.iter().map(|(b, _)| b.map(|v| v as f32)).collect(),
-        labels: vec![0, obj],
-        pairs: vec![(0, Some(1), vec![verb])],
-    };
-    vec![mk(&a, 1, 0), mk(&b, 2, 1)]
-}
-
-fn text(dev: &Device) -> LabelTexts {
-    // 3 objects + "no objects" + 2 relations, 4 tokens each
-    let ids: Vec<i64> = (0..6)
-        .flat_map(|i| [0, 10 + 3 * i, 11 + 3 * i, 2])
-        .collect();
-    LabelTexts {
-        ids: Tensor::from_data(TensorData::new(ids, [6, 4]), dev),
-        mask: Tensor::ones([6, 4], dev),
-        n_obj: 4,
-    }
-}
+mod common;
+use common::{samples, scene, text};
 
 fn trainer(dev: &Device) -> Trainer {
     let cfg = RlipConfig::small();
@@ -298,54 +254,4 @@ fn pairs_without_objects_have_no_object_box_loss() {
     assert_eq!(term("loss_obj_giou"), Some(0.0));
     assert!(term("loss_sub_bbox").unwrap() > 0.0);
     assert!(log.loss.is_finite() && log.loss > 0.0);
-}
-
-/// Dropout (label encoder, resizer, fusion attention) acts in training only: losses depend on
-/// the trainer's seed and repeat for the same seed; without dropout the seed does not matter;
-/// inference ignores it.
-#[test]
-fn dropout_is_seeded_per_step_and_off_at_inference() {
-    let dev = rlip_backends::default_device().unwrap().autodiff();
-    let mut with = RlipConfig::small();
-    with.text.hidden_dropout_prob = 0.1;
-    with.text.attention_probs_dropout_prob = 0.1;
-    let texts = text(&dev);
-    let (imgs, tgts): (Vec<_>, Vec<_>) = samples().iter().map(|s| to_input(s, 2, 3)).unzip();
-    let run = |cfg: &RlipConfig, seed: u64| -> Vec<f64> {
-        let (model, _) = RlipParSeDa::init(cfg, &dev);
-        let crit = Criterion::new(CriterionConfig::default()).unwrap();
-        let mut t = Trainer::new(model, crit, OptimConfig::default(), true, &dev);
-        t.set_seed(seed);
-        (0..2)
-            .map(|_| t.step(&imgs, &tgts, &texts, 1.0).unwrap().loss)
-            .collect()
-    };
-    let a = run(&with, 1);
-    assert_eq!(a, run(&with, 1), "same seed, same masks");
-    assert_ne!(a, run(&with, 2), "another seed, other masks");
-    let without = RlipConfig::small();
-    assert_eq!(run(&without, 1), run(&without, 2));
-    // inference: the same weights give the same outputs with and without dropout configured
-    let infer = |cfg: &RlipConfig| {
-        let (model, _) = RlipParSeDa::init(cfg, &dev);
-        let model = model.valid();
-        let d = dev.clone().inner();
-        let x = Tensor::<4>::ones([1, 3, 64, 64], &d).mul_scalar(0.3);
-        let mask = rlip_model::position::PaddingMask::from_sizes(&[(64, 64)], 64, 64);
-        let labels = model.encode_labels(
-            texts.ids.clone().inner(),
-            texts.mask.clone().inner(),
-            texts.n_obj,
-        );
-        let out = model.forward(x, &mask, &labels);
-        out.layers
-            .last()
-            .unwrap()
-            .obj_logits
-            .clone()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-    };
-    assert_eq!(infer(&with), infer(&without));
 }

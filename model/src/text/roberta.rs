@@ -41,11 +41,9 @@ pub struct RobertaConfig {
     /// Padding token id (also the padding index of the position table).
     pub pad_token_id: usize,
     /// Training dropout after the embeddings, the attention output and the FFN output
-    /// (HuggingFace's name; roberta-base 0.1; 0 when absent from a file).
-    #[serde(default)]
+    /// (HuggingFace's name and default, 0.1).
     pub hidden_dropout_prob: f64,
-    /// Training dropout on the attention probabilities (roberta-base 0.1; 0 when absent).
-    #[serde(default)]
+    /// Training dropout on the attention probabilities (HuggingFace's name and default, 0.1).
     pub attention_probs_dropout_prob: f64,
 }
 
