@@ -130,6 +130,14 @@ pub enum BackendError {
         /// Backends that are available.
         compiled: String,
     },
+    /// The backend is compiled in but cannot run on this machine.
+    #[error("the '{kind}' backend cannot run here: {reason}")]
+    Unavailable {
+        /// Requested backend.
+        kind: BackendKind,
+        /// Why.
+        reason: String,
+    },
     /// The device cannot use the requested float precision.
     #[error("float precision: {0}")]
     Precision(String),
@@ -182,10 +190,29 @@ fn plain_device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backe
             Some(i) => Device::libtorch_cuda(i),
         }),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Ok(Device::cuda(index.unwrap_or(0))),
+        BackendKind::Cuda => {
+            // cudarc panics on a device thread when the driver library is missing: check first
+            if !cuda_driver_present() {
+                return Err(BackendError::Unavailable {
+                    kind,
+                    reason: "no NVIDIA driver (libcuda.so.1 cannot be loaded)".into(),
+                });
+            }
+            Ok(Device::cuda(index.unwrap_or(0)))
+        }
         #[allow(unreachable_patterns)]
         _ => unreachable!("compiled() checked above"),
     }
+}
+
+/// Whether the CUDA driver library can be loaded.
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        // SAFETY: loading the NVIDIA driver library runs only its own initialisers, as cudarc
+        // would do a moment later.
+        unsafe { libloading::Library::new(name) }.is_ok()
+    })
 }
 
 /// The reference device for tests and the default for the CLI: `flex` when compiled in.

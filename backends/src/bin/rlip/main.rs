@@ -81,7 +81,21 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Burn creates some state (e.g. AdamW moments loaded by `--resume`) on its default device,
+    // which prefers CUDA when compiled in: make it the device this run uses. Nothing else runs
+    // yet, so changing the environment here is sound.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        let name = match cli.backend {
+            BackendKind::Flex => "flex",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Tch => "tch",
+            BackendKind::Cuda => "cuda",
+        };
+        // SAFETY: single-threaded at this point (no backend, logger or worker thread started).
+        unsafe { std::env::set_var("BURN_DEVICE", name) };
+    }
+    if let Err(e) = run(cli) {
         eprintln!("error: {}", error_text(&e));
         std::process::exit(1);
     }
