@@ -125,6 +125,51 @@ fn verb(path: &Path, id: i64, offset: i64, num_verbs: usize) -> Result<usize, Da
         })
 }
 
+/// `(bbox, category_id)` pairs with their class index from `label`; an id without one is an
+/// error naming the box (`unknown` says which list it is missing from).
+fn labelled_boxes(
+    path: &Path,
+    boxes: impl Iterator<Item = ([f64; 4], i64)>,
+    label: impl Fn(i64) -> Option<usize>,
+    unknown: &str,
+) -> Result<Vec<([f64; 4], usize)>, DataError> {
+    boxes
+        .enumerate()
+        .map(|(i, (bbox, id))| {
+            let l = label(id).ok_or_else(|| {
+                DataError::invalid(path, format!("box {i}: category_id {id} {unknown}"))
+            })?;
+            Ok((bbox, l))
+        })
+        .collect()
+}
+
+/// Whether every `(subject, object)` index is one of `n` boxes (the official loaders drop the
+/// image otherwise).
+fn indices_in_range(n: usize, mut pairs: impl Iterator<Item = (i64, i64)>) -> bool {
+    let ok = |i: i64| (0..n as i64).contains(&i);
+    pairs.all(|(s, o)| ok(s) && ok(o))
+}
+
+/// `(subject, object, category_id)` relations with checked indices as [`RawRelation`]s with
+/// relation class `category_id − offset`.
+fn object_relations(
+    path: &Path,
+    relations: impl Iterator<Item = (i64, i64, i64)>,
+    offset: i64,
+    num_verbs: usize,
+) -> Result<Vec<RawRelation>, DataError> {
+    relations
+        .map(|(s, o, id)| {
+            Ok((
+                s as usize,
+                Some(o as usize),
+                verb(path, id, offset, num_verbs)?,
+            ))
+        })
+        .collect()
+}
+
 /// HICO-DET training samples (`datasets/hico.py`): images whose relations point outside their
 /// box list are dropped (returned count); `obj_index` maps a `category_id` to a class index;
 /// verbs are `category_id − 1`.
@@ -138,42 +183,23 @@ pub fn hico_samples(
     let mut out = Vec::new();
     let mut dropped = 0;
     for ann in annotations {
-        let n = ann.annotations.len() as i64;
-        let in_range = |i: i64| (0..n).contains(&i);
-        if !ann
-            .hoi_annotation
-            .iter()
-            .all(|h| in_range(h.subject_id) && in_range(h.object_id))
-        {
+        let rels = || {
+            ann.hoi_annotation
+                .iter()
+                .map(|r| (r.subject_id, r.object_id, r.category_id))
+        };
+        if !indices_in_range(ann.annotations.len(), rels().map(|(s, o, _)| (s, o))) {
             dropped += 1;
             continue;
         }
         let path = image_dir.join(&ann.file_name);
-        let boxes = ann
-            .annotations
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let label = obj_index(b.category_id).ok_or_else(|| {
-                    DataError::invalid(
-                        &path,
-                        format!("box {i}: unknown category_id {}", b.category_id),
-                    )
-                })?;
-                Ok((b.bbox, label))
-            })
-            .collect::<Result<Vec<_>, DataError>>()?;
-        let relations = ann
-            .hoi_annotation
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.subject_id as usize,
-                    Some(r.object_id as usize),
-                    verb(&path, r.category_id, 1, num_verbs)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, DataError>>()?;
+        let boxes = labelled_boxes(
+            &path,
+            ann.annotations.iter().map(|b| (b.bbox, b.category_id)),
+            obj_index,
+            "is not an object of the label set",
+        )?;
+        let relations = object_relations(&path, rels(), 1, num_verbs)?;
         out.push(build_sample(&path, &boxes, &relations, max_boxes)?);
     }
     Ok((out, dropped))
@@ -194,20 +220,12 @@ pub fn vcoco_samples(
         .map(|ann| {
             let path = image_dir.join(&ann.file_name);
             let n = ann.annotations.len() as i64;
-            let boxes = ann
-                .annotations
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let label = coco_id_to_index(b.category_id).ok_or_else(|| {
-                        DataError::invalid(
-                            &path,
-                            format!("box {i}: unknown COCO category_id {}", b.category_id),
-                        )
-                    })?;
-                    Ok((b.bbox, label))
-                })
-                .collect::<Result<Vec<_>, DataError>>()?;
+            let boxes = labelled_boxes(
+                &path,
+                ann.annotations.iter().map(|b| (b.bbox, b.category_id)),
+                coco_id_to_index,
+                "is not a COCO object",
+            )?;
             let relations = ann
                 .hoi_annotation
                 .iter()
@@ -249,47 +267,23 @@ pub fn oi_samples(
     let mut out = Vec::new();
     let mut dropped = 0;
     for ann in annotations {
-        let n = ann.annotations.len() as i64;
-        if !ann
-            .rel_annotations
-            .iter()
-            .all(|r| (0..n).contains(&r.subject_id) && (0..n).contains(&r.object_id))
-        {
+        let rels = || {
+            ann.rel_annotations
+                .iter()
+                .map(|r| (r.subject_id, r.object_id, r.category_id))
+        };
+        if !indices_in_range(ann.annotations.len(), rels().map(|(s, o, _)| (s, o))) {
             dropped += 1;
             continue;
         }
         let path = image_dir.join(&ann.file_name);
-        let boxes = ann
-            .annotations
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let label = valid_obj_ids
-                    .iter()
-                    .position(|&v| v == b.category_id)
-                    .ok_or_else(|| {
-                        DataError::invalid(
-                            &path,
-                            format!(
-                                "box {i}: category_id {} is not an evaluated object",
-                                b.category_id
-                            ),
-                        )
-                    })?;
-                Ok((b.bbox, label))
-            })
-            .collect::<Result<Vec<_>, DataError>>()?;
-        let relations = ann
-            .rel_annotations
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.subject_id as usize,
-                    Some(r.object_id as usize),
-                    verb(&path, r.category_id, 0, num_verbs)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, DataError>>()?;
+        let boxes = labelled_boxes(
+            &path,
+            ann.annotations.iter().map(|b| (b.bbox, b.category_id)),
+            |id| valid_obj_ids.iter().position(|&v| v == id),
+            "is not an evaluated object",
+        )?;
+        let relations = object_relations(&path, rels(), 0, num_verbs)?;
         out.push(build_sample(&path, &boxes, &relations, max_boxes)?);
     }
     Ok((out, dropped))
