@@ -11,6 +11,18 @@ use rlip_train::trainer::{OptimConfig, Trainer};
 mod common;
 use common::{samples, scene, text};
 
+/// A fresh temporary folder `{prefix}-{pid}` holding one blank `w × h` PNG called `name`.
+fn image_dir(prefix: &str, name: &str, w: usize, h: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(name),
+        rlip_data::draw::encode_png(&scene(w, h, &[])),
+    )
+    .unwrap();
+    dir
+}
+
 fn trainer(dev: &Device) -> Trainer {
     let cfg = RlipConfig::small();
     let (model, _) = RlipParSeDa::init(&cfg, dev);
@@ -75,10 +87,7 @@ fn overfits_a_two_image_batch() {
 /// boxes clamped, degenerate boxes removed with their relations, multi-verb pairs merged.
 #[test]
 fn hico_samples_follow_the_official_loader() {
-    let dir = std::env::temp_dir().join(format!("rlip-samples-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = scene(50, 40, &[]);
-    std::fs::write(dir.join("a.png"), rlip_data::draw::encode_png(&img)).unwrap();
+    let dir = image_dir("rlip-samples", "a.png", 50, 40);
     let bx = |bbox: [f64; 4], category_id| BoxAnnotation { bbox, category_id };
     let rel = |subject_id, object_id, category_id| HoiAnnotation {
         subject_id,
@@ -136,13 +145,7 @@ fn hico_samples_follow_the_official_loader() {
 /// `max_boxes` removed with their relations, malformed indices named.
 #[test]
 fn vcoco_samples_keep_pairs_without_objects() {
-    let dir = std::env::temp_dir().join(format!("rlip-vcoco-samples-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("v.png"),
-        rlip_data::draw::encode_png(&scene(40, 40, &[])),
-    )
-    .unwrap();
+    let dir = image_dir("rlip-vcoco-samples", "v.png", 40, 40);
     let bx = |bbox: [f64; 4], category_id| BoxAnnotation { bbox, category_id };
     let rel = |subject_id, object_id, category_id| HoiAnnotation {
         subject_id,
@@ -191,13 +194,7 @@ fn vcoco_samples_keep_pairs_without_objects() {
 #[test]
 fn oi_samples_follow_the_official_loader() {
     use rlip_data::oi::{OiBox, OiImageAnnotation, OiRelation};
-    let dir = std::env::temp_dir().join(format!("rlip-oi-samples-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("o.png"),
-        rlip_data::draw::encode_png(&scene(40, 40, &[])),
-    )
-    .unwrap();
+    let dir = image_dir("rlip-oi-samples", "o.png", 40, 40);
     let rel = |subject_id, object_id, category_id| OiRelation {
         subject_id,
         object_id,

@@ -22,16 +22,15 @@ use rlip_train::eval::{
     evaluate_vcoco_detections, load_split_with, read_predictions_file, write_split_predictions,
 };
 
-/// The dataset of `rlip eval`.
+/// The dataset of `rlip eval` and `rlip train`; each command's `--dataset` documents the files
+/// it reads.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatasetArg {
-    /// HICO-DET (`ROOT/annotations/test_hico.json`, `corre_hico.npy`, `trainval_hico.json`).
+    /// HICO-DET.
     Hico,
-    /// V-COCO (`ROOT/annotations/test_vcoco.json`, `corre_vcoco.npy`, `vcoco_test.json`,
-    /// `ROOT/data/instances_vcoco_all_2014.json`, `ROOT/data/splits/vcoco_test.ids`).
+    /// V-COCO in the HOIA layout.
     Vcoco,
-    /// Open Images v6 (`ROOT/annotations/OI_SGG_test.json`, `categories_dict.json`,
-    /// `OI_SGG_trainval_test_categories_dict.json`).
+    /// Open Images v6 scene graphs.
     Oi,
 }
 
@@ -62,7 +61,11 @@ pub enum ZeroShotArg {
 /// Arguments of `rlip eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Dataset.
+    /// Dataset: `hico` (`ROOT/annotations/test_hico.json`, `corre_hico.npy`,
+    /// `trainval_hico.json`), `vcoco` (`ROOT/annotations/test_vcoco.json`, `corre_vcoco.npy`,
+    /// `vcoco_test.json`, `ROOT/data/instances_vcoco_all_2014.json`,
+    /// `ROOT/data/splits/vcoco_test.ids`) or `oi` (`ROOT/annotations/OI_SGG_test.json`,
+    /// `categories_dict.json`, `OI_SGG_trainval_test_categories_dict.json`).
     #[arg(long, value_enum)]
     pub dataset: DatasetArg,
     /// Dataset folder in the official RLIPv2 layout (`annotations/`, `images/`, V-COCO `data/`).

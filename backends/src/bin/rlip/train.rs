@@ -32,6 +32,7 @@ use rlip_train::loss::{Criterion, CriterionConfig, VerbLoss};
 use rlip_train::samples::{FinetuneDataset, hico_samples, oi_samples, vcoco_samples};
 use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer};
 
+use crate::eval::DatasetArg;
 use crate::infer::load_tokenizer;
 
 /// What to train.
@@ -45,36 +46,12 @@ pub enum Mode {
     Pretrain,
 }
 
-/// Fine-tuning datasets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DatasetArg {
-    /// HICO-DET layout: `images/train2015`, `annotations/trainval_hico.json` (the synthetic
-    /// dataset has it too).
-    Hico,
-    /// V-COCO in the HOIA layout (`cargo xtask prepare vcoco --convert`): `images/train2014`,
-    /// `annotations/trainval_vcoco.json`; plain focal verb loss as the official scripts.
-    Vcoco,
-    /// Open Images v6: `images/`, `annotations/OI_SGG_train_finetuning.json`,
-    /// `categories_dict.json`, `OI_SGG_trainval_test_categories_dict.json`.
-    Oi,
-}
-
 impl From<DatasetArg> for FinetuneDataset {
     fn from(d: DatasetArg) -> Self {
         match d {
             DatasetArg::Hico => FinetuneDataset::Hico,
             DatasetArg::Vcoco => FinetuneDataset::Vcoco,
             DatasetArg::Oi => FinetuneDataset::Oi,
-        }
-    }
-}
-
-impl From<DatasetArg> for Dataset {
-    fn from(d: DatasetArg) -> Self {
-        match d {
-            DatasetArg::Hico => Dataset::Hico,
-            DatasetArg::Vcoco => Dataset::Vcoco,
-            DatasetArg::Oi => Dataset::Oi,
         }
     }
 }
@@ -98,7 +75,11 @@ pub struct TrainArgs {
     /// Fine-tuning or pre-training.
     #[arg(long, value_enum, default_value = "finetune")]
     mode: Mode,
-    /// Fine-tuning dataset layout.
+    /// Fine-tuning dataset layout: `hico` (`images/train2015`, `annotations/trainval_hico.json`;
+    /// the synthetic dataset has it too), `vcoco` (HOIA layout from `cargo xtask prepare vcoco
+    /// --convert`: `images/train2014`, `annotations/trainval_vcoco.json`; plain focal verb loss
+    /// as the official scripts) or `oi` (`images/`, `annotations/OI_SGG_train_finetuning.json`,
+    /// `categories_dict.json`, `OI_SGG_trainval_test_categories_dict.json`).
     #[arg(long, value_enum, default_value = "hico")]
     dataset: DatasetArg,
     /// Fine-tuning annotation file, relative to `DATA/annotations/` or absolute (default: the
