@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::msda::{MsDeformAttn, MsdaConfig};
-use crate::position::{PaddingMask, encoder_reference_points, sine_position_embedding};
+use crate::position::{PaddingMask, encoder_reference_points, sine_coordinates, sine_embed};
 use crate::weights::layers::{ConvSpec, conv2d, group_norm, layer_norm, linear};
 use crate::weights::{Init, Loader};
 
@@ -148,29 +148,45 @@ impl InputProjections {
         }
         let [_, d] = self.level_embed.dims();
         let mut srcs = Vec::new();
-        let mut poss = Vec::new();
+        let mut coords = Vec::new();
         let mut masks = Vec::new();
         let mut shapes = Vec::new();
         let mut level_start = Vec::new();
+        let mut level_of = Vec::new();
         let mut start = 0;
         for (l, m) in maps.iter().enumerate() {
-            let [b, _, h, w] = m.dims();
+            let [_, _, h, w] = m.dims();
             let lm = mask.resize_nearest(h, w);
-            let pos = sine_position_embedding(&lm, d / 2, self.pos_offset);
-            let pos = Tensor::<4>::from_data(TensorData::new(pos, [b, d, h, w]), &device);
-            let lvl = self
-                .level_embed
-                .val()
-                .slice(s![l..l + 1])
-                .reshape([1, 1, d]);
-            poss.push(pos.flatten::<3>(2, 3).swap_dims(1, 2) + lvl);
+            coords.push(sine_coordinates(&lm, self.pos_offset));
             srcs.push(m.clone().flatten::<3>(2, 3).swap_dims(1, 2));
             masks.push(lm);
             shapes.push([h, w]);
             level_start.push(start);
+            level_of.extend(std::iter::repeat_n(l as i64, h * w));
             start += h * w;
         }
         let b = mask.batch;
+        // positional encoding of every level at once: the coordinates in `[B, S]` order, the
+        // sines and cosines on the device, then each position's level embedding
+        let gather = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Tensor<3> {
+            let v: Vec<f32> = (0..b)
+                .flat_map(|i| {
+                    coords.iter().zip(&shapes).flat_map(move |(c, [h, w])| {
+                        pick(c)[i * h * w..(i + 1) * h * w].iter().copied()
+                    })
+                })
+                .collect();
+            Tensor::from_data(TensorData::new(v, [b, start, 1]), &device)
+        };
+        let ys = gather(|c| &c.0);
+        let xs = gather(|c| &c.1);
+        let level_of = Tensor::<1, Int>::from_data(TensorData::new(level_of, [start]), &device);
+        let pos = Tensor::cat(vec![sine_embed(ys, d / 2), sine_embed(xs, d / 2)], 2)
+            + self
+                .level_embed
+                .val()
+                .select(0, level_of)
+                .unsqueeze_dim::<3>(0);
         let flat: Vec<bool> = (0..b)
             .flat_map(|i| {
                 masks.iter().flat_map(move |m| {
@@ -189,7 +205,7 @@ impl InputProjections {
             maps,
             masks,
             src: Tensor::cat(srcs, 1),
-            pos: Tensor::cat(poss, 1),
+            pos,
             mask_flat,
             shapes,
             level_start,

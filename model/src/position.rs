@@ -1,7 +1,9 @@
 //! Padding masks, the 2-D sine positional encoding, and other functions of the mask alone.
 //!
-//! These depend only on image sizes, so they are computed on the host in float32 exactly as the
-//! official code computes them (its `cumsum(dtype=float32)` and float32 `dim_t`), then uploaded.
+//! These depend only on image sizes. The cumulative sums are computed on the host in float32
+//! exactly as the official code computes them (its `cumsum(dtype=float32)` and float32 `dim_t`);
+//! the sines and cosines of the encoding on the model's device, so only `2·B·H·W` coordinates are
+//! uploaded instead of `256·B·H·W` encoding values.
 
 use burn::prelude::*;
 
@@ -104,23 +106,19 @@ impl PaddingMask {
     }
 }
 
-/// DETR's normalised 2-D sine positional encoding, `[B, 2·feats, H, W]` (y features first).
-///
-/// `offset` selects the Swin variant of the official code, which subtracts 0.5 from the cumulative
-/// sums before normalising; the ResNet variant does not.
-pub fn sine_position_embedding(mask: &PaddingMask, feats: usize, offset: bool) -> Vec<f32> {
+/// The normalised cumulative coordinates the sine encoding is taken of, `(y, x)`, each
+/// row-major `[B, H·W]`: the cumulative sums of the unpadded indicator along y and x, minus
+/// `0.5` when `offset` (the Swin variant), over the column's / row's total plus `1e-6`, times 2π.
+pub fn sine_coordinates(mask: &PaddingMask, offset: bool) -> (Vec<f32>, Vec<f32>) {
     let (bs, h, w) = (mask.batch, mask.height, mask.width);
     let scale = 2.0 * std::f32::consts::PI;
     let eps = 1e-6f32;
-    let dim_t: Vec<f32> = (0..feats)
-        .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / feats as f32))
-        .collect();
     let off = if offset { 0.5 } else { 0.0 };
-    let mut out = vec![0f32; bs * 2 * feats * h * w];
+    let mut yn = vec![0f32; bs * h * w];
+    let mut xn = vec![0f32; bs * h * w];
+    let mut ye = vec![0f32; h * w];
+    let mut xe = vec![0f32; h * w];
     for b in 0..bs {
-        // cumulative sums of the unpadded indicator along y and x
-        let mut ye = vec![0f32; h * w];
-        let mut xe = vec![0f32; h * w];
         for y in 0..h {
             for x in 0..w {
                 let v = if mask.at(b, y, x) { 0.0 } else { 1.0 };
@@ -131,22 +129,68 @@ pub fn sine_position_embedding(mask: &PaddingMask, feats: usize, offset: bool) -
         for y in 0..h {
             for x in 0..w {
                 let i = y * w + x;
-                let yn = (ye[i] - off) / (ye[(h - 1) * w + x] + eps) * scale;
-                let xn = (xe[i] - off) / (xe[y * w + w - 1] + eps) * scale;
-                for (c, &d) in dim_t.iter().enumerate() {
-                    let (py, px) = (yn / d, xn / d);
-                    let (vy, vx) = if c % 2 == 0 {
-                        (py.sin(), px.sin())
-                    } else {
-                        (py.cos(), px.cos())
-                    };
-                    out[((b * 2 * feats + c) * h + y) * w + x] = vy;
-                    out[((b * 2 * feats + feats + c) * h + y) * w + x] = vx;
-                }
+                yn[b * h * w + i] = (ye[i] - off) / (ye[(h - 1) * w + x] + eps) * scale;
+                xn[b * h * w + i] = (xe[i] - off) / (xe[y * w + w - 1] + eps) * scale;
+            }
+        }
+    }
+    (yn, xn)
+}
+
+/// The `feats / 2` distinct frequencies `10000^(2k / feats)` of the sine encoding (channels `2k`
+/// and `2k + 1` share one, taking its sine and cosine).
+fn sine_frequencies(feats: usize) -> Vec<f32> {
+    (0..feats / 2)
+        .map(|k| 10000f32.powf((2 * k) as f32 / feats as f32))
+        .collect()
+}
+
+/// DETR's normalised 2-D sine positional encoding, `[B, 2·feats, H, W]` (y features first),
+/// computed on the host. The model computes the same on its device with [`sine_embed`].
+///
+/// `offset` selects the Swin variant of the official code, which subtracts 0.5 from the cumulative
+/// sums before normalising; the ResNet variant does not.
+pub fn sine_position_embedding(mask: &PaddingMask, feats: usize, offset: bool) -> Vec<f32> {
+    let (bs, h, w) = (mask.batch, mask.height, mask.width);
+    let (yn, xn) = sine_coordinates(mask, offset);
+    let freq = sine_frequencies(feats);
+    let mut out = vec![0f32; bs * 2 * feats * h * w];
+    for b in 0..bs {
+        for i in 0..h * w {
+            let (y, x) = (yn[b * h * w + i], xn[b * h * w + i]);
+            for c in 0..feats {
+                let d = freq[c / 2];
+                let (py, px) = (y / d, x / d);
+                let (vy, vx) = if c % 2 == 0 {
+                    (py.sin(), px.sin())
+                } else {
+                    (py.cos(), px.cos())
+                };
+                out[(b * 2 * feats + c) * h * w + i] = vy;
+                out[(b * 2 * feats + feats + c) * h * w + i] = vx;
             }
         }
     }
     out
+}
+
+/// The sine encoding of normalised coordinates `coords [B, S, 1]` (from [`sine_coordinates`])
+/// on their device: `[B, S, feats]`, channel `2k` the sine and `2k + 1` the cosine of
+/// `coords / 10000^(2k / feats)`.
+pub fn sine_embed(coords: Tensor<3>, feats: usize) -> Tensor<3> {
+    let [b, s, _] = coords.dims();
+    let freq = sine_frequencies(feats);
+    let n = freq.len();
+    let freq = Tensor::<1>::from_data(TensorData::new(freq, [n]), &coords.device());
+    let a = coords / freq.reshape([1, 1, n]);
+    Tensor::cat(
+        vec![
+            a.clone().sin().unsqueeze_dim::<4>(3),
+            a.cos().unsqueeze_dim::<4>(3),
+        ],
+        3,
+    )
+    .reshape([b, s, 2 * n])
 }
 
 /// Encoder reference points `[B, S, L, 2]`: pixel centres of every level normalised by the valid

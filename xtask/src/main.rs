@@ -389,14 +389,14 @@ fn test(flex_only: bool, no_cuda: bool) -> Result<()> {
     run_tests_tolerating_gpu_teardown(cmd)?;
     if wgpu {
         // The deformable-attention value gradient again with compare-and-swap atomics, the path
-        // of GPUs without native float atomic adds (lavapipe has them).
+        // of GPUs without native float atomic adds (lavapipe has them). `--workspace` keeps the
+        // first run's feature resolution, so nothing is rebuilt.
         again
             .env("RLIP_MSDA_ATOMICS", "cas")
             .env("RLIP_PARITY_BACKENDS", "wgpu")
             .args([
                 "test",
-                "-p",
-                "rlip-tests",
+                "--workspace",
                 "--features",
                 &features,
                 "--test",
