@@ -15,7 +15,7 @@ use burn::prelude::Device;
 use burn::tensor::FloatDType;
 
 /// Precision of the float tensors a device creates (weights, activations): `f32` (default, the
-/// parity setting), or `bf16` / `f16` everywhere (inference only; no float32 islands yet).
+/// parity setting), or `bf16` / `f16` everywhere (inference only; the deformable-attention sampling stays float32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// 32-bit floats.

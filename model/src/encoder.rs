@@ -157,7 +157,8 @@ impl InputProjections {
         for (l, m) in maps.iter().enumerate() {
             let [_, _, h, w] = m.dims();
             let lm = mask.resize_nearest(h, w);
-            coords.push(sine_coordinates(&lm, self.pos_offset));
+            let (ys, xs) = sine_coordinates(&lm, self.pos_offset);
+            coords.push([ys, xs]);
             srcs.push(m.clone().flatten::<3>(2, 3).swap_dims(1, 2));
             masks.push(lm);
             shapes.push([h, w]);
@@ -168,18 +169,18 @@ impl InputProjections {
         let b = mask.batch;
         // positional encoding of every level at once: the coordinates in `[B, S]` order, the
         // sines and cosines on the device, then each position's level embedding
-        let gather = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Tensor<3> {
+        let gather = |axis: usize| -> Tensor<3> {
             let v: Vec<f32> = (0..b)
                 .flat_map(|i| {
                     coords.iter().zip(&shapes).flat_map(move |(c, [h, w])| {
-                        pick(c)[i * h * w..(i + 1) * h * w].iter().copied()
+                        c[axis][i * h * w..(i + 1) * h * w].iter().copied()
                     })
                 })
                 .collect();
             Tensor::from_data(TensorData::new(v, [b, start, 1]), &device)
         };
-        let ys = gather(|c| &c.0);
-        let xs = gather(|c| &c.1);
+        let ys = gather(0);
+        let xs = gather(1);
         let level_of = Tensor::<1, Int>::from_data(TensorData::new(level_of, [start]), &device);
         let pos = Tensor::cat(vec![sine_embed(ys, d / 2), sine_embed(xs, d / 2)], 2)
             + self

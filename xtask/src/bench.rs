@@ -38,27 +38,35 @@ fn software_vulkan() -> bool {
         && !std::path::Path::new("/dev/dri/renderD128").exists()
 }
 
-/// Builds `rlip` with cuda and wgpu (no GPU needed), strips it and packs it with xz into
+/// Builds `rlip` in the release profile with cuda, wgpu and Burn's autotuned kernels (no GPU
+/// needed; `fusion` adds Burn's kernel fusion), strips it and packs it with xz into
 /// `target/gpu-bench/rlip.xz` for a GPU machine without a Rust toolchain.
-pub fn pack() -> Result<()> {
+pub fn pack(fusion: bool) -> Result<()> {
+    let features = if fusion {
+        "cuda,wgpu,autotune,fusion"
+    } else {
+        "cuda,wgpu,autotune"
+    };
     let mut build = cargo();
     build.env("CUDARC_CUDA_VERSION", "13000").args([
         "build",
+        "--release",
         "-p",
         "rlip-backends",
         "--features",
-        "cuda,wgpu",
+        features,
     ]);
     ok(&mut build)?;
     let dir = root().join("target/gpu-bench");
     std::fs::create_dir_all(&dir)?;
     let bin = dir.join("rlip");
-    std::fs::copy(root().join("target/debug/rlip"), &bin)?;
+    std::fs::copy(root().join("target/release/rlip"), &bin)?;
     ok(Command::new("strip").arg(&bin))?;
     ok(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&bin))?;
     println!(
-        "packed {}: on the GPU machine `xz -d rlip.xz && ./rlip --backend cuda bench gpu --json gpu.jsonl` \
-         (and --backend wgpu where Vulkan works); CUDARC_CUDA_VERSION was 13000",
+        "packed {} (features {features}): on the GPU machine `xz -d rlip.xz && ./rlip --backend cuda \
+         bench gpu --json gpu.jsonl` (and --backend wgpu where Vulkan works); CUDARC_CUDA_VERSION \
+         was 13000",
         dir.join("rlip.xz").display()
     );
     Ok(())

@@ -87,11 +87,14 @@ enum Cmd {
         /// Small preset only.
         #[arg(long)]
         quick: bool,
-        /// `bench gpu`: only build the `rlip` binary with cuda and wgpu, strip it and pack it
-        /// as `target/gpu-bench/rlip.xz` to carry to a GPU machine, where
+        /// `bench gpu`: only build the `rlip` binary (release, cuda + wgpu + autotune), strip
+        /// it and pack it as `target/gpu-bench/rlip.xz` to carry to a GPU machine, where
         /// `rlip --backend cuda bench gpu --json gpu.jsonl` runs the suite.
         #[arg(long)]
         pack: bool,
+        /// `bench gpu --pack`: also Burn's kernel fusion.
+        #[arg(long)]
+        fusion: bool,
         /// Options of `bench eval`, after `--`.
         #[arg(last = true)]
         rest: Vec<String>,
@@ -419,8 +422,11 @@ fn main() -> Result<()> {
             ..
         } if what == "data" => bench_data::run(&workers, &size),
         Cmd::Bench {
-            what, pack: true, ..
-        } if what == "gpu" => bench::pack(),
+            what,
+            pack: true,
+            fusion,
+            ..
+        } if what == "gpu" => bench::pack(fusion),
         Cmd::Bench {
             what,
             backend,

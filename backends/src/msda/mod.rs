@@ -28,9 +28,15 @@ use rlip_model::msda::{MsdaKernel, SpatialShapes};
 /// Backend operations of the fused sampling core (see `rlip_model::msda::ms_deform_attn_core`
 /// for the tensor contract). `shapes` holds the per-level `(H, W)`.
 #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(unused_variables))]
-#[backend_extension(Flex: cfg(feature = "flex"), Cube: cfg(feature = "cube"), Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "fusion"),
+    Autodiff
+)]
 pub trait MsdaOps: Backend {
     /// `value [N, S, M, D]`, `loc [N, Lq, M, L, P, 2]`, `attn [N, Lq, M, L, P]` → `[N, Lq, M·D]`.
+    #[fusion(dtype = value, shape = forward_shape(value, loc))]
     fn msda_forward(
         value: FloatTensor<Self>,
         loc: FloatTensor<Self>,
@@ -40,6 +46,7 @@ pub trait MsdaOps: Backend {
 
     /// Gradients `(∂value, ∂loc, ∂attn)` of [`MsdaOps::msda_forward`] for the output gradient
     /// `grad`.
+    #[fusion(meta = |value, loc, attn, _grad, _shapes| (value.clone(), loc.clone(), attn.clone()))]
     fn msda_backward(
         value: FloatTensor<Self>,
         loc: FloatTensor<Self>,
@@ -47,6 +54,12 @@ pub trait MsdaOps: Backend {
         grad: FloatTensor<Self>,
         shapes: Vec<[usize; 2]>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Output shape of the forward op, `[N, Lq, M·D]` (Fusion records it before the kernel runs).
+#[cfg(feature = "fusion")]
+fn forward_shape(value: &burn::tensor::Shape, loc: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from([value[0], loc[1], value[2] * value[3]])
 }
 
 #[cfg(feature = "flex")]
@@ -233,8 +246,9 @@ fn fused(
     Tensor::from_dispatch(out)
 }
 
-/// The fused sampling core as an [`MsdaKernel`]: accepts `f32` tensors on the flex device and
-/// on cubecl devices (wgpu, cuda), with or without autodiff, and declines everything else.
+/// The fused sampling core as an [`MsdaKernel`]: accepts tensors on the flex device and on
+/// cubecl devices (wgpu, cuda), with or without autodiff, and declines everything else.
+/// Half-precision inputs are sampled in float32 and the result cast back.
 #[derive(Debug, Default)]
 pub struct FusedMsda;
 
@@ -250,10 +264,27 @@ impl MsdaKernel for FusedMsda {
         locations: &Tensor<6>,
         weights: &Tensor<5>,
     ) -> Option<Tensor<3>> {
-        let f32s = [value.dtype(), locations.dtype(), weights.dtype()]
-            .iter()
-            .all(|d| *d == burn::tensor::DType::F32);
-        (supported(&value.device()) && f32s).then(|| fused(value, shapes, locations, weights))
+        use burn::tensor::{DType, FloatDType};
+        if !supported(&value.device()) {
+            return None;
+        }
+        let dtypes = [value.dtype(), locations.dtype(), weights.dtype()];
+        if dtypes.iter().all(|d| *d == DType::F32) {
+            return Some(fused(value, shapes, locations, weights));
+        }
+        // Half precision: the sampling runs as a float32 island, as the official op does under
+        // autocast (its inputs are cast to float32), and the result is cast back.
+        if dtypes.iter().all(|d| matches!(d, DType::BF16 | DType::F16)) {
+            let f32 = FloatDType::F32;
+            let out = fused(
+                &value.clone().cast(f32),
+                shapes,
+                &locations.clone().cast(f32),
+                &weights.clone().cast(f32),
+            );
+            return Some(out.cast(FloatDType::from(value.dtype())));
+        }
+        None
     }
 }
 
@@ -265,7 +296,16 @@ pub fn supported(device: &Device) -> bool {
         return true;
     }
     #[cfg(feature = "cube")]
-    if matches!(inner.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+    if let burn::backend::DispatchDevice::Cube(cube) = inner.as_dispatch() {
+        // The kernels' first run on CUDA (H200, driver 580, 2026-11-27) faulted with
+        // CUDA_ERROR_INVALID_ADDRESS_SPACE (717); until that is found, CUDA keeps the portable
+        // composite unless `RLIP_MSDA=fused` asks for the kernels. wgpu runs them (Vulkan on the
+        // same H200, and lavapipe in the tests).
+        #[cfg(feature = "cuda")]
+        if matches!(cube, burn_cubecl::CubeDevice::Cuda(_)) {
+            return std::env::var("RLIP_MSDA").is_ok_and(|v| v == "fused");
+        }
+        let _ = cube;
         return true;
     }
     let _ = inner;
