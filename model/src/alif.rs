@@ -25,10 +25,11 @@
 //!   normed visual tokens; keys and values carry no position.
 //! - The RoBERTa layers do apply the label padding mask (HuggingFace extended mask).
 
+use crate::norm::LayerNorm;
+use crate::norm::softmax;
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use crate::encoder::{EncoderLayer, MultiScale};
 use crate::msda::MsdaConfig;

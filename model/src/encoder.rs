@@ -7,9 +7,10 @@
 //! image mask resized by nearest neighbour, and its positional encoding the sine encoding of that
 //! mask plus the level embedding.
 
+use crate::norm::LayerNorm;
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
@@ -46,11 +47,14 @@ pub fn group_norm_blocked(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
         .filter(|d| n.is_multiple_of(*d) && d * d <= n)
         .max()
         .unwrap_or(1);
-    let blocked = x.clone().reshape([b, g, n / block, block]);
-    let mean = blocked.clone().sum_dim(3).sum_dim(2) / n as f64;
-    let centred = blocked - mean;
-    let var = centred.clone().powi_scalar(2).sum_dim(3).sum_dim(2) / n as f64;
-    let y = (centred / (var + norm.epsilon).sqrt()).reshape([b, c, h, w]);
+    // the statistics are a float32 island in the reduced-precision modes
+    let y = crate::norm::in_f32(x, |x| {
+        let blocked = x.reshape([b, g, n / block, block]);
+        let mean = blocked.clone().sum_dim(3).sum_dim(2) / n as f64;
+        let centred = blocked - mean;
+        let var = centred.clone().powi_scalar(2).sum_dim(3).sum_dim(2) / n as f64;
+        (centred / (var + norm.epsilon).sqrt()).reshape([b, c, h, w])
+    });
     let y = match &norm.gamma {
         Some(gm) => y * gm.val().reshape([1, c, 1, 1]),
         None => y,

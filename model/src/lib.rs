@@ -8,6 +8,7 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod encoder;
 pub mod msda;
+pub mod norm;
 pub mod parse_decoder;
 pub mod position;
 pub mod prediction_heads;

@@ -9,9 +9,9 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::norm::softmax;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 
 use crate::weights::layers::linear_from;

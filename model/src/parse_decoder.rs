@@ -12,10 +12,12 @@
 //! embeddings, and its reference box is the mean of the pair's anchors. Both refine their anchors
 //! after every layer with the shared box heads.
 
+use crate::norm::LayerNorm;
+use crate::norm::{refine_boxes, softmax};
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::relu;
 
 use crate::msda::{MsDeformAttn, MsdaConfig};
 use crate::weights::layers::{layer_norm, linear, linear_from};
@@ -319,8 +321,8 @@ impl ParseDecoder {
                 DecoderKind::Relation => (output.clone(), output.clone()),
             };
             let (sub_head, obj_head) = box_heads[lid];
-            sub = sigmoid(sub_head.forward(hs_sub) + inverse_sigmoid(sub)).detach();
-            obj = sigmoid(obj_head.forward(hs_obj) + inverse_sigmoid(obj)).detach();
+            sub = refine_boxes(sub_head.forward(hs_sub), sub).detach();
+            obj = refine_boxes(obj_head.forward(hs_obj), obj).detach();
             out.hs.push(output.clone());
             out.refs.push((sub.clone(), obj.clone()));
             out.query_pos.push(pos);

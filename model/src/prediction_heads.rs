@@ -8,9 +8,9 @@
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
 
-use crate::parse_decoder::{Mlp, inverse_sigmoid};
+use crate::norm::refine_boxes;
+use crate::parse_decoder::Mlp;
 use crate::weights::layers::linear;
 use crate::weights::{Init, Loader};
 
@@ -114,8 +114,8 @@ impl Heads {
             sub_logits: (hs_sub.clone() + bo.clone()).matmul(obj_text.clone()) + bias,
             obj_logits: (hs_obj.clone() + bo).matmul(obj_text) + bias,
             verb_logits: (hs_verb + bp).matmul(rel_text) + bias,
-            sub_boxes: sigmoid(self.sub_bbox[layer].forward(hs_sub) + inverse_sigmoid(anchor_sub)),
-            obj_boxes: sigmoid(self.obj_bbox[layer].forward(hs_obj) + inverse_sigmoid(anchor_obj)),
+            sub_boxes: refine_boxes(self.sub_bbox[layer].forward(hs_sub), anchor_sub),
+            obj_boxes: refine_boxes(self.obj_bbox[layer].forward(hs_obj), anchor_obj),
         }
     }
 }

@@ -30,8 +30,10 @@ fn golden_errors(dtype: &str) -> HashMap<String, f64> {
 
 #[test]
 fn reduced_precision_errors_are_those_of_the_type() {
-    // (dtype, logits bound, boxes bound); measured on flex: bf16 0.28 / 0.011, f16 0.044 / 0.0013
-    for (dtype, logits, boxes) in [("bf16", 0.6, 0.025), ("f16", 0.1, 0.003)] {
+    // (dtype, logits bound, boxes bound); measured on flex with the float32 islands: bf16
+    // 0.25 / 0.011, f16 0.030 / 0.0011 (without them f16 logits reached 0.044: the f16 logits
+    // bound fails if the islands go)
+    for (dtype, logits, boxes) in [("bf16", 0.5, 0.022), ("f16", 0.038, 0.003)] {
         let e = golden_errors(dtype);
         assert!(e.len() > 30, "{dtype}: only {} outputs compared", e.len());
         for (name, v) in &e {

@@ -21,11 +21,13 @@
 //! `BackboneBase`, every LayerNorm parameter and every relative-position-bias table of the
 //! backbone is frozen (`requires_grad = False`).
 
+use crate::norm::LayerNorm;
+use crate::norm::softmax;
 use burn::module::Param;
+use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::ops::PadMode;
 use serde::{Deserialize, Serialize};
 

@@ -7,10 +7,12 @@
 //! self-attention and an erf-GELU feed-forward, each added to its input and layer-normed. The
 //! pooler is `tanh(dense(h_<s>))`. Dropout is omitted (inference and the official eval match).
 
+use crate::norm::LayerNorm;
+use crate::norm::softmax;
 use burn::module::Param;
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
 use crate::util::dropout;

@@ -2,12 +2,11 @@
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d,
-};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
 use super::{Init, Loader};
+use crate::norm::LayerNorm;
 
 /// `nn.Linear(d_in, d_out)` at `prefix` (`{prefix}.weight` `[out, in]`, transposed for Burn).
 pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
@@ -102,14 +101,9 @@ pub fn conv2d(ld: &mut Loader, prefix: &str, s: ConvSpec) -> Conv2d {
 
 /// `nn.LayerNorm(d, eps)` at `prefix` (`weight`/`bias` → `gamma`/`beta`).
 pub fn layer_norm(ld: &mut Loader, prefix: &str, d: usize, eps: f64) -> LayerNorm {
-    let mut n = LayerNormConfig::new(d).with_epsilon(eps).init(ld.device());
-    n.gamma = Param::from_tensor(ld.tensor(&format!("{prefix}.weight"), [d], Init::Ones));
-    n.beta = Some(Param::from_tensor(ld.tensor(
-        &format!("{prefix}.bias"),
-        [d],
-        Init::Zeros,
-    )));
-    n
+    let gamma = ld.tensor(&format!("{prefix}.weight"), [d], Init::Ones);
+    let beta = ld.tensor(&format!("{prefix}.bias"), [d], Init::Zeros);
+    LayerNorm::new(gamma, Some(beta), eps)
 }
 
 /// `nn.GroupNorm(groups, c)` at `prefix` (eps 1e-5).

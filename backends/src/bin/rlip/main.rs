@@ -22,7 +22,8 @@ struct Cli {
     #[arg(long, global = true)]
     device: Option<usize>,
     /// Float precision of weights and activations (`infer`, `eval`, `bench infer|msda`):
-    /// `bf16` and `f16` run everything but the deformable-attention sampling in that type; training needs
+    /// `bf16` and `f16` run everything but the float32 islands (norms, softmax, box refinement,
+    /// deformable-attention sampling) in that type; training needs
     /// `f32`.
     #[arg(long, global = true, value_enum, default_value = "f32")]
     float_dtype: Precision,

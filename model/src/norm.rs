@@ -1,0 +1,87 @@
+//! The float32 islands of the reduced-precision modes: layer norm, softmax and the box
+//! refinement compute in float32 when their input is bf16 or f16 and cast the result back, as the
+//! official model does under `torch.autocast` (layer/group norm and softmax are on its float32
+//! list; the box update adds the float32 reference to the head's output). In float32 they are
+//! exactly the plain operations. (The input projections' group norm uses [`in_f32`] for its
+//! statistics, `crate::encoder::group_norm_blocked`.)
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::{DType, FloatDType};
+
+use crate::parse_decoder::inverse_sigmoid;
+
+fn is_half(d: DType) -> bool {
+    matches!(d, DType::BF16 | DType::F16)
+}
+
+/// Runs `f` on `x` in float32 when `x` is bf16 or f16 and casts the result back to `x`'s type;
+/// in any other type `f` runs on `x` unchanged.
+pub fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
+    let dtype = x.dtype();
+    if is_half(dtype) {
+        f(x.cast(FloatDType::F32)).cast(FloatDType::from(dtype))
+    } else {
+        f(x)
+    }
+}
+
+/// Softmax along `dim`, in float32 for half-precision input.
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    in_f32(x, |x| activation::softmax(x, dim))
+}
+
+/// `sigmoid(delta + inverse_sigmoid(reference))`, the box refinement of the decoders and heads,
+/// in float32 for half-precision input.
+pub fn refine_boxes<const D: usize>(delta: Tensor<D>, reference: Tensor<D>) -> Tensor<D> {
+    let dtype = delta.dtype();
+    if is_half(dtype) {
+        let f = FloatDType::F32;
+        activation::sigmoid(delta.cast(f) + inverse_sigmoid(reference.cast(f)))
+            .cast(FloatDType::from(dtype))
+    } else {
+        activation::sigmoid(delta + inverse_sigmoid(reference))
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension: Burn's parameters and module paths (`gamma`, `beta`),
+/// statistics and affine map in float32 for half-precision input (Burn's own widens only f16).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// The scale (`weight` in PyTorch).
+    pub gamma: Param<Tensor<1>>,
+    /// The shift (`bias` in PyTorch).
+    pub beta: Option<Param<Tensor<1>>>,
+    epsilon: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm with scale `gamma`, shift `beta` and `epsilon`.
+    pub fn new(gamma: Tensor<1>, beta: Option<Tensor<1>>, epsilon: f64) -> Self {
+        Self {
+            gamma: Param::from_tensor(gamma),
+            beta: beta.map(Param::from_tensor),
+            epsilon,
+        }
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let gamma = self.gamma.val();
+        let beta = self.beta.as_ref().map(|b| b.val());
+        let dtype = x.dtype();
+        if is_half(dtype) {
+            let f = FloatDType::F32;
+            burn::tensor::module::layer_norm(
+                x.cast(f),
+                gamma.cast(f),
+                beta.map(|b| b.cast(f)),
+                self.epsilon,
+            )
+            .cast(FloatDType::from(dtype))
+        } else {
+            burn::tensor::module::layer_norm(x, gamma, beta, self.epsilon)
+        }
+    }
+}
