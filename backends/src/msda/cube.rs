@@ -59,7 +59,7 @@ fn level(levels: &Tensor<f32>, l: usize) -> (usize, usize, usize) {
     )
 }
 
-#[cube(launch, address_type = "dynamic")]
+#[cube(launch_unchecked, address_type = "dynamic")]
 fn msda_forward_kernel(
     value: &Tensor<f32>,
     loc: &Tensor<f32>,
@@ -101,7 +101,7 @@ fn msda_forward_kernel(
 }
 
 /// `grad_value` with native float atomic adds.
-#[cube(launch, address_type = "dynamic")]
+#[cube(launch_unchecked, address_type = "dynamic")]
 fn msda_grad_value_kernel(
     loc: &Tensor<f32>,
     attn: &Tensor<f32>,
@@ -145,7 +145,7 @@ fn msda_grad_value_kernel(
 }
 
 /// `grad_value` on devices without float atomics: a compare-and-swap loop on the `f32` bits.
-#[cube(launch, address_type = "dynamic")]
+#[cube(launch_unchecked, address_type = "dynamic")]
 fn msda_grad_value_cas_kernel(
     loc: &Tensor<f32>,
     attn: &Tensor<f32>,
@@ -198,7 +198,7 @@ fn msda_grad_value_cas_kernel(
 }
 
 /// Location and weight gradients: one thread per sampling point.
-#[cube(launch, address_type = "dynamic")]
+#[cube(launch_unchecked, address_type = "dynamic")]
 fn msda_grad_point_kernel(
     value: &Tensor<f32>,
     loc: &Tensor<f32>,
@@ -317,19 +317,23 @@ pub fn forward(
     );
     let (count, dim) = elementwise(&value, n * lq * m * d);
     let addr = address_type(&[&value, &loc, &attn, &out]);
-    msda_forward_kernel::launch(
-        &out.client,
-        count,
-        dim,
-        addr,
-        value.into_tensor_arg(),
-        loc.into_tensor_arg(),
-        attn.into_tensor_arg(),
-        call.levels.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        call.n_levels,
-        call.n_points,
-    );
+    // SAFETY: every thread past the output returns first, and every read is of an index the
+    // shapes bound (`level` rows, in-map corners, points of the thread's own query).
+    unsafe {
+        msda_forward_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            value.into_tensor_arg(),
+            loc.into_tensor_arg(),
+            attn.into_tensor_arg(),
+            call.levels.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            call.n_levels,
+            call.n_points,
+        );
+    }
     out
 }
 
@@ -374,40 +378,47 @@ pub fn backward(
     let (count, dim) = elementwise(&grad, grad.meta.shape().num_elements());
     let addr = address_type(&[&loc, &attn, &grad, &grad_value]);
     let launch = if native {
-        msda_grad_value_kernel::launch
+        msda_grad_value_kernel::launch_unchecked
     } else {
-        msda_grad_value_cas_kernel::launch
+        msda_grad_value_cas_kernel::launch_unchecked
     };
-    launch(
-        &client,
-        count,
-        dim,
-        addr,
-        loc.clone().into_tensor_arg(),
-        attn.clone().into_tensor_arg(),
-        grad.clone().into_tensor_arg(),
-        call.levels.clone().into_tensor_arg(),
-        grad_value.clone().into_tensor_arg(),
-        call.n_levels,
-        call.n_points,
-    );
+    // SAFETY: as the forward; the scattered writes go to in-map corners of the thread's image.
+    unsafe {
+        launch(
+            &client,
+            count,
+            dim,
+            addr,
+            loc.clone().into_tensor_arg(),
+            attn.clone().into_tensor_arg(),
+            grad.clone().into_tensor_arg(),
+            call.levels.clone().into_tensor_arg(),
+            grad_value.clone().into_tensor_arg(),
+            call.n_levels,
+            call.n_points,
+        );
+    }
 
     let (count, dim) = elementwise(&attn, attn.meta.shape().num_elements());
     let addr = address_type(&[&value, &loc, &attn, &grad, &grad_loc, &grad_attn]);
-    msda_grad_point_kernel::launch(
-        &client,
-        count,
-        dim,
-        addr,
-        value.into_tensor_arg(),
-        loc.into_tensor_arg(),
-        attn.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        call.levels.into_tensor_arg(),
-        grad_loc.clone().into_tensor_arg(),
-        grad_attn.clone().into_tensor_arg(),
-        call.n_levels,
-        call.n_points,
-    );
+    // SAFETY: one thread per sampling point, past-the-end threads return first; reads as the
+    // forward's.
+    unsafe {
+        msda_grad_point_kernel::launch_unchecked(
+            &client,
+            count,
+            dim,
+            addr,
+            value.into_tensor_arg(),
+            loc.into_tensor_arg(),
+            attn.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            call.levels.into_tensor_arg(),
+            grad_loc.clone().into_tensor_arg(),
+            grad_attn.clone().into_tensor_arg(),
+            call.n_levels,
+            call.n_points,
+        );
+    }
     (grad_value, grad_loc, grad_attn)
 }
