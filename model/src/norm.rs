@@ -12,15 +12,11 @@ use burn::tensor::{DType, FloatDType};
 
 use crate::parse_decoder::inverse_sigmoid;
 
-fn is_half(d: DType) -> bool {
-    matches!(d, DType::BF16 | DType::F16)
-}
-
 /// Runs `f` on `x` in float32 when `x` is bf16 or f16 and casts the result back to `x`'s type;
 /// in any other type `f` runs on `x` unchanged.
 pub fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
     let dtype = x.dtype();
-    if is_half(dtype) {
+    if matches!(dtype, DType::BF16 | DType::F16) {
         f(x.cast(FloatDType::F32)).cast(FloatDType::from(dtype))
     } else {
         f(x)
@@ -35,14 +31,10 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 /// `sigmoid(delta + inverse_sigmoid(reference))`, the box refinement of the decoders and heads,
 /// in float32 for half-precision input.
 pub fn refine_boxes<const D: usize>(delta: Tensor<D>, reference: Tensor<D>) -> Tensor<D> {
-    let dtype = delta.dtype();
-    if is_half(dtype) {
-        let f = FloatDType::F32;
-        activation::sigmoid(delta.cast(f) + inverse_sigmoid(reference.cast(f)))
-            .cast(FloatDType::from(dtype))
-    } else {
+    in_f32(delta, |delta| {
+        let reference = reference.cast(FloatDType::from(delta.dtype()));
         activation::sigmoid(delta + inverse_sigmoid(reference))
-    }
+    })
 }
 
 /// `nn.LayerNorm` over the last dimension: Burn's parameters and module paths (`gamma`, `beta`),
@@ -68,20 +60,14 @@ impl LayerNorm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gamma = self.gamma.val();
-        let beta = self.beta.as_ref().map(|b| b.val());
-        let dtype = x.dtype();
-        if is_half(dtype) {
-            let f = FloatDType::F32;
+        in_f32(x, |x| {
+            let dtype = FloatDType::from(x.dtype());
             burn::tensor::module::layer_norm(
-                x.cast(f),
-                gamma.cast(f),
-                beta.map(|b| b.cast(f)),
+                x,
+                self.gamma.val().cast(dtype),
+                self.beta.as_ref().map(|b| b.val().cast(dtype)),
                 self.epsilon,
             )
-            .cast(FloatDType::from(dtype))
-        } else {
-            burn::tensor::module::layer_norm(x, gamma, beta, self.epsilon)
-        }
+        })
     }
 }
