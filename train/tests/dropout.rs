@@ -7,6 +7,7 @@ use rlip_train::loss::{Criterion, CriterionConfig};
 use rlip_train::samples::to_input;
 use rlip_train::trainer::{OptimConfig, Trainer};
 
+#[path = "train/common/mod.rs"]
 mod common;
 use common::{samples, text};
 

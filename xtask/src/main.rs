@@ -403,7 +403,9 @@ fn test(flex_only: bool, no_cuda: bool) -> Result<()> {
                 "--features",
                 &features,
                 "--test",
-                "msda",
+                "model",
+                "--",
+                "msda::",
             ]);
         run_tests_tolerating_gpu_teardown(again)?;
     }

@@ -1,4 +1,4 @@
-//! Helpers shared by the trainer test binaries: a tiny two-image batch and label texts.
+//! Helpers shared by the trainer tests: a tiny two-image batch and label texts.
 
 use burn::prelude::*;
 use rlip_data::preprocess::RgbImage;

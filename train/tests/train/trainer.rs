@@ -8,8 +8,7 @@ use rlip_train::loss::{Criterion, CriterionConfig};
 use rlip_train::samples::{hico_samples, oi_samples, to_input, vcoco_samples};
 use rlip_train::trainer::{OptimConfig, Trainer};
 
-mod common;
-use common::{samples, scene, text};
+use crate::common::{samples, scene, text};
 
 /// A fresh temporary folder `{prefix}-{pid}` holding one blank `w × h` PNG called `name`.
 fn image_dir(prefix: &str, name: &str, w: usize, h: usize) -> std::path::PathBuf {
