@@ -266,16 +266,26 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
         bail!("--iters and every --batch must be positive, --labels at least 3");
     }
     let ad = device.clone().autodiff();
-    let (model, _) = RlipParSeDa::init(&cfg, &ad);
+    let precision = crate::precision().dtype();
+    let master =
+        (precision != burn::tensor::FloatDType::F32).then_some(burn::tensor::FloatDType::F32);
+    let (model, _) = RlipParSeDa::init_as(&cfg, &ad, master);
     let n_obj = (a.labels * 2 / 5).max(2);
     let (ids, mask) = label_tokens(&cfg, a.labels, &ad);
     let texts = LabelTexts { ids, mask, n_obj };
     let n_verb = a.labels - n_obj;
     let crit = Criterion::new(CriterionConfig::default())?;
-    let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad);
+    let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad)
+        .with_mixed_precision(precision)?;
     println!(
-        "backend {backend}, config {}, input {h}x{w}, {} label texts, {} pairs per image",
-        a.config, a.labels, a.pairs
+        "backend {backend}, config {}, {}, input {h}x{w}, {} label texts, {} pairs per image",
+        a.config,
+        match trainer.mixed_precision() {
+            Some(dt) => format!("mixed precision ({dt:?} compute, f32 masters)"),
+            None => "f32".into(),
+        },
+        a.labels,
+        a.pairs
     );
     println!(
         "| backend | config | batch | input | ms/step (median of {}) | images/s | first step s | peak RSS MiB | device MiB |",

@@ -29,7 +29,8 @@ pub enum Precision {
 }
 
 impl Precision {
-    fn dtype(self) -> FloatDType {
+    /// The Burn float type of this precision.
+    pub fn dtype(self) -> FloatDType {
         match self {
             Self::F32 => FloatDType::F32,
             Self::Bf16 => FloatDType::BF16,

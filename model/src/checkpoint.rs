@@ -165,7 +165,8 @@ impl ModuleMapper for Assign {
         }
         let require_grad = t.is_require_grad();
         let device = t.device();
-        let new = Tensor::<D>::from_data(TensorData::new(v, dims), &device);
+        // in the parameter's own type (float32 masters of mixed-precision training stay float32)
+        let new = Tensor::<D>::from_data(TensorData::new(v, dims), (&device, t.dtype()));
         Param::initialized(
             id,
             if require_grad {

@@ -336,10 +336,20 @@ impl RlipParSeDa {
     /// parameters as a state dict under the official keys (for tests, benchmarks, training from
     /// scratch).
     pub fn init(cfg: &RlipConfig, device: &Device) -> (Self, StateDict) {
+        Self::init_as(cfg, device, None)
+    }
+
+    /// [`RlipParSeDa::init`] with float tensors created in `dtype` (`None`: the device default).
+    pub fn init_as(
+        cfg: &RlipConfig,
+        device: &Device,
+        dtype: Option<burn::tensor::FloatDType>,
+    ) -> (Self, StateDict) {
         let empty = StateDict::new();
         let mut ld = Loader::new(&empty, device, "initialisation")
             .allow_partial(true)
-            .record_inits(true);
+            .record_inits(true)
+            .float_dtype(dtype);
         let model = Self::load(&mut ld, cfg);
         let (_, sd) = ld
             .finish_with_inits()

@@ -99,8 +99,20 @@ pub fn load_model(
     device: &Device,
     partial: bool,
 ) -> Result<(RlipParSeDa, KeyReport), InferError> {
+    load_model_as(cfg, checkpoint, device, partial, None)
+}
+
+/// [`load_model`] with float tensors created in `dtype` (`None`: the device default), e.g. the
+/// float32 master weights of mixed-precision training on a bf16 device.
+pub fn load_model_as(
+    cfg: &RlipConfig,
+    checkpoint: &Path,
+    device: &Device,
+    partial: bool,
+    dtype: Option<burn::tensor::FloatDType>,
+) -> Result<(RlipParSeDa, KeyReport), InferError> {
     if let Some(meta) = checkpoint::read_metadata(checkpoint).ok().flatten() {
-        return load_trained(cfg, checkpoint, &meta, device);
+        return load_trained(cfg, checkpoint, &meta, device, dtype);
     }
     let mut sd = StateDict::read(checkpoint)?;
     let hint = checkpoint_hint(&sd, cfg);
@@ -114,7 +126,9 @@ pub fn load_model(
             );
         }
     }
-    let mut ld = Loader::new(&sd, device, checkpoint.display().to_string()).allow_partial(partial);
+    let mut ld = Loader::new(&sd, device, checkpoint.display().to_string())
+        .allow_partial(partial)
+        .float_dtype(dtype);
     let model = RlipParSeDa::load(&mut ld, cfg);
     match ld.finish() {
         Ok(report) => Ok((model, report)),
@@ -152,6 +166,7 @@ fn load_trained(
     path: &Path,
     meta: &std::collections::BTreeMap<String, String>,
     device: &Device,
+    dtype: Option<burn::tensor::FloatDType>,
 ) -> Result<(RlipParSeDa, KeyReport), InferError> {
     if let Some(saved) = checkpoint_config(path)?
         && &saved != cfg
@@ -162,8 +177,11 @@ fn load_trained(
         )));
     }
     let (model, mut report) = match meta.get(checkpoint::META_BASE) {
-        Some(base) => load_model(cfg, Path::new(base), device, true)?,
-        None => (RlipParSeDa::init(cfg, device).0, KeyReport::default()),
+        Some(base) => load_model_as(cfg, Path::new(base), device, true, dtype)?,
+        None => (
+            RlipParSeDa::init_as(cfg, device, dtype).0,
+            KeyReport::default(),
+        ),
     };
     let (model, names) = checkpoint::load_params(model, path)?;
     // the trained parameters replace whatever the base provided; missing base keys were

@@ -1,16 +1,19 @@
 //! The optimisation step of the official recipe (AdamW with
 //! weight decay 1e-4, separate learning rates for the backbone, the label encoder and the rest,
-//! the ResNet stem and `layer1` frozen, gradient clipping at a global norm, step decay).
+//! the ResNet stem and `layer1` frozen, gradient clipping at a global norm, step decay), in
+//! float32 or with bf16 mixed precision ([`Trainer::with_mixed_precision`]).
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use rlip_data::DataError;
 use rlip_data::labels::LabelSet;
 use rlip_data::preprocess::pad_batch;
 use rlip_model::position::PaddingMask;
+use rlip_model::prediction_heads::LayerPredictions;
 use rlip_model::rlip::RlipParSeDa;
 use rlip_model::text::tokenizer::{LabelTokenizer, TokenizerError};
 use serde::Serialize;
@@ -159,6 +162,41 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
+/// Casts every float parameter to `dtype`. With `track` the casts stay in the autodiff graph, so
+/// the gradient of a cast parameter flows back (cast to the original type) into the original
+/// parameter; without, each parameter becomes a new leaf keeping its `require_grad` flag.
+struct CastParams {
+    dtype: FloatDType,
+    track: bool,
+}
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (dtype, track) = (self.dtype, self.track);
+        param.map(|t| {
+            if track {
+                t.cast(dtype)
+            } else {
+                let require_grad = t.is_require_grad();
+                let t = t.detach().cast(dtype);
+                if require_grad { t.require_grad() } else { t }
+            }
+        })
+    }
+}
+
+/// One decoder layer's predictions in float32 (the criterion's type under mixed precision).
+fn predictions_f32(p: LayerPredictions) -> LayerPredictions {
+    let f = |t: Tensor<3>| t.cast(FloatDType::F32);
+    LayerPredictions {
+        sub_logits: f(p.sub_logits),
+        obj_logits: f(p.obj_logits),
+        verb_logits: f(p.verb_logits),
+        sub_boxes: f(p.sub_boxes),
+        obj_boxes: f(p.obj_boxes),
+    }
+}
+
 /// File names inside a training checkpoint folder.
 pub const MODEL_FILE: &str = "model.safetensors";
 /// Optimiser state (burnpack, keyed by parameter id).
@@ -173,6 +211,8 @@ pub struct Trainer {
     device: Device,
     step: usize,
     seed: u64,
+    /// The compute type of mixed-precision training (`None`: float32 throughout).
+    compute: Option<FloatDType>,
 }
 
 impl Trainer {
@@ -201,6 +241,63 @@ impl Trainer {
             device: device.clone(),
             step: 0,
             seed: 0,
+            compute: None,
+        }
+    }
+
+    /// Mixed-precision training in `dtype` (bf16; `F32` turns it off). The parameters become
+    /// float32 master weights (optimiser moments and checkpoints are float32; build the model
+    /// with float32 tensors, e.g. `RlipParSeDa::init_as(.., Some(FloatDType::F32))`, so none is
+    /// rounded first); each step casts them to bf16 inside the autodiff graph, runs forward and
+    /// backward in bf16 with the model's float32 islands (norms, softmax, box refinement,
+    /// deformable sampling), computes the criterion in float32, and applies float32 gradients
+    /// to the masters — the scheme of PyTorch's autocast. The device's default float type must
+    /// be bf16 (`rlip_backends::set_precision`), since the model creates its constants in it.
+    /// f16 is refused: it needs loss scaling, which is not implemented.
+    pub fn with_mixed_precision(mut self, dtype: FloatDType) -> Result<Self, TrainError> {
+        match dtype {
+            FloatDType::F32 => {
+                self.compute = None;
+                return Ok(self);
+            }
+            FloatDType::BF16 => {}
+            other => {
+                return Err(TrainError::Invalid(format!(
+                    "mixed-precision training supports bf16, not {other:?} (f16 needs loss \
+                     scaling, which is not implemented)"
+                )));
+            }
+        }
+        let default = self.device.settings().float_dtype;
+        if default != dtype {
+            return Err(TrainError::Invalid(format!(
+                "mixed precision in {dtype:?} needs a device whose default float type is \
+                 {dtype:?}, not {default:?}"
+            )));
+        }
+        let model = self.model.take().expect("model present between steps");
+        self.model = Some(model.map(&mut CastParams {
+            dtype: FloatDType::F32,
+            track: false,
+        }));
+        self.compute = Some(dtype);
+        Ok(self)
+    }
+
+    /// The compute type of mixed-precision training, `None` in float32.
+    pub fn mixed_precision(&self) -> Option<FloatDType> {
+        self.compute
+    }
+
+    /// The model for evaluation: without autodiff, its parameters in the compute type.
+    pub fn eval_model(&self) -> RlipParSeDa {
+        let model = self.model().valid();
+        match self.compute {
+            Some(dtype) => model.map(&mut CastParams {
+                dtype,
+                track: false,
+            }),
+            None => model,
         }
     }
 
@@ -243,7 +340,18 @@ impl Trainer {
     /// Restores the parameters (with their ids) and optimiser state written by [`Trainer::save`]
     /// into this trainer, whose model must have the same configuration; `steps` is the step
     /// count to continue from.
+    ///
+    /// Refused under mixed precision: Burn 0.22 restores optimiser moments in the device's
+    /// default float type, so the float32 moments would come back as bf16.
     pub fn restore(&mut self, dir: &Path, steps: usize) -> Result<(), TrainError> {
+        if let Some(dtype) = self.compute {
+            return Err(TrainError::Invalid(format!(
+                "resuming {dtype:?} mixed-precision training is not supported yet (Burn 0.22 \
+                 restores the float32 optimiser moments in the device's {dtype:?}); resume \
+                 without --float-dtype, or start a new run with --init {}",
+                dir.join(MODEL_FILE).display()
+            )));
+        }
         let model = self.model.take().expect("model present between steps");
         let path = dir.join(MODEL_FILE);
         let (model, _) = rlip_model::checkpoint::load_params_with_ids(model, &path)
@@ -285,7 +393,12 @@ impl Trainer {
             &self.device,
         );
         let mask = PaddingMask::from_sizes(&batch.sizes, batch.height, batch.width);
-        let labels = model.encode_labels(texts.ids.clone(), texts.mask.clone(), texts.n_obj);
+        // under mixed precision the forward runs on bf16 casts of the float32 masters
+        let work = match self.compute {
+            Some(dtype) => model.clone().map(&mut CastParams { dtype, track: true }),
+            None => model.clone(),
+        };
+        let labels = work.encode_labels(texts.ids.clone(), texts.mask.clone(), texts.n_obj);
         let pseudo = self.criterion.config().pseudo_verb.then(|| {
             let [l, d] = labels.pooled.dims();
             let verbs = labels.pooled.clone().slice(s![texts.n_obj..l]);
@@ -296,11 +409,12 @@ impl Trainer {
                 .expect("f32 text features");
             crate::loss::pseudo_verb::pseudo_verb_targets(&host, l - texts.n_obj, d, targets)
         });
-        let out = model.forward(x, &mask, &labels);
-        let crit = match self
-            .criterion
-            .forward(&out.layers, targets, pseudo.as_deref())
-        {
+        let mut layers = work.forward(x, &mask, &labels).layers;
+        drop(work);
+        if self.compute.is_some() {
+            layers = layers.into_iter().map(predictions_f32).collect();
+        }
+        let crit = match self.criterion.forward(&layers, targets, pseudo.as_deref()) {
             Ok(c) => c,
             Err(source) => {
                 self.model = Some(model);

@@ -151,11 +151,14 @@ impl FrozenBatchNorm {
         }
     }
 
-    /// Applies the affine map to `[B, C, H, W]`.
+    /// Applies the affine map to `[B, C, H, W]`. The buffers are not parameters (mixed-precision
+    /// training does not cast them): scale and shift are computed in the buffers' type and cast
+    /// to `x`'s.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let c = self.weight.dims()[0];
+        let dtype = burn::tensor::FloatDType::from(x.dtype());
         let scale = self.weight.clone() * (self.running_var.clone() + 1e-5).sqrt().recip();
         let shift = self.bias.clone() - self.running_mean.clone() * scale.clone();
-        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+        x * scale.cast(dtype).reshape([1, c, 1, 1]) + shift.cast(dtype).reshape([1, c, 1, 1])
     }
 }

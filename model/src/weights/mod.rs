@@ -371,6 +371,7 @@ pub struct Loader<'a> {
     report: KeyReport,
     rng: u64,
     inits: Option<StateDict>,
+    float_dtype: Option<burn::tensor::FloatDType>,
 }
 
 impl<'a> Loader<'a> {
@@ -384,6 +385,7 @@ impl<'a> Loader<'a> {
             report: KeyReport::default(),
             rng: 0x5EED_2024,
             inits: None,
+            float_dtype: None,
         }
     }
 
@@ -407,9 +409,25 @@ impl<'a> Loader<'a> {
         self
     }
 
+    /// Creates float tensors in `dtype` instead of the device's default float type (`None`: the
+    /// default). Mixed-precision training loads its float32 master weights this way on a device
+    /// whose default is bf16.
+    pub fn float_dtype(mut self, dtype: Option<burn::tensor::FloatDType>) -> Self {
+        self.float_dtype = dtype;
+        self
+    }
+
     /// Device tensors are created on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn create<const D: usize>(&self, values: Vec<f32>, shape: &[usize]) -> Tensor<D> {
+        let data = TensorData::new(values, shape.to_vec());
+        match self.float_dtype {
+            Some(dt) => Tensor::from_data(data, (&self.device, burn::tensor::DType::from(dt))),
+            None => Tensor::from_data(data, &self.device),
+        }
     }
 
     /// The raw entry for `key`, marking it as used; `None` (and recorded as missing) if absent.
@@ -440,11 +458,11 @@ impl<'a> Loader<'a> {
         init: Init,
     ) -> Tensor<D> {
         match self.take(key, &shape) {
-            Some(t) => t.to_tensor(&self.device),
+            Some(t) => self.create(t.f32_values(), &shape),
             None => {
                 let v = self.init_values(shape.iter().product(), fan_in(&shape), init);
                 self.record(key, &shape, &v);
-                Tensor::from_data(TensorData::new(v, shape.to_vec()), &self.device)
+                self.create(v, &shape)
             }
         }
     }
@@ -464,7 +482,7 @@ impl<'a> Loader<'a> {
                 v
             }
         };
-        Tensor::from_data(TensorData::new(v, shape.to_vec()), &self.device)
+        self.create(v, &shape)
     }
 
     /// Values of `key` as f32 (for parameters that are folded or reshaped before use).

@@ -409,10 +409,11 @@ impl Criterion {
             matches[l] = m;
         }
 
-        let dev = layers[last].obj_logits.device();
-        let total = terms.iter().fold(terms::zero(&dev), |acc, t| {
-            acc + t.value.clone().mul_scalar(t.weight)
-        });
+        let last_logits = &layers[last].obj_logits;
+        let zero = terms::zero(&last_logits.device(), last_logits.dtype());
+        let total = terms
+            .iter()
+            .fold(zero, |acc, t| acc + t.value.clone().mul_scalar(t.weight));
         Ok(CriterionOutput {
             terms,
             total,

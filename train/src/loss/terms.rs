@@ -5,18 +5,27 @@
 //! flows into them, as in the official code where they come from the `no_grad` matcher.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::{log_softmax, sigmoid};
 
 /// Probability clamp of the official focal losses (`eps = 1e-6`).
 pub const FOCAL_EPS: f64 = 1e-6;
 
-fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], dev: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values, shape), dev)
+/// Where the predictions are: their device and float type (float32 under mixed-precision
+/// training, whatever the device's default float type), so targets are created alike.
+type At = (Device, DType);
+
+fn at<const D: usize>(t: &Tensor<D>) -> At {
+    (t.device(), t.dtype())
 }
 
-/// A one-element zero on `dev` (the value of a term with nothing to compare).
-pub fn zero(dev: &Device) -> Tensor<1> {
-    Tensor::zeros([1], dev)
+fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], at: &At) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), (&at.0, at.1))
+}
+
+/// A one-element zero on `dev` in `dtype` (the value of a term with nothing to compare).
+pub fn zero(dev: &Device, dtype: DType) -> Tensor<1> {
+    Tensor::zeros([1], (dev, dtype))
 }
 
 /// Class-weighted cross-entropy over every query, as
@@ -32,10 +41,10 @@ pub fn weighted_cross_entropy(logits: Tensor<3>, targets: &[usize], eos_coef: f6
     let [b, p, c] = logits.dims();
     assert_eq!(targets.len(), b * p, "one target class per query");
     assert!(targets.iter().all(|&t| t < c), "target class out of range");
-    let dev = logits.device();
+    let dev = at(&logits);
     let weight = |t: usize| if t == c - 1 { eos_coef } else { 1.0 };
     let idx: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
-    let idx = Tensor::<3, Int>::from_data(TensorData::new(idx, [b, p, 1]), &dev);
+    let idx = Tensor::<3, Int>::from_data(TensorData::new(idx, [b, p, 1]), &dev.0);
     let w: Vec<f32> = targets.iter().map(|&t| weight(t) as f32).collect();
     let w_sum: f64 = targets.iter().map(|&t| weight(t)).sum();
     let nll = log_softmax(logits, 2).gather(2, idx).neg();
@@ -55,7 +64,7 @@ pub fn weighted_cross_entropy(logits: Tensor<3>, targets: &[usize], eos_coef: f6
 pub fn focal_verb_loss(logits: Tensor<3>, targets: &[f32]) -> Tensor<1> {
     let [b, p, v] = logits.dims();
     assert_eq!(targets.len(), b * p * v, "dense verb targets");
-    let dev = logits.device();
+    let dev = at(&logits);
     let pos: Vec<f32> = targets.iter().map(|&t| (t == 1.0) as u8 as f32).collect();
     let neg_w: Vec<f32> = targets
         .iter()
@@ -84,7 +93,7 @@ pub fn focal_verb_loss(logits: Tensor<3>, targets: &[f32]) -> Tensor<1> {
 pub fn quality_focal_verb_loss(logits: Tensor<3>, targets: &[f32], beta: f64) -> Tensor<1> {
     let [b, p, v] = logits.dims();
     assert_eq!(targets.len(), b * p * v, "dense verb targets");
-    let dev = logits.device();
+    let dev = at(&logits);
     let num_pos = targets.iter().filter(|&&t| t > 0.0).count();
     let gt = host_tensor(targets.to_vec(), [b, p, v], &dev);
     let prob = sigmoid(logits).clamp(FOCAL_EPS, 1.0 - FOCAL_EPS);
@@ -169,17 +178,17 @@ pub fn box_losses(
         "one target per matched row"
     );
     assert!(rows.iter().all(|&r| r < b * p), "matched row out of range");
-    let dev = sub_boxes.device();
+    let dev = at(&sub_boxes);
     if n == 0 {
         return BoxLosses {
-            sub_bbox: zero(&dev),
-            obj_bbox: zero(&dev),
-            sub_giou: zero(&dev),
-            obj_giou: zero(&dev),
+            sub_bbox: zero(&dev.0, dev.1),
+            obj_bbox: zero(&dev.0, dev.1),
+            sub_giou: zero(&dev.0, dev.1),
+            obj_giou: zero(&dev.0, dev.1),
         };
     }
     let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &dev);
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &dev.0);
     let src_sub = sub_boxes.reshape([b * p, 4]).select(0, idx.clone());
     let src_obj = obj_boxes.reshape([b * p, 4]).select(0, idx);
     let flat = |v: &[[f32; 4]]| v.iter().flatten().copied().collect::<Vec<f32>>();

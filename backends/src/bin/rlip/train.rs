@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::prelude::Device;
+use burn::tensor::FloatDType;
 use clap::{Args, ValueEnum};
 use rlip_data::hico::{coco_id_to_index, load_hoi_annotations};
 use rlip_data::labels::LabelSet;
@@ -27,7 +27,7 @@ use rlip_train::fit::{
     FitConfig, FitHooks, FitState, Progress, STATE_FILE, TrainData, checkpoint_name, fit,
     list_checkpoints, pretrain_samples, prune_checkpoints, read_state, save_checkpoint,
 };
-use rlip_train::infer::{PairMode, Predictor, load_model};
+use rlip_train::infer::{PairMode, Predictor, load_model_as};
 use rlip_train::loss::{Criterion, CriterionConfig, VerbLoss};
 use rlip_train::samples::{FinetuneDataset, hico_samples, oi_samples, vcoco_samples};
 use rlip_train::trainer::{LabelTexts, OptimConfig, TrainError, Trainer};
@@ -443,7 +443,7 @@ impl Evaluator {
 
     fn run(&self, trainer: &Trainer) -> Result<BTreeMap<String, f64>> {
         let device = trainer.device().clone().inner();
-        let model = trainer.model().valid();
+        let model = trainer.eval_model();
         let mode = match self.dataset {
             Dataset::Oi => PairMode::Sgg,
             _ => PairMode::Hoi,
@@ -614,9 +614,12 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         }
         Mode::Pretrain => (prepare_pretrain(&a, tokenizer, &cfg)?, None),
     };
+    // mixed precision (`--float-dtype bf16`): float32 master weights, built without rounding
+    let precision = rlip_backends::precision().dtype();
+    let master = (precision != FloatDType::F32).then_some(FloatDType::F32);
     let model = match &a.init {
         Some(p) => {
-            let (m, report) = load_model(&cfg, p, &ad, true)?;
+            let (m, report) = load_model_as(&cfg, p, &ad, true, master)?;
             println!(
                 "initialised from {}: {}",
                 p.display(),
@@ -624,7 +627,7 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
             );
             m
         }
-        None => RlipParSeDa::init(&cfg, &ad).0,
+        None => RlipParSeDa::init_as(&cfg, &ad, master).0,
     };
     let optim = OptimConfig {
         lr: a.lr,
@@ -643,7 +646,11 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         (Mode::Pretrain, _) => CriterionConfig::pretraining(),
     })?;
     let freeze = a.init.is_some() && !a.train_stem;
-    let mut trainer = Trainer::new(model, criterion, optim.clone(), freeze, &ad);
+    let mut trainer = Trainer::new(model, criterion, optim.clone(), freeze, &ad)
+        .with_mixed_precision(precision)?;
+    if let Some(dt) = trainer.mixed_precision() {
+        println!("mixed precision: {dt:?} compute, float32 master weights");
+    }
     let train_size = a.train_size.unwrap_or(cfg.eval_size);
     let fit_cfg = FitConfig {
         epochs: a.epochs,
