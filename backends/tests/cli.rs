@@ -485,9 +485,9 @@ fn finetune_on_vcoco_and_open_images_layouts() {
 }
 
 /// bf16 mixed-precision training (`--float-dtype bf16 train`): the losses follow the float32
-/// run's within bf16 accuracy without being identical (the forward really ran in bf16), and
-/// the checkpoint holds float32 master weights, most of which bf16 cannot represent. Resuming
-/// such a run and f16 training are refused with the reason.
+/// run's within bf16 accuracy without being identical (the forward really ran in bf16), the
+/// evaluation runs, and the checkpoint holds float32 master weights, most of which bf16 cannot
+/// represent. Resuming such a run and f16 training are refused with the reason.
 #[test]
 fn bf16_mixed_precision_training_keeps_float32_masters() {
     let dir = tmp("amp");
@@ -522,8 +522,11 @@ fn bf16_mixed_precision_training_keeps_float32_masters() {
     let train = |precision: &str, out: &Path| train_for(precision, "4", out, &[]);
     let (full, mixed) = (dir.join("f32"), dir.join("bf16"));
     train("f32", &full).expect("f32 training");
-    let out = train("bf16", &mixed).expect("bf16 training");
+    // with an evaluation at the end, on bf16 casts of the masters
+    let out = train_for("bf16", "4", &mixed, &["--eval-every", "1"]).expect("bf16 training");
     assert!(out.contains("mixed precision: BF16"), "{out}");
+    let metrics = std::fs::read_to_string(mixed.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("\"eval\"").count(), 1, "{metrics}");
     let (a, b) = (losses(&full), losses(&mixed));
     assert_eq!((a.len(), b.len()), (4, 4));
     assert_ne!(a, b, "bf16 compute gives other roundings");
