@@ -267,8 +267,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
     }
     let ad = device.clone().autodiff();
     let precision = crate::precision().dtype();
-    let master =
-        (precision != burn::tensor::FloatDType::F32).then_some(burn::tensor::FloatDType::F32);
+    let master = Trainer::master_dtype(precision)?;
     let (model, _) = RlipParSeDa::init_as(&cfg, &ad, master);
     let n_obj = (a.labels * 2 / 5).max(2);
     let (ids, mask) = label_tokens(&cfg, a.labels, &ad);

@@ -255,18 +255,9 @@ impl Trainer {
     /// be bf16 (`rlip_backends::set_precision`), since the model creates its constants in it.
     /// f16 is refused: it needs loss scaling, which is not implemented.
     pub fn with_mixed_precision(mut self, dtype: FloatDType) -> Result<Self, TrainError> {
-        match dtype {
-            FloatDType::F32 => {
-                self.compute = None;
-                return Ok(self);
-            }
-            FloatDType::BF16 => {}
-            other => {
-                return Err(TrainError::Invalid(format!(
-                    "mixed-precision training supports bf16, not {other:?} (f16 needs loss \
-                     scaling, which is not implemented)"
-                )));
-            }
+        if Self::master_dtype(dtype)?.is_none() {
+            self.compute = None;
+            return Ok(self);
         }
         let default = self.device.settings().float_dtype;
         if default != dtype {
@@ -282,6 +273,20 @@ impl Trainer {
         }));
         self.compute = Some(dtype);
         Ok(self)
+    }
+
+    /// The type to build a model in for training with compute type `dtype`: `None` (the device
+    /// default) in float32, float32 master weights for bf16 mixed precision. f16 is an error: it
+    /// needs loss scaling, which is not implemented.
+    pub fn master_dtype(dtype: FloatDType) -> Result<Option<FloatDType>, TrainError> {
+        match dtype {
+            FloatDType::F32 => Ok(None),
+            FloatDType::BF16 => Ok(Some(FloatDType::F32)),
+            other => Err(TrainError::Invalid(format!(
+                "mixed-precision training supports bf16, not {other:?} (f16 needs loss scaling, \
+                 which is not implemented)"
+            ))),
+        }
     }
 
     /// The compute type of mixed-precision training, `None` in float32.

@@ -120,17 +120,6 @@ fn error_text(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     if cli.float_dtype != Precision::F32 {
-        if cli.float_dtype == Precision::F16
-            && matches!(
-                cli.command,
-                Command::Train(_) | Command::Bench(BenchCmd::Train(_))
-            )
-        {
-            bail!(
-                "--float-dtype f16: mixed-precision training supports bf16 (f16 needs loss \
-                 scaling, which is not implemented)"
-            );
-        }
         rlip_backends::set_precision(cli.float_dtype)?;
     }
     match cli.command {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
-use burn::tensor::FloatDType;
 use clap::{Args, ValueEnum};
 use rlip_data::hico::{coco_id_to_index, load_hoi_annotations};
 use rlip_data::labels::LabelSet;
@@ -602,6 +601,9 @@ fn truncate_metrics(path: &Path, steps: usize) -> Result<()> {
 
 /// Runs `rlip train`.
 pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
+    // mixed precision (`--float-dtype bf16`): float32 master weights, built without rounding
+    let precision = rlip_backends::precision().dtype();
+    let master = Trainer::master_dtype(precision)?;
     let cfg = RlipConfig::resolve(&a.config).context("model configuration")?;
     let tok_path = tokenizer_path(&a);
     let tokenizer =
@@ -614,9 +616,6 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
         }
         Mode::Pretrain => (prepare_pretrain(&a, tokenizer, &cfg)?, None),
     };
-    // mixed precision (`--float-dtype bf16`): float32 master weights, built without rounding
-    let precision = rlip_backends::precision().dtype();
-    let master = (precision != FloatDType::F32).then_some(FloatDType::F32);
     let model = match &a.init {
         Some(p) => {
             let (m, report) = load_model_as(&cfg, p, &ad, true, master)?;
