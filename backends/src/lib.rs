@@ -15,8 +15,8 @@ use burn::prelude::Device;
 use burn::tensor::FloatDType;
 
 /// Precision of the float tensors a device creates (weights, activations): `f32` (default, the
-/// parity setting), or `bf16` / `f16` everywhere (inference only; norms, softmax, box refinement and the
-/// deformable-attention sampling stay float32).
+/// parity setting), or `bf16` / `f16` everywhere (norms, softmax, box refinement and the
+/// deformable-attention sampling stay float32; training keeps float32 master weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// 32-bit floats.

@@ -484,12 +484,14 @@ fn finetune_on_vcoco_and_open_images_layouts() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// bf16 mixed-precision training (`--float-dtype bf16 train`): the losses follow the float32
+/// Mixed-precision training (`--float-dtype bf16|f16 train`): the bf16 losses follow the float32
 /// run's within bf16 accuracy without being identical (the forward really ran in bf16), the
 /// evaluation runs, and the checkpoint holds float32 master weights, most of which bf16 cannot
-/// represent. Resuming such a run and f16 training are refused with the reason.
+/// represent. f16 starts at loss scale 65536, skips the steps whose gradients overflow, halving
+/// the scale each time, then trains. Resumed bf16 and f16 runs log exactly the losses (and
+/// scales) of uninterrupted ones: the optimiser moments come back in float32, the scale too.
 #[test]
-fn bf16_mixed_precision_training_keeps_float32_masters() {
+fn mixed_precision_training_keeps_float32_masters_and_resumes() {
     let dir = tmp("amp");
     let data = dir.join("data");
     generate(&data, SynthConfig::new(SynthSize::Tiny, 7)).expect("synthetic data");
@@ -520,15 +522,19 @@ fn bf16_mixed_precision_training_keeps_float32_masters() {
         }
     };
     let train = |precision: &str, out: &Path| train_for(precision, "4", out, &[]);
-    let (full, mixed) = (dir.join("f32"), dir.join("bf16"));
+    let (full, mixed, half) = (dir.join("f32"), dir.join("bf16"), dir.join("f16"));
     train("f32", &full).expect("f32 training");
     // with an evaluation at the end, on bf16 casts of the masters
     let out = train_for("bf16", "4", &mixed, &["--eval-every", "1"]).expect("bf16 training");
     assert!(out.contains("mixed precision: BF16"), "{out}");
     let metrics = std::fs::read_to_string(mixed.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.matches("\"eval\"").count(), 1, "{metrics}");
-    let (a, b) = (losses(&full), losses(&mixed));
-    assert_eq!((a.len(), b.len()), (4, 4));
+    let out = train("f16", &half).expect("f16 training");
+    assert!(out.contains("mixed precision: F16"), "{out}");
+    let a = losses(&full);
+    assert_eq!(a.len(), 4);
+    let b = losses(&mixed);
+    assert_eq!(b.len(), 4);
     assert_ne!(a, b, "bf16 compute gives other roundings");
     let mut worst = 0f64;
     for ((step, x), (_, y)) in a.iter().zip(&b) {
@@ -541,6 +547,46 @@ fn bf16_mixed_precision_training_keeps_float32_masters() {
     }
     eprintln!(
         "bf16 mixed precision: losses {b:?} vs f32 {a:?}, max relative difference {worst:.2e}"
+    );
+    // f16: the loss scale halves after every skipped step and stays otherwise (no growth
+    // within 2000 steps); the first step's loss (no update before it) is the float32 one
+    // within f16 accuracy
+    let scales = |run: &Path| -> Vec<(f64, bool, Option<f64>)> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["step"].is_u64())
+            .map(|v| {
+                let k = v["loss_scale"]
+                    .as_f64()
+                    .expect("f16 steps log their loss scale");
+                (k, v["skipped"].as_bool().unwrap(), v["grad_norm"].as_f64())
+            })
+            .collect()
+    };
+    let h = scales(&half);
+    eprintln!("f16 (loss scale, skipped, gradient norm) per step: {h:?}");
+    assert_eq!(h.len(), 4);
+    assert_eq!(h[0].0, 65536.0);
+    for w in h.windows(2) {
+        let expected = if w[0].1 { w[0].0 / 2.0 } else { w[0].0 };
+        assert_eq!(w[1].0, expected, "{h:?}");
+    }
+    for (k, skipped, norm) in &h {
+        assert_eq!(*skipped, norm.is_none(), "overflow is skipped exactly: {k}");
+    }
+    assert!(
+        h.iter().filter(|x| !x.1).count() >= 2,
+        "f16 never trained: {h:?}"
+    );
+    let c = losses(&half);
+    let rel = (a[0].1 - c[0].1).abs() / a[0].1;
+    assert!(
+        rel < 1e-3 && rel > 0.0,
+        "step 0: f32 {}, f16 {} ({rel:.2e})",
+        a[0].1,
+        c[0].1
     );
     let sd = rlip_model::weights::st::read(&mixed.join("checkpoint.safetensors")).unwrap();
     let (mut values, mut beyond_bf16) = (0usize, 0usize);
@@ -556,18 +602,77 @@ fn bf16_mixed_precision_training_keeps_float32_masters() {
         beyond_bf16 * 10 > values * 9,
         "only {beyond_bf16} of {values} master weights need more than bf16"
     );
-    // resuming is refused with the reason (the optimiser moments would come back in bf16)
-    let resumed = dir.join("resumed");
-    train_for("bf16", "2", &resumed, &[]).expect("first half");
-    let e = train_for("bf16", "4", &resumed, &["--resume"]).expect_err("resume is refused");
+    // two steps, then resumed to four: the uninterrupted run's losses (and f16 scales) exactly
+    for (precision, whole) in [("bf16", &mixed), ("f16", &half)] {
+        let resumed = dir.join(format!("resumed-{precision}"));
+        train_for(precision, "2", &resumed, &[]).expect("first half");
+        let out = train_for(precision, "4", &resumed, &["--resume"]).expect("resumed run");
+        assert!(out.contains("resumed from"), "{out}");
+        assert_eq!(
+            losses(&resumed),
+            losses(whole),
+            "resumed {precision} run's losses differ"
+        );
+        if precision == "f16" {
+            assert_eq!(scales(&resumed), h, "resumed f16 run's loss scales differ");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `rlip train --devices 0,0`: data parallelism over two shards (both on the CPU here) runs
+/// with the official loss normalisation, so its losses follow the single-device run's closely
+/// (they differ only in per-shard class-loss means and padding); a batch smaller than the
+/// device list and `--device` beside `--devices` are refused.
+#[test]
+fn data_parallel_training_over_two_devices() {
+    let dir = tmp("dp");
+    let data = dir.join("data");
+    generate(&data, SynthConfig::new(SynthSize::Tiny, 5)).expect("synthetic data");
+    let args = |out: &Path, more: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--data",
+            s(&data),
+            "--config",
+            "small",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "3",
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(more.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |v: &[String]| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    run(&args(&one, &[]));
+    let out = run(&args(&two, &["--devices", "0,0"]));
+    assert!(out.contains("data parallel over 2 devices"), "{out}");
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!((a.len(), b.len()), (3, 3));
+    let mut worst = 0f64;
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        let rel = (x - y).abs() / x.abs();
+        assert!(rel < 0.05, "step {step}: single {x}, data parallel {y}");
+        worst = worst.max(rel);
+    }
+    eprintln!(
+        "data parallel over 2 shards: losses {b:?} vs {a:?}, max relative difference {worst:.2e}"
+    );
+    let small = args(&dir.join("small"), &["--devices", "0,0,0,0,0"]);
+    let e = fails(&small.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
-        e.contains("not supported yet") && !e.contains("panicked"),
+        e.contains("--batch-size 4 is smaller than the 5 devices"),
         "{e}"
     );
-    let e = train("f16", &dir.join("f16")).expect_err("f16 training is refused");
-    assert!(
-        e.contains("supports bf16") && !e.contains("panicked"),
-        "{e}"
-    );
+    let mut both = vec!["--device".to_string(), "0".into()];
+    both.extend(args(&dir.join("both"), &["--devices", "0,0"]));
+    let e = fails(&both.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("--devices lists every device"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

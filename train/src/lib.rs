@@ -17,6 +17,8 @@ pub mod infer;
 pub mod loss;
 #[cfg(feature = "model")]
 pub mod matcher;
+#[cfg(feature = "model")]
+pub mod optim;
 pub mod plot;
 #[cfg(feature = "model")]
 pub mod samples;

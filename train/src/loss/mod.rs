@@ -305,6 +305,20 @@ impl Criterion {
         targets: &[PairTargets],
         pseudo_verb: Option<&[Vec<Vec<f32>>]>,
     ) -> Result<CriterionOutput, CriterionError> {
+        self.forward_normalised(layers, targets, pseudo_verb, None)
+    }
+
+    /// [`Criterion::forward`] with the box and verb terms normalised by `num_interactions`
+    /// instead of this batch's pair count: a data-parallel shard passes the whole step's pair
+    /// count divided by the number of shards (at least 1), as the official code does with
+    /// `all_reduce` and the world size.
+    pub fn forward_normalised(
+        &self,
+        layers: &[LayerPredictions],
+        targets: &[PairTargets],
+        pseudo_verb: Option<&[Vec<Vec<f32>>]>,
+        num_interactions: Option<f64>,
+    ) -> Result<CriterionOutput, CriterionError> {
         let n_layers = layers.len();
         let last = n_layers
             .checked_sub(1)
@@ -344,7 +358,7 @@ impl Criterion {
         }
 
         let total_pairs: usize = targets.iter().map(PairTargets::len).sum();
-        let num_interactions = (total_pairs as f64).max(1.0);
+        let num_interactions = num_interactions.unwrap_or((total_pairs as f64).max(1.0));
 
         let computed: Vec<usize> = if self.config.aux_loss {
             std::iter::once(last).chain(0..last).collect()

@@ -251,3 +251,64 @@ fn pairs_without_objects_have_no_object_box_loss() {
     assert!(term("loss_sub_bbox").unwrap() > 0.0);
     assert!(log.loss.is_finite() && log.loss > 0.0);
 }
+
+/// Data parallelism: a step on `[x, x]` split over two shards (here both on the CPU device)
+/// is exactly a single-device step on `x` — loss, gradient norm (the shards' gradients are
+/// averaged, not summed) and updated parameters — over several steps.
+#[test]
+fn data_parallel_step_over_two_shards_averages_them() {
+    let dev = rlip_backends::default_device().unwrap().autodiff();
+    let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &dev);
+    let optim = OptimConfig {
+        lr: 1e-3,
+        lr_backbone: 1e-4,
+        lr_text: 1e-4,
+        ..OptimConfig::default()
+    };
+    let crit = || Criterion::new(CriterionConfig::default()).unwrap();
+    let mut single = Trainer::new(model.clone(), crit(), optim.clone(), true, &dev);
+    let mut dp = Trainer::new(model, crit(), optim, true, &dev)
+        .with_data_parallel(vec![dev.clone()])
+        .unwrap();
+    assert_eq!(dp.shards(), 2);
+    let texts = text(&dev);
+    let (x, t) = to_input(&samples()[0], 2, 3);
+    for step in 0..3 {
+        let a = single
+            .step(
+                std::slice::from_ref(&x),
+                std::slice::from_ref(&t),
+                &texts,
+                1.0,
+            )
+            .unwrap();
+        let b = dp
+            .step(
+                &[x.clone(), x.clone()],
+                &[t.clone(), t.clone()],
+                &texts,
+                1.0,
+            )
+            .unwrap();
+        assert_eq!((a.loss, a.grad_norm), (b.loss, b.grad_norm), "step {step}");
+        assert_eq!(a.terms, b.terms, "step {step}");
+    }
+    let (pa, pb) = (
+        rlip_model::checkpoint::collect_params(single.model()),
+        rlip_model::checkpoint::collect_params(dp.model()),
+    );
+    assert_eq!(pa.len(), pb.len());
+    for ((name, _, va), (_, _, vb)) in pa.iter().zip(&pb) {
+        assert_eq!(va, vb, "{name}");
+    }
+    // a batch smaller than the shard count runs on fewer shards
+    let one = dp
+        .step(
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&t),
+            &texts,
+            1.0,
+        )
+        .unwrap();
+    assert!(one.loss.is_finite());
+}

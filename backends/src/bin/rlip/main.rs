@@ -21,10 +21,10 @@ struct Cli {
     /// Device index for GPU backends (wgpu: n-th discrete GPU; tch: CUDA device; cuda: device).
     #[arg(long, global = true)]
     device: Option<usize>,
-    /// Float precision of weights and activations (`infer`, `eval`, `bench infer|msda`):
-    /// `bf16` and `f16` run everything but the float32 islands (norms, softmax, box refinement,
-    /// deformable-attention sampling) in that type; training needs
-    /// `f32`.
+    /// Float precision of weights and activations: `bf16` and `f16` run everything but the
+    /// float32 islands (norms, softmax, box refinement, deformable-attention sampling) in that
+    /// type; `train` and `bench train` then keep float32 master weights (mixed precision; f16
+    /// with dynamic loss scaling).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     float_dtype: Precision,
     #[command(subcommand)]
@@ -150,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             &cli.backend.to_string(),
             &device(cli.backend, cli.device)?,
         ),
-        Command::Train(a) => train::run(*a, &device(cli.backend, cli.device)?),
+        Command::Train(a) => train::run(*a, cli.backend, cli.device),
         Command::Infer(a) => infer::run(a, &device(cli.backend, cli.device)?),
         Command::Eval(a) => eval::run(a, cli.backend, cli.device),
         Command::Backends => {

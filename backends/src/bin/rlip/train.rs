@@ -117,6 +117,12 @@ pub struct TrainArgs {
     /// Images per step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
+    /// Data-parallel training over these device indices of `--backend` (e.g. `0,1,2,3` on
+    /// cuda; replaces `--device`): the first holds the master weights, each step's batch is
+    /// split evenly and the shards' gradients averaged. With flex every index names the CPU and
+    /// the shards run one after another.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<usize>,
     /// Learning rate (transformer and heads).
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
@@ -554,11 +560,23 @@ impl FitHooks for Hooks<'_> {
             "epoch {} loss {:.3} lr×{} {:.1} img/s",
             s.epoch, p.log.loss, p.log.lr_scale, p.images_per_s
         ));
-        self.log_line(serde_json::json!({
+        if p.log.skipped {
+            tracing::warn!(
+                step = p.log.step,
+                loss_scale = p.log.loss_scale,
+                "f16 gradients overflowed: step skipped, loss scale halved"
+            );
+        }
+        let mut line = serde_json::json!({
             "step": p.log.step, "epoch": s.epoch, "images": s.images, "seconds": s.seconds,
             "loss": p.log.loss, "grad_norm": p.log.grad_norm, "lr_scale": p.log.lr_scale,
             "terms": p.log.terms.iter().cloned().collect::<BTreeMap<_, _>>(),
-        }))?;
+        });
+        if let Some(k) = p.log.loss_scale {
+            line["loss_scale"] = k.into();
+            line["skipped"] = p.log.skipped.into();
+        }
+        self.log_line(line)?;
         if self
             .a
             .checkpoint_every
@@ -599,8 +617,27 @@ fn truncate_metrics(path: &Path, steps: usize) -> Result<()> {
         .with_context(|| format!("rewriting {}", path.display()))
 }
 
-/// Runs `rlip train`.
-pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
+/// Runs `rlip train` on `backend`, device `index` (or the `--devices` list).
+pub fn run(a: TrainArgs, backend: rlip_backends::BackendKind, index: Option<usize>) -> Result<()> {
+    if index.is_some() && !a.devices.is_empty() {
+        bail!("--device and --devices both given: --devices lists every device of the run");
+    }
+    let devices = if a.devices.is_empty() {
+        vec![rlip_backends::device(backend, index)?]
+    } else {
+        a.devices
+            .iter()
+            .map(|&i| rlip_backends::device(backend, Some(i)))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if a.batch_size < devices.len() {
+        bail!(
+            "--batch-size {} is smaller than the {} devices it is split over",
+            a.batch_size,
+            devices.len()
+        );
+    }
+    let device = &devices[0];
     // mixed precision (`--float-dtype bf16`): float32 master weights, built without rounding
     let precision = rlip_backends::precision().dtype();
     let master = Trainer::master_dtype(precision)?;
@@ -646,7 +683,16 @@ pub fn run(a: TrainArgs, device: &Device) -> Result<()> {
     })?;
     let freeze = a.init.is_some() && !a.train_stem;
     let mut trainer = Trainer::new(model, criterion, optim.clone(), freeze, &ad)
-        .with_mixed_precision(precision)?;
+        .with_mixed_precision(precision)?
+        .with_data_parallel(devices[1..].iter().map(|d| d.clone().autodiff()).collect())?;
+    if trainer.shards() > 1 {
+        println!(
+            "data parallel over {} devices ({backend}: {:?}), batch {} split evenly",
+            trainer.shards(),
+            a.devices,
+            a.batch_size
+        );
+    }
     if let Some(dt) = trainer.mixed_precision() {
         println!("mixed precision: {dt:?} compute, float32 master weights");
     }
