@@ -72,3 +72,35 @@ parity_test!(train_step_parity, SMALL_MODEL_TOL, |device, out| {
     }
     out.push("loss_after_update", scalar(second.loss));
 });
+
+// Data parallelism across backends: each backend's device holds the master weights and the first
+// shard, the CPU (flex) the second. On wgpu and tch the two shards run in parallel threads on
+// different devices and the second shard's gradients travel to the first device; on flex both
+// shards run one after another. The small preset has no dropout, so every backend must give
+// flex's numbers.
+parity_test!(data_parallel_step_parity, SMALL_MODEL_TOL, |device, out| {
+    let ad = device.clone().autodiff();
+    let cpu = rlip_backends::device(rlip_backends::BackendKind::Flex, None)
+        .unwrap()
+        .autodiff();
+    let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &ad);
+    let ids: Vec<i64> = (0..7)
+        .flat_map(|i| [0, 10 + 3 * i, 11 + 3 * i, 12 + i, 2])
+        .collect();
+    let texts = LabelTexts {
+        ids: Tensor::from_data(TensorData::new(ids, [7, 5]), &ad),
+        mask: Tensor::ones([7, 5], &ad),
+        n_obj: 4,
+    };
+    let crit = Criterion::new(CriterionConfig::default()).unwrap();
+    let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad)
+        .with_data_parallel(vec![cpu])
+        .unwrap();
+    let (images, targets) = batch();
+    let first = trainer.step(&images, &targets, &texts, 1.0).unwrap();
+    let second = trainer.step(&images, &targets, &texts, 1.0).unwrap();
+    let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], device);
+    out.push("loss", scalar(first.loss));
+    out.push("grad_norm", scalar(first.grad_norm));
+    out.push("loss_after_update", scalar(second.loss));
+});
