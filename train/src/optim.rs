@@ -446,15 +446,17 @@ impl LossScaler {
         extra.insert("loss_scale_good_steps".into(), self.good_steps as f64);
     }
 
-    /// The state saved by [`LossScaler::to_extra`], if any.
-    pub fn from_extra(extra: &BTreeMap<String, f64>) -> Option<Self> {
-        let scale = *extra.get("loss_scale")?;
-        let good = *extra.get("loss_scale_good_steps")?;
-        Some(Self {
-            scale,
-            good_steps: good as u64,
-            ..Self::default()
-        })
+    /// Takes the scale and clean-step count saved by [`LossScaler::to_extra`], when `extra`
+    /// has them (the growth interval stays this scaler's). Returns whether it did.
+    pub fn load_extra(&mut self, extra: &BTreeMap<String, f64>) -> bool {
+        let (Some(&scale), Some(&good)) =
+            (extra.get("loss_scale"), extra.get("loss_scale_good_steps"))
+        else {
+            return false;
+        };
+        self.scale = scale;
+        self.good_steps = good as u64;
+        true
     }
 }
 
@@ -550,8 +552,9 @@ mod tests {
         let mut extra = Default::default();
         s.update(true);
         s.to_extra(&mut extra);
-        let back = LossScaler::from_extra(&extra).unwrap();
+        let mut back = LossScaler::default();
+        assert!(back.load_extra(&extra));
         assert_eq!((back.scale, back.good_steps), (65536.0, 1));
-        assert_eq!(LossScaler::from_extra(&Default::default()), None);
+        assert!(!LossScaler::default().load_extra(&Default::default()));
     }
 }

@@ -327,11 +327,6 @@ impl Trainer {
         1 + self.replicas.len()
     }
 
-    /// The loss scaler of f16 training (`None` otherwise).
-    pub fn loss_scaler(&self) -> Option<&LossScaler> {
-        self.scaler.as_ref()
-    }
-
     /// The compute type of mixed-precision training, `None` in float32.
     pub fn mixed_precision(&self) -> Option<FloatDType> {
         self.compute
@@ -429,13 +424,8 @@ impl Trainer {
         };
         self.model = Some(model);
         self.optim = optim;
-        if let Some(s) = self.scaler.as_mut()
-            && let Some(saved) = LossScaler::from_extra(&extra)
-        {
-            *s = LossScaler {
-                growth_interval: s.growth_interval,
-                ..saved
-            };
+        if let Some(s) = self.scaler.as_mut() {
+            s.load_extra(&extra);
         }
         self.step = steps;
         Ok(())

@@ -41,18 +41,22 @@ fn batch() -> (Images, Vec<PairTargets>) {
     (images, targets)
 }
 
-parity_test!(train_step_parity, SMALL_MODEL_TOL, |device, out| {
-    let ad = device.clone().autodiff();
-    let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &ad);
-    // 3 objects + "no objects" + 3 relations, 5 tokens each
+/// 3 objects + "no objects" + 3 relations, 5 tokens each.
+fn texts(device: &Device) -> LabelTexts {
     let ids: Vec<i64> = (0..7)
         .flat_map(|i| [0, 10 + 3 * i, 11 + 3 * i, 12 + i, 2])
         .collect();
-    let texts = LabelTexts {
-        ids: Tensor::from_data(TensorData::new(ids, [7, 5]), &ad),
-        mask: Tensor::ones([7, 5], &ad),
+    LabelTexts {
+        ids: Tensor::from_data(TensorData::new(ids, [7, 5]), device),
+        mask: Tensor::ones([7, 5], device),
         n_obj: 4,
-    };
+    }
+}
+
+parity_test!(train_step_parity, SMALL_MODEL_TOL, |device, out| {
+    let ad = device.clone().autodiff();
+    let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &ad);
+    let texts = texts(&ad);
     let crit = Criterion::new(CriterionConfig::default()).unwrap();
     let optim = OptimConfig {
         lr: 1e-3,
@@ -84,14 +88,7 @@ parity_test!(data_parallel_step_parity, SMALL_MODEL_TOL, |device, out| {
         .unwrap()
         .autodiff();
     let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &ad);
-    let ids: Vec<i64> = (0..7)
-        .flat_map(|i| [0, 10 + 3 * i, 11 + 3 * i, 12 + i, 2])
-        .collect();
-    let texts = LabelTexts {
-        ids: Tensor::from_data(TensorData::new(ids, [7, 5]), &ad),
-        mask: Tensor::ones([7, 5], &ad),
-        n_obj: 4,
-    };
+    let texts = texts(&ad);
     let crit = Criterion::new(CriterionConfig::default()).unwrap();
     let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad)
         .with_data_parallel(vec![cpu])

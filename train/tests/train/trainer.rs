@@ -273,15 +273,17 @@ fn data_parallel_step_over_two_shards_averages_them() {
     assert_eq!(dp.shards(), 2);
     let texts = text(&dev);
     let (x, t) = to_input(&samples()[0], 2, 3);
+    let on_x = |tr: &mut Trainer| {
+        tr.step(
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&t),
+            &texts,
+            1.0,
+        )
+        .unwrap()
+    };
     for step in 0..3 {
-        let a = single
-            .step(
-                std::slice::from_ref(&x),
-                std::slice::from_ref(&t),
-                &texts,
-                1.0,
-            )
-            .unwrap();
+        let a = on_x(&mut single);
         let b = dp
             .step(
                 &[x.clone(), x.clone()],
@@ -302,13 +304,5 @@ fn data_parallel_step_over_two_shards_averages_them() {
         assert_eq!(va, vb, "{name}");
     }
     // a batch smaller than the shard count runs on fewer shards
-    let one = dp
-        .step(
-            std::slice::from_ref(&x),
-            std::slice::from_ref(&t),
-            &texts,
-            1.0,
-        )
-        .unwrap();
-    assert!(one.loss.is_finite());
+    assert!(on_x(&mut dp).loss.is_finite());
 }
