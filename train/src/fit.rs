@@ -149,6 +149,9 @@ pub struct FitConfig {
     pub batch_size: usize,
     /// Epoch from which every learning rate is multiplied by 0.1 (official `lr_drop`).
     pub lr_drop: Option<usize>,
+    /// Step from which every learning rate is multiplied by 0.1 (the same drop counted in
+    /// steps, for runs shorter than a few epochs); with both set, the earlier one applies.
+    pub lr_drop_step: Option<usize>,
     /// Augmentation.
     pub augment: TrainAugment,
     /// Seed of shuffling, augmentation and text sampling.
@@ -159,6 +162,16 @@ pub struct FitConfig {
     pub time_limit_s: Option<f64>,
     /// Data-loading threads (0: in the training thread).
     pub workers: usize,
+}
+
+impl FitConfig {
+    /// The learning-rate factor of the step taken at `state`: 0.1 from the `lr_drop` epoch or
+    /// the `lr_drop_step` step on, else 1.
+    pub fn lr_scale(&self, state: &FitState) -> f64 {
+        let by_epoch = self.lr_drop.is_some_and(|d| state.epoch >= d);
+        let by_step = self.lr_drop_step.is_some_and(|d| state.steps >= d);
+        if by_epoch || by_step { 0.1 } else { 1.0 }
+    }
 }
 
 /// Position in a run: what a checkpoint needs to continue exactly.
@@ -244,10 +257,6 @@ pub fn fit(
                 .is_some_and(|t| clock.elapsed().as_secs_f64() >= t)
     };
     while state.epoch < cfg.epochs && !out_of_budget(&state) {
-        let lr_scale = match cfg.lr_drop {
-            Some(d) if state.epoch >= d => 0.1,
-            _ => 1.0,
-        };
         let batches = loader
             .epoch(state.epoch as u64, state.batch)
             .map_err(|e| TrainError::Loader(e.to_string()))?;
@@ -257,7 +266,7 @@ pub fn fit(
             let (texts, _) =
                 batch_texts(data, trainer, cfg.seed, &state, &batch.indices, &mut tgts)?;
             let before = clock.elapsed().as_secs_f64();
-            let log = trainer.step(&imgs, &tgts, &texts, lr_scale)?;
+            let log = trainer.step(&imgs, &tgts, &texts, cfg.lr_scale(&state))?;
             state.seconds += clock.elapsed().as_secs_f64() - before;
             state.steps += 1;
             state.images += imgs.len();
@@ -433,6 +442,36 @@ mod tests {
     use crate::trainer::OptimConfig;
     use rlip_data::preprocess::RgbImage;
     use rlip_model::rlip::{RlipConfig, RlipParSeDa};
+
+    /// The drop applies from its epoch or its step on, whichever comes first.
+    #[test]
+    fn lr_drop_by_epoch_or_step() {
+        let mut cfg = FitConfig {
+            epochs: 5,
+            batch_size: 4,
+            lr_drop: Some(2),
+            lr_drop_step: None,
+            augment: TrainAugment::scaled(128, 213),
+            seed: 0,
+            max_steps: None,
+            time_limit_s: None,
+            workers: 0,
+        };
+        let at = |epoch, steps| FitState {
+            epoch,
+            steps,
+            ..FitState::default()
+        };
+        assert_eq!(cfg.lr_scale(&at(1, 99)), 1.0);
+        assert_eq!(cfg.lr_scale(&at(2, 100)), 0.1);
+        cfg.lr_drop_step = Some(30);
+        assert_eq!(cfg.lr_scale(&at(0, 29)), 1.0);
+        assert_eq!(cfg.lr_scale(&at(0, 30)), 0.1);
+        assert_eq!(cfg.lr_scale(&at(3, 0)), 0.1);
+        cfg.lr_drop = None;
+        assert_eq!(cfg.lr_scale(&at(4, 29)), 1.0);
+        assert_eq!(cfg.lr_scale(&at(4, 31)), 0.1);
+    }
 
     /// Pre-training targets index the batch's own texts: every subject/object label and every
     /// relation of a pair points at the text with the right name.

@@ -96,6 +96,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // 3. training: pre-training on the VG form, then fine-tuning on the HICO-DET form
     let pre_dir = out.join("pretrain");
     let (pre_steps, ft_steps) = (a.pretrain_steps.to_string(), a.finetune_steps.to_string());
+    // both stages drop their learning rates ×0.1 for the last fifth of their steps (the
+    // official step decay, counted in steps: the runs are shorter than the official drop epoch)
+    let drop_at = |steps: usize| (steps * 4 / 5).to_string();
+    let (pre_drop, ft_drop) = (drop_at(a.pretrain_steps), drop_at(a.finetune_steps));
     let pre_limit = (a.train_seconds * 0.2).to_string();
     let ft_limit = (a.train_seconds * 0.8).to_string();
     let common = [
@@ -132,6 +136,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "pretrain",
         "--max-steps",
         &pre_steps,
+        "--lr-drop-step",
+        &pre_drop,
         "--time-limit",
         &pre_limit,
         "--out",
@@ -146,6 +152,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         pre_ckpt_s,
         "--max-steps",
         &ft_steps,
+        "--lr-drop-step",
+        &ft_drop,
         "--time-limit",
         &ft_limit,
         "--out",

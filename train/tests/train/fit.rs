@@ -70,6 +70,7 @@ fn fit_cfg(max_steps: usize) -> FitConfig {
         epochs: 3,
         batch_size: 4,
         lr_drop: Some(1),
+        lr_drop_step: None,
         augment: TrainAugment::scaled(128, 213),
         seed: 5,
         max_steps: Some(max_steps),

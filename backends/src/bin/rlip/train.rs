@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// Epoch from which learning rates are multiplied by 0.1.
     #[arg(long)]
     lr_drop: Option<usize>,
+    /// Step from which learning rates are multiplied by 0.1 (for runs of a few epochs; with
+    /// `--lr-drop` too, the earlier drop applies).
+    #[arg(long)]
+    lr_drop_step: Option<usize>,
     /// Global gradient-norm clip (0 = off).
     #[arg(long, default_value_t = 0.1)]
     clip_max_norm: f64,
@@ -701,6 +705,7 @@ pub fn run(a: TrainArgs, backend: rlip_backends::BackendKind, index: Option<usiz
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr_drop: a.lr_drop,
+        lr_drop_step: a.lr_drop_step,
         augment: {
             let mut aug = TrainAugment::scaled(train_size, cfg.eval_max_size.max(train_size));
             if a.augment == Augment::Light {
