@@ -53,6 +53,29 @@ fn texts(device: &Device) -> LabelTexts {
     }
 }
 
+/// Two training steps on [`batch`]: records the first step's loss, gradient norm and (with
+/// `terms`) its loss terms, then the loss after the update.
+fn two_steps(
+    trainer: &mut Trainer,
+    texts: &LabelTexts,
+    device: &Device,
+    out: &mut rlip_tests::Outputs,
+    terms: bool,
+) {
+    let (images, targets) = batch();
+    let first = trainer.step(&images, &targets, texts, 1.0).unwrap();
+    let second = trainer.step(&images, &targets, texts, 1.0).unwrap();
+    let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], device);
+    out.push("loss", scalar(first.loss));
+    out.push("grad_norm", scalar(first.grad_norm));
+    if terms {
+        for (name, v) in &first.terms {
+            out.push(name, scalar(*v));
+        }
+    }
+    out.push("loss_after_update", scalar(second.loss));
+}
+
 parity_test!(train_step_parity, SMALL_MODEL_TOL, |device, out| {
     let ad = device.clone().autodiff();
     let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &ad);
@@ -65,16 +88,7 @@ parity_test!(train_step_parity, SMALL_MODEL_TOL, |device, out| {
         ..OptimConfig::default()
     };
     let mut trainer = Trainer::new(model, crit, optim, true, &ad);
-    let (images, targets) = batch();
-    let first = trainer.step(&images, &targets, &texts, 1.0).unwrap();
-    let second = trainer.step(&images, &targets, &texts, 1.0).unwrap();
-    let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], device);
-    out.push("loss", scalar(first.loss));
-    out.push("grad_norm", scalar(first.grad_norm));
-    for (name, v) in &first.terms {
-        out.push(name, scalar(*v));
-    }
-    out.push("loss_after_update", scalar(second.loss));
+    two_steps(&mut trainer, &texts, device, out, true);
 });
 
 // Data parallelism across backends: each backend's device holds the master weights and the first
@@ -93,11 +107,5 @@ parity_test!(data_parallel_step_parity, SMALL_MODEL_TOL, |device, out| {
     let mut trainer = Trainer::new(model, crit, OptimConfig::default(), true, &ad)
         .with_data_parallel(vec![cpu])
         .unwrap();
-    let (images, targets) = batch();
-    let first = trainer.step(&images, &targets, &texts, 1.0).unwrap();
-    let second = trainer.step(&images, &targets, &texts, 1.0).unwrap();
-    let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], device);
-    out.push("loss", scalar(first.loss));
-    out.push("grad_norm", scalar(first.grad_norm));
-    out.push("loss_after_update", scalar(second.loss));
+    two_steps(&mut trainer, &texts, device, out, false);
 });
