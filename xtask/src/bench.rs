@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::{cargo, ok, root, torch_env, torch_lib, vulkan_available};
 
@@ -40,7 +40,9 @@ fn software_vulkan() -> bool {
 
 /// Builds `rlip` in the release profile with cuda, wgpu and Burn's autotuned kernels (no GPU
 /// needed; `fusion` adds Burn's kernel fusion), strips it and packs it with xz into
-/// `target/gpu-bench/rlip.xz` for a GPU machine without a Rust toolchain.
+/// `target/gpu-bench/`, with what a GPU machine without a Rust toolchain needs beside it: the
+/// Vulkan loader (for wgpu), the committed tuning cache (`bench/tuning/cuda-h200.db.xz`) and
+/// the suite script `run.sh` (`xtask/gpu-run.sh`).
 pub fn pack(fusion: bool) -> Result<()> {
     let features = if fusion {
         "cuda,wgpu,autotune,fusion"
@@ -58,16 +60,40 @@ pub fn pack(fusion: bool) -> Result<()> {
     ]);
     ok(&mut build)?;
     let dir = root().join("target/gpu-bench");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir.join("lib"))?;
+    std::fs::create_dir_all(dir.join("environment"))?;
     let bin = dir.join("rlip");
     std::fs::copy(root().join("target/release/rlip"), &bin)?;
     ok(Command::new("strip").arg(&bin))?;
     ok(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&bin))?;
+    // GPU containers may carry the NVIDIA Vulkan driver (its ICD file) but not the loader that
+    // wgpu opens: on the lent H200 of 2026-11-28 wgpu found no adapter for want of it
+    let loader = [
+        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+        "/usr/lib64/libvulkan.so.1",
+        "/usr/lib/libvulkan.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .context("no libvulkan.so.1 here to carry for wgpu: `cargo xtask setup` installs libvulkan1")?;
+    std::fs::copy(&loader, dir.join("lib/libvulkan.so.1"))
+        .with_context(|| format!("copying {}", loader.display()))?;
+    let cache = root().join("bench/tuning/cuda-h200.db.xz");
+    let db = std::fs::File::create(dir.join("environment/default.db.part"))?;
+    ok(Command::new("xz").arg("-dc").arg(&cache).stdout(db))
+        .with_context(|| format!("unpacking {}", cache.display()))?;
+    std::fs::rename(
+        dir.join("environment/default.db.part"),
+        dir.join("environment/default.db"),
+    )?;
+    let script = dir.join("run.sh");
+    std::fs::copy(root().join("xtask/gpu-run.sh"), &script)?;
     println!(
-        "packed {} (features {features}): on the GPU machine `xz -d rlip.xz && ./rlip --backend cuda \
-         bench gpu --json gpu.jsonl` (and --backend wgpu where Vulkan works); CUDARC_CUDA_VERSION \
-         was 13000",
-        dir.join("rlip.xz").display()
+        "packed {} (features {features}; CUDARC_CUDA_VERSION 13000): on the GPU machine, from \
+         the workspace root, `target/gpu-bench/run.sh OUT [SECONDS]` runs the suite on cuda and \
+         wgpu and writes the tables, gpu.jsonl and the grown tuning cache to OUT",
+        dir.display()
     );
     Ok(())
 }

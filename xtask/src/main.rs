@@ -92,8 +92,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// `bench gpu`: only build the `rlip` binary (release, cuda + wgpu + autotune), strip
-        /// it and pack it as `target/gpu-bench/rlip.xz` to carry to a GPU machine, where
-        /// `rlip --backend cuda bench gpu --json gpu.jsonl` runs the suite.
+        /// it and pack it in `target/gpu-bench/` with the Vulkan loader, the committed tuning
+        /// cache and `run.sh`, to carry to a GPU machine, where `target/gpu-bench/run.sh OUT`
+        /// runs the suite on cuda and wgpu.
         #[arg(long)]
         pack: bool,
         /// `bench gpu --pack`: also Burn's kernel fusion.

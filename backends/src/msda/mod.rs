@@ -297,10 +297,12 @@ pub fn supported(device: &Device) -> bool {
     }
     #[cfg(feature = "cube")]
     if let burn::backend::DispatchDevice::Cube(cube) = inner.as_dispatch() {
-        // The kernels' first run on CUDA (H200, driver 580, 2026-11-27) faulted with
-        // CUDA_ERROR_INVALID_ADDRESS_SPACE (717); until that is found, CUDA keeps the portable
-        // composite unless `RLIP_MSDA=fused` asks for the kernels. wgpu runs them (Vulkan on the
-        // same H200, and lavapipe in the tests).
+        // On CUDA (H200, driver 580) the forward kernel reads out of bounds at the 4-level
+        // encoder shape of an 800x1333 input (compute-sanitizer: the first corner's `value`
+        // read, ~300 MB past any allocation; error 700/717), while 4 small levels, 2 or 1 large
+        // levels run (bench/history.md, 2026-11-28). Until that is found, CUDA keeps the
+        // portable composite unless `RLIP_MSDA=fused` asks for the kernels. wgpu runs them
+        // (Vulkan on an H200, and lavapipe in the tests).
         #[cfg(feature = "cuda")]
         if matches!(cube, burn_cubecl::CubeDevice::Cuda(_)) {
             return std::env::var("RLIP_MSDA").is_ok_and(|v| v == "fused");

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU suite on a GPU machine, from the folder `cargo xtask bench gpu --pack` writes
+# (target/gpu-bench: rlip.xz, lib/libvulkan.so.1, environment/default.db, this script).
+#
+#   target/gpu-bench/run.sh OUT [SECONDS]
+#
+# Run from the workspace root (cubecl keeps its tuning cache in target/environment of the
+# enclosing Cargo workspace). SECONDS (default 480) is the wall-clock budget of the whole run:
+# cuda gets two thirds of it, wgpu the rest. Writes OUT/suite-cuda.txt, OUT/suite-wgpu.txt,
+# OUT/gpu.jsonl (one line per measurement) and OUT/environment.tgz (the tuning cache after the
+# run, to carry to the next session and, once complete, to commit as bench/tuning/*.db.xz).
+set -u
+out=${1:?usage: run.sh OUT [SECONDS]}
+budget=${2:-480}
+here=$(cd "$(dirname "$0")" && pwd)
+start=$(date +%s)
+mkdir -p "$out" target/environment
+[ -x "$here/rlip" ] || { xz -dk "$here/rlip.xz" && chmod +x "$here/rlip"; }
+# a shipped tuning cache is a starting point only: never overwrite one this machine has grown
+if [ -f "$here/environment/default.db" ] && [ ! -f target/environment/default.db ]; then
+    cp "$here/environment/default.db" target/environment/
+fi
+# wgpu needs the Vulkan loader; GPU containers often have the NVIDIA ICD but not the loader
+export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi -L | tee "$out/card.txt"
+left() { echo $((budget - ($(date +%s) - start))); }
+suite() { # backend seconds
+    echo "== $1 (limit $2 s)"
+    timeout "$2" "$here/rlip" --backend "$1" bench gpu --json "$out/gpu.jsonl" 2>&1 |
+        grep -v ' INFO' | tee "$out/suite-$1.txt"
+    echo "== $1 exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"
+}
+suite cuda $((budget * 2 / 3))
+suite wgpu "$(left)"
+tar czf "$out/environment.tgz" target/environment
