@@ -9,6 +9,10 @@
 # cuda gets two thirds of it, wgpu the rest. Writes OUT/suite-cuda.txt, OUT/suite-wgpu.txt,
 # OUT/gpu.jsonl (one line per measurement) and OUT/environment.tgz (the tuning cache after the
 # run, to carry to the next session and, once complete, to commit as bench/tuning/*.db.xz).
+# First, in a process of its own (a faulting kernel poisons the CUDA context), the CubeCL
+# deformable-attention kernels on cuda are checked against flex at the encoder shape
+# (OUT/msda-check-cuda.txt; its one timed run is with CUDA_LAUNCH_BLOCKING, not a
+# measurement); when they agree, the cuda suite runs with them (RLIP_MSDA=fused).
 set -u
 out=${1:?usage: run.sh OUT [SECONDS]}
 budget=${2:-480}
@@ -30,6 +34,20 @@ suite() { # backend seconds
         grep -v ' INFO' | tee "$out/suite-$1.txt"
     echo "== $1 exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"
 }
-suite cuda $((budget * 2 / 3))
+echo "== fused deformable attention on cuda vs flex"
+RLIP_MSDA=fused CUDA_LAUNCH_BLOCKING=1 timeout 120 "$here/rlip" --backend cuda bench msda \
+    --check --warmup 0 --iters 1 2>&1 |
+    grep -v ' INFO' | tee "$out/msda-check-cuda.txt"
+if [ "${PIPESTATUS[0]}" = 0 ]; then
+    echo "== fused kernels agree: the cuda suite uses them"
+    export RLIP_MSDA=fused
+elif [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+    echo "== fused kernels failed: the first memory errors (OUT/msda-sanitizer.txt)"
+    RLIP_MSDA=fused timeout 120 /usr/local/cuda/bin/compute-sanitizer --print-limit 8 \
+        "$here/rlip" --backend cuda bench msda --check --warmup 0 --iters 1 2>&1 |
+        grep -v ' INFO' | head -200 > "$out/msda-sanitizer.txt"
+fi
+suite cuda $((budget * 2 / 3 - ($(date +%s) - start)))
+unset RLIP_MSDA
 suite wgpu "$(left)"
 tar czf "$out/environment.tgz" target/environment

@@ -94,8 +94,10 @@ fn device_cell(device: &Device) -> String {
         .unwrap_or("-".into())
 }
 
-/// Runs `f` `warmup + iters` times; returns the first run's seconds and the timed runs' seconds.
+/// Runs `f` `warmup + iters` times, waiting for `device` after each; returns the first run's
+/// seconds and the timed runs' seconds.
 fn time_runs(
+    device: &Device,
     warmup: usize,
     iters: usize,
     mut f: impl FnMut() -> Result<()>,
@@ -105,6 +107,12 @@ fn time_runs(
     for i in 0..warmup + iters {
         let t = Instant::now();
         f()?;
+        // Reading a result back is not enough: on lavapipe a read returned before the kernel
+        // that writes the buffer had run (the bytes of the previous, identical run), which
+        // timed the deformable-attention forward at 0.1 ms instead of 1.8 s.
+        device
+            .sync()
+            .map_err(|e| anyhow::anyhow!("waiting for the device: {e}"))?;
         let dt = t.elapsed().as_secs_f64();
         if i == 0 {
             first = dt;
@@ -164,6 +172,9 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
         let t = Instant::now();
         let l = model.encode_labels(ids.clone(), mask.clone(), n_obj);
         let _ = l.pooled.clone().slice(s![0..1, 0..1]).into_data();
+        device
+            .sync()
+            .map_err(|e| anyhow::anyhow!("waiting for the device: {e}"))?;
         if i >= a.warmup {
             text_times.push(t.elapsed().as_secs_f64());
         }
@@ -188,10 +199,9 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(data, [b, 3, h, w]), device);
         let pm = PaddingMask::from_sizes(&vec![(h, w); b], h, w);
-        let (first, times) = time_runs(a.warmup, a.iters, || {
+        let (first, times) = time_runs(device, a.warmup, a.iters, || {
             let out = model.forward(x.clone(), &pm, &labels);
             let last = out.layers.last().expect("layers");
-            // reading the outputs waits for the device
             let _ = last.verb_logits.clone().into_data();
             let _ = last.obj_boxes.clone().into_data();
             Ok(())
@@ -318,8 +328,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
                 t
             })
             .collect();
-        // the step reads the loss and gradient norm back, which waits for the device
-        let (first, times) = time_runs(a.warmup, a.iters, || {
+        let (first, times) = time_runs(device, a.warmup, a.iters, || {
             trainer.step(&images, &targets, &texts, 1.0).map(|_| ())?;
             Ok(())
         })?;
@@ -373,6 +382,59 @@ pub struct BenchMsdaArgs {
     /// Append one JSON line per measurement to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Before timing, check this backend's fused kernel against flex's on the same inputs
+    /// (output and the three gradients); fails when one differs by more than 1e-4 of its
+    /// largest reference value.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Output and gradients `(∂value, ∂loc, ∂attn)` of the fused core for the output gradient
+/// `grad`, on `device` (with autodiff), as flat `f32` vectors; `None` without a fused kernel.
+#[allow(clippy::too_many_arguments)]
+fn fused_outputs(
+    device: &Device,
+    shapes: &[[usize; 2]],
+    dims: [usize; 6],
+    value: &[f32],
+    loc: &[f32],
+    attn: &[f32],
+    grad: &[f32],
+) -> Result<Option<[Vec<f32>; 4]>> {
+    use rlip_model::msda::MsdaKernel;
+    let [n, tokens, lq, m, d, p] = dims;
+    let l = shapes.len();
+    let dev = device.clone().autodiff();
+    let v = Tensor::<4>::from_data(TensorData::new(value.to_vec(), [n, tokens, m, d]), &dev)
+        .require_grad();
+    let lo = Tensor::<6>::from_data(TensorData::new(loc.to_vec(), [n, lq, m, l, p, 2]), &dev)
+        .require_grad();
+    let w = Tensor::<5>::from_data(TensorData::new(attn.to_vec(), [n, lq, m, l, p]), &dev)
+        .require_grad();
+    let g = Tensor::<3>::from_data(TensorData::new(grad.to_vec(), [n, lq, m * d]), &dev);
+    let Some(out) = crate::msda::FusedMsda.forward(&v, shapes, &lo, &w) else {
+        return Ok(None);
+    };
+    let grads = (out.clone() * g).sum().backward();
+    let flat = |t: TensorData| -> Result<Vec<f32>> {
+        t.convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
+    };
+    let missing = || anyhow::anyhow!("the fused core produced no gradient");
+    Ok(Some([
+        flat(out.into_data())?,
+        flat(v.grad(&grads).ok_or_else(missing)?.into_data())?,
+        flat(lo.grad(&grads).ok_or_else(missing)?.into_data())?,
+        flat(w.grad(&grads).ok_or_else(missing)?.into_data())?,
+    ]))
+}
+
+/// `(max |a − b|, max |b|)` over two equally long slices.
+fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    a.iter().zip(b).fold((0.0f32, 0.0f32), |(e, r), (x, y)| {
+        (e.max((x - y).abs()), r.max(y.abs()))
+    })
 }
 
 /// Times the deformable-attention sampling core alone, forward and forward + backward, with the
@@ -401,6 +463,15 @@ pub fn run_msda(a: BenchMsdaArgs, backend: &str, device: &Device) -> Result<()> 
     println!(
         "backend {backend}: deformable-attention core, {n} image(s), {lq} queries, {l} levels ({tokens} tokens), {m} heads x {d}, {p} points"
     );
+    if a.check {
+        check_fused(
+            backend,
+            device,
+            &shapes,
+            [n, tokens, lq, m, d, p],
+            [&value, &loc, &attn, &grad],
+        )?;
+    }
     println!(
         "| backend | implementation | pass | ms (median of {}) | first call s | device MiB |",
         a.iters
@@ -437,10 +508,15 @@ pub fn run_msda(a: BenchMsdaArgs, backend: &str, device: &Device) -> Result<()> 
                 );
                 break;
             }
-            let (first, times) = time_runs(a.warmup, a.iters, || {
+            let read = |t: Tensor<1>| -> Result<()> {
+                t.try_into_data()
+                    .map(drop)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            };
+            let timed = time_runs(&dev, a.warmup, a.iters, || {
                 if pass == "forward" {
                     let out = core(&v, &shapes, &lo, &w).expect("checked above");
-                    let _ = out.slice(s![0..1, 0..1, 0..1]).into_data();
+                    read(out.flatten(0, 2))?;
                 } else {
                     let (v, lo, w) = (
                         v.clone().require_grad(),
@@ -454,12 +530,33 @@ pub fn run_msda(a: BenchMsdaArgs, backend: &str, device: &Device) -> Result<()> 
                             .map(|t| t.slice(s![0..1, 0..1, 0..1, 0..1]).sum()),
                         lo.grad(&grads).map(|t| t.sum()),
                         w.grad(&grads).map(|t| t.sum()),
-                    ] {
-                        let _ = t.map(|t| t.into_data());
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        read(t)?;
                     }
                 }
                 Ok(())
-            })?;
+            });
+            // a device that cannot run one variant (e.g. a buffer over its size limit) still
+            // reports the others
+            let (first, times) = match timed {
+                Ok(t) => t,
+                Err(e) => {
+                    // the device's root cause: the line after the last "Caused by:"
+                    let e = format!("{e:#}");
+                    let lines: Vec<&str> = e.lines().collect();
+                    let e = lines
+                        .iter()
+                        .rposition(|l| l.trim() == "Caused by:")
+                        .and_then(|i| lines.get(i + 1))
+                        .or(lines.first())
+                        .map_or("", |l| l.trim());
+                    println!("| {backend} | {name} | {pass} | failed: {e} | | |");
+                    continue;
+                }
+            };
             let med = median(times.clone());
             println!(
                 "| {backend} | {name} | {pass} | {:.2} | {first:.1} | {} |",
@@ -479,6 +576,59 @@ pub fn run_msda(a: BenchMsdaArgs, backend: &str, device: &Device) -> Result<()> 
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `bench msda --check`: the fused kernel on `device` against the flex kernel.
+fn check_fused(
+    backend: &str,
+    device: &Device,
+    shapes: &[[usize; 2]],
+    dims: [usize; 6],
+    [value, loc, attn, grad]: [&[f32]; 4],
+) -> Result<()> {
+    if backend == "flex" {
+        println!("check skipped: flex is the reference");
+        return Ok(());
+    }
+    let flex = match crate::device(crate::BackendKind::Flex, None) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("check skipped: no flex reference in this build ({e})");
+            return Ok(());
+        }
+    };
+    let t = Instant::now();
+    let Some(got) = fused_outputs(device, shapes, dims, value, loc, attn, grad)? else {
+        println!("check skipped: no fused kernel on {backend}");
+        return Ok(());
+    };
+    let device_s = t.elapsed().as_secs_f64();
+    let want = fused_outputs(&flex, shapes, dims, value, loc, attn, grad)?
+        .ok_or_else(|| anyhow::anyhow!("the flex build has no fused kernel"))?;
+    let mut bad = Vec::new();
+    let mut cells = Vec::new();
+    for (name, (g, w)) in ["output", "d value", "d loc", "d attn"]
+        .into_iter()
+        .zip(got.iter().zip(&want))
+    {
+        let (err, scale) = max_diff(g, w);
+        cells.push(format!("{name} {err:.1e} (of {scale:.1e})"));
+        // NaN fails too
+        if err.is_nan() || err > 1e-4 * scale {
+            bad.push(name);
+        }
+    }
+    println!(
+        "check: fused on {backend} vs flex, max |difference|: {} ({device_s:.1} s on {backend})",
+        cells.join(", ")
+    );
+    if !bad.is_empty() {
+        bail!(
+            "the fused kernel on {backend} disagrees with flex on {} (tolerance 1e-4 of the largest reference value)",
+            bad.join(", ")
+        );
     }
     Ok(())
 }
@@ -552,6 +702,7 @@ pub fn run_gpu(a: BenchGpuArgs, backend: &str, device: &Device) -> Result<()> {
             warmup: 2,
             iters: if a.quick { 3 } else { 10 },
             json: a.json.clone(),
+            check: true,
         },
         backend,
         device,

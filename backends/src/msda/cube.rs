@@ -9,12 +9,11 @@
 //! - location and weight gradients: one thread per sampling point `(n, q, m, l, p)`, looping over
 //!   the channels, so they need no atomics.
 //!
-//! Level sizes travel as a small `f32` tensor `[L, 3]` of `(H, W, first token)` (exact below
-//! 2^24 tokens).
+//! The level table `(H, W, first token)` and the token and query counts travel as launch
+//! scalars, heads and channels as compile-time constants: the kernels read no tensor shapes and
+//! no uploaded side tensor, only the four data tensors.
 
-use burn::backend::ops::FloatTensorOps;
-use burn::tensor::{DType, Shape, TensorData};
-use burn_cubecl::CubeBackend;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
@@ -49,49 +48,72 @@ fn corner(x: f32, y: f32, h: usize, w: usize, k: u32) -> (bool, usize, f32) {
     (inside, offset, wx * wy)
 }
 
-/// `(H, W, first token)` of level `l`.
+/// `(H, W, first token)` of level `l` (a run-time index) from the level table.
 #[cube]
-fn level(levels: &Tensor<f32>, l: usize) -> (usize, usize, usize) {
-    (
-        usize::cast_from(levels[l * 3]),
-        usize::cast_from(levels[l * 3 + 1]),
-        usize::cast_from(levels[l * 3 + 2]),
-    )
+fn level_at(
+    hs: &Sequence<usize>,
+    ws: &Sequence<usize>,
+    starts: &Sequence<usize>,
+    l: usize,
+    #[comptime] n_levels: usize,
+) -> (usize, usize, usize) {
+    let mut h = 0usize;
+    let mut w = 0usize;
+    let mut start = 0usize;
+    #[unroll]
+    for i in 0..n_levels {
+        if l == i {
+            h = hs[i];
+            w = ws[i];
+            start = starts[i];
+        }
+    }
+    (h, w, start)
 }
 
+/// One thread per output element `(n, q, m, c)`. `s` is the number of value tokens, `lq` of
+/// queries; `hs`, `ws`, `starts` the level table.
 #[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
 fn msda_forward_kernel(
     value: &Tensor<f32>,
     loc: &Tensor<f32>,
     attn: &Tensor<f32>,
-    levels: &Tensor<f32>,
     out: &mut Tensor<f32>,
+    hs: Sequence<usize>,
+    ws: Sequence<usize>,
+    starts: Sequence<usize>,
+    s: usize,
+    lq: usize,
     #[comptime] n_levels: usize,
     #[comptime] n_points: usize,
+    #[comptime] m_count: usize,
+    #[comptime] d: usize,
 ) {
     if ABSOLUTE_POS >= out.len() {
         terminate!();
     }
-    let (s, m_count, d) = (value.shape(1), value.shape(2), value.shape(3));
-    let lq = loc.shape(1);
     let c = ABSOLUTE_POS % d;
     let m = (ABSOLUTE_POS / d) % m_count;
     let nq = ABSOLUTE_POS / (d * m_count);
     let n = nq / lq;
     let mut acc = 0.0f32;
+    #[unroll]
     for l in 0..n_levels {
-        let (h, w, start) = level(levels, l);
+        let (h, w, start) = (hs[l], ws[l], starts[l]);
+        let (wf, hf) = (f32::cast_from(w), f32::cast_from(h));
+        let base = n * s + start;
         for p in 0..n_points {
             let k = (nq * m_count + m) * n_levels * n_points + l * n_points + p;
             let a = attn[k];
-            let x = loc[2 * k] * f32::cast_from(w) - 0.5f32;
-            let y = loc[2 * k + 1] * f32::cast_from(h) - 0.5f32;
+            let x = loc[2 * k] * wf - 0.5f32;
+            let y = loc[2 * k + 1] * hf - 0.5f32;
             let mut sample = 0.0f32;
             #[unroll]
             for corner_k in 0..4u32 {
                 let (inside, offset, cw) = corner(x, y, h, w, corner_k);
                 if inside {
-                    sample += cw * value[((n * s + start + offset) * m_count + m) * d + c];
+                    sample += cw * value[((base + offset) * m_count + m) * d + c];
                 }
             }
             acc += a * sample;
@@ -100,43 +122,47 @@ fn msda_forward_kernel(
     out[ABSOLUTE_POS] = acc;
 }
 
-/// `grad_value` with native float atomic adds.
+/// `grad_value` with native float atomic adds; one thread per output-gradient element.
 #[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
 fn msda_grad_value_kernel(
     loc: &Tensor<f32>,
     attn: &Tensor<f32>,
     grad: &Tensor<f32>,
-    levels: &Tensor<f32>,
     grad_value: &mut Tensor<Atomic<f32>>,
+    hs: Sequence<usize>,
+    ws: Sequence<usize>,
+    starts: Sequence<usize>,
+    s: usize,
+    lq: usize,
     #[comptime] n_levels: usize,
     #[comptime] n_points: usize,
+    #[comptime] m_count: usize,
+    #[comptime] d: usize,
 ) {
     if ABSOLUTE_POS >= grad.len() {
         terminate!();
     }
-    let (s, m_count, d) = (
-        grad_value.shape(1),
-        grad_value.shape(2),
-        grad_value.shape(3),
-    );
-    let lq = loc.shape(1);
     let c = ABSOLUTE_POS % d;
     let m = (ABSOLUTE_POS / d) % m_count;
     let nq = ABSOLUTE_POS / (d * m_count);
     let n = nq / lq;
     let g = grad[ABSOLUTE_POS];
+    #[unroll]
     for l in 0..n_levels {
-        let (h, w, start) = level(levels, l);
+        let (h, w, start) = (hs[l], ws[l], starts[l]);
+        let (wf, hf) = (f32::cast_from(w), f32::cast_from(h));
+        let base = n * s + start;
         for p in 0..n_points {
             let k = (nq * m_count + m) * n_levels * n_points + l * n_points + p;
             let ag = attn[k] * g;
-            let x = loc[2 * k] * f32::cast_from(w) - 0.5f32;
-            let y = loc[2 * k + 1] * f32::cast_from(h) - 0.5f32;
+            let x = loc[2 * k] * wf - 0.5f32;
+            let y = loc[2 * k + 1] * hf - 0.5f32;
             #[unroll]
             for corner_k in 0..4u32 {
                 let (inside, offset, cw) = corner(x, y, h, w, corner_k);
                 if inside {
-                    let i = ((n * s + start + offset) * m_count + m) * d + c;
+                    let i = ((base + offset) * m_count + m) * d + c;
                     grad_value[i].fetch_add(cw * ag);
                 }
             }
@@ -146,42 +172,46 @@ fn msda_grad_value_kernel(
 
 /// `grad_value` on devices without float atomics: a compare-and-swap loop on the `f32` bits.
 #[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
 fn msda_grad_value_cas_kernel(
     loc: &Tensor<f32>,
     attn: &Tensor<f32>,
     grad: &Tensor<f32>,
-    levels: &Tensor<f32>,
     grad_value: &mut Tensor<Atomic<u32>>,
+    hs: Sequence<usize>,
+    ws: Sequence<usize>,
+    starts: Sequence<usize>,
+    s: usize,
+    lq: usize,
     #[comptime] n_levels: usize,
     #[comptime] n_points: usize,
+    #[comptime] m_count: usize,
+    #[comptime] d: usize,
 ) {
     if ABSOLUTE_POS >= grad.len() {
         terminate!();
     }
-    let (s, m_count, d) = (
-        grad_value.shape(1),
-        grad_value.shape(2),
-        grad_value.shape(3),
-    );
-    let lq = loc.shape(1);
     let c = ABSOLUTE_POS % d;
     let m = (ABSOLUTE_POS / d) % m_count;
     let nq = ABSOLUTE_POS / (d * m_count);
     let n = nq / lq;
     let g = grad[ABSOLUTE_POS];
+    #[unroll]
     for l in 0..n_levels {
-        let (h, w, start) = level(levels, l);
+        let (h, w, start) = (hs[l], ws[l], starts[l]);
+        let (wf, hf) = (f32::cast_from(w), f32::cast_from(h));
+        let base = n * s + start;
         for p in 0..n_points {
             let k = (nq * m_count + m) * n_levels * n_points + l * n_points + p;
             let ag = attn[k] * g;
-            let x = loc[2 * k] * f32::cast_from(w) - 0.5f32;
-            let y = loc[2 * k + 1] * f32::cast_from(h) - 0.5f32;
+            let x = loc[2 * k] * wf - 0.5f32;
+            let y = loc[2 * k + 1] * hf - 0.5f32;
             #[unroll]
             for corner_k in 0..4u32 {
                 let (inside, offset, cw) = corner(x, y, h, w, corner_k);
                 let add = cw * ag;
                 if inside && add != 0.0f32 {
-                    let i = ((n * s + start + offset) * m_count + m) * d + c;
+                    let i = ((base + offset) * m_count + m) * d + c;
                     let mut seen = grad_value[i].load();
                     loop {
                         let expected = seen;
@@ -197,32 +227,38 @@ fn msda_grad_value_cas_kernel(
     }
 }
 
-/// Location and weight gradients: one thread per sampling point.
+/// Location and weight gradients: one thread per sampling point `(n, q, m, l, p)`.
 #[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
 fn msda_grad_point_kernel(
     value: &Tensor<f32>,
     loc: &Tensor<f32>,
     attn: &Tensor<f32>,
     grad: &Tensor<f32>,
-    levels: &Tensor<f32>,
     grad_loc: &mut Tensor<f32>,
     grad_attn: &mut Tensor<f32>,
+    hs: Sequence<usize>,
+    ws: Sequence<usize>,
+    starts: Sequence<usize>,
+    s: usize,
+    lq: usize,
     #[comptime] n_levels: usize,
     #[comptime] n_points: usize,
+    #[comptime] m_count: usize,
+    #[comptime] d: usize,
 ) {
     if ABSOLUTE_POS >= grad_attn.len() {
         terminate!();
     }
-    let (s, m_count, d) = (value.shape(1), value.shape(2), value.shape(3));
-    let lq = loc.shape(1);
     let k = ABSOLUTE_POS;
     let l = (k / n_points) % n_levels;
     let nqm = k / (n_points * n_levels);
     let m = nqm % m_count;
     let nq = nqm / m_count;
     let n = nq / lq;
-    let (h, w, start) = level(levels, l);
+    let (h, w, start) = level_at(&hs, &ws, &starts, l, n_levels);
     let (wf, hf) = (f32::cast_from(w), f32::cast_from(h));
+    let base = n * s + start;
     let a = attn[k];
     let x = loc[2 * k] * wf - 0.5f32;
     let y = loc[2 * k + 1] * hf - 0.5f32;
@@ -237,7 +273,7 @@ fn msda_grad_point_kernel(
         for corner_k in 0..4u32 {
             let (inside, offset, cw) = corner(x, y, h, w, corner_k);
             if inside {
-                let v = value[((n * s + start + offset) * m_count + m) * d + c] * g;
+                let v = value[((base + offset) * m_count + m) * d + c] * g;
                 let dx = corner_k % 2;
                 let dy = corner_k / 2;
                 // ∂cw/∂x and ∂cw/∂y of the bilinear weight
@@ -256,30 +292,54 @@ fn msda_grad_point_kernel(
     grad_loc[2 * k + 1] = a * g_y * hf;
 }
 
-/// Launch geometry and shared inputs of one call.
+/// The level table and sizes of one call, passed to the kernels as launch scalars (in the
+/// kernel's parameter block on CUDA): no side tensor to upload and no shape metadata to read.
 struct Launch {
-    levels: CubeTensor,
+    hs: Vec<usize>,
+    ws: Vec<usize>,
+    starts: Vec<usize>,
+    /// Value tokens per image.
+    s: usize,
+    /// Queries per image.
+    lq: usize,
     n_levels: usize,
     n_points: usize,
+    m: usize,
+    d: usize,
 }
 
 impl Launch {
-    fn new(loc: &CubeTensor, shapes: &[[usize; 2]]) -> Self {
-        let mut meta = Vec::with_capacity(shapes.len() * 3);
+    fn new(value: &CubeTensor, loc: &CubeTensor, shapes: &[[usize; 2]]) -> Self {
+        let [_, s, m, d] = value.meta.shape().dims::<4>();
+        let [_, lq, _, _, n_points, _] = loc.meta.shape().dims::<6>();
+        let mut starts = Vec::with_capacity(shapes.len());
         let mut start = 0usize;
         for [h, w] in shapes {
-            meta.extend([*h as f32, *w as f32, start as f32]);
+            starts.push(start);
             start += h * w;
         }
-        let levels = <CubeBackend as FloatTensorOps<CubeBackend>>::float_from_data(
-            TensorData::new(meta, [shapes.len(), 3]),
-            &loc.device,
-        );
         Self {
-            levels,
+            hs: shapes.iter().map(|[h, _]| *h).collect(),
+            ws: shapes.iter().map(|[_, w]| *w).collect(),
+            starts,
+            s,
+            lq,
             n_levels: shapes.len(),
-            n_points: loc.meta.shape().dims::<6>()[4],
+            n_points,
+            m,
+            d,
         }
+    }
+
+    /// `(hs, ws, starts)` as kernel arguments.
+    fn table(&self) -> [SequenceArg<usize>; 3] {
+        [&self.hs, &self.ws, &self.starts].map(|v| {
+            let mut seq = SequenceArg::new();
+            for x in v {
+                seq.push(*x);
+            }
+            seq
+        })
     }
 }
 
@@ -308,7 +368,7 @@ pub fn forward(
     let [value, loc, attn] = [value, loc, attn].map(into_contiguous);
     let [n, _, m, d] = value.meta.shape().dims::<4>();
     let lq = loc.meta.shape().dims::<6>()[1];
-    let call = Launch::new(&loc, shapes);
+    let call = Launch::new(&value, &loc, shapes);
     let out = empty_device_dtype(
         value.client.clone(),
         value.device.clone(),
@@ -317,8 +377,9 @@ pub fn forward(
     );
     let (count, dim) = elementwise(&value, n * lq * m * d);
     let addr = address_type(&[&value, &loc, &attn, &out]);
+    let [hs, ws, starts] = call.table();
     // SAFETY: every thread past the output returns first, and every read is of an index the
-    // shapes bound (`level` rows, in-map corners, points of the thread's own query).
+    // shapes bound (in-map corners of the level table, points of the thread's own query).
     unsafe {
         msda_forward_kernel::launch_unchecked(
             &out.client,
@@ -328,10 +389,16 @@ pub fn forward(
             value.into_tensor_arg(),
             loc.into_tensor_arg(),
             attn.into_tensor_arg(),
-            call.levels.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+            hs,
+            ws,
+            starts,
+            call.s,
+            call.lq,
             call.n_levels,
             call.n_points,
+            call.m,
+            call.d,
         );
     }
     out
@@ -346,7 +413,7 @@ pub fn backward(
     shapes: &[[usize; 2]],
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let [value, loc, attn, grad] = [value, loc, attn, grad].map(into_contiguous);
-    let call = Launch::new(&loc, shapes);
+    let call = Launch::new(&value, &loc, shapes);
     let client = value.client.clone();
     let device = value.device.clone();
     let grad_value = zeros_client(
@@ -377,6 +444,7 @@ pub fn backward(
     tracing::debug!(native, "MSDA value gradient: float atomics");
     let (count, dim) = elementwise(&grad, grad.meta.shape().num_elements());
     let addr = address_type(&[&loc, &attn, &grad, &grad_value]);
+    let [hs, ws, starts] = call.table();
     let launch = if native {
         msda_grad_value_kernel::launch_unchecked
     } else {
@@ -392,15 +460,22 @@ pub fn backward(
             loc.clone().into_tensor_arg(),
             attn.clone().into_tensor_arg(),
             grad.clone().into_tensor_arg(),
-            call.levels.clone().into_tensor_arg(),
             grad_value.clone().into_tensor_arg(),
+            hs,
+            ws,
+            starts,
+            call.s,
+            call.lq,
             call.n_levels,
             call.n_points,
+            call.m,
+            call.d,
         );
     }
 
     let (count, dim) = elementwise(&attn, attn.meta.shape().num_elements());
     let addr = address_type(&[&value, &loc, &attn, &grad, &grad_loc, &grad_attn]);
+    let [hs, ws, starts] = call.table();
     // SAFETY: one thread per sampling point, past-the-end threads return first; reads as the
     // forward's.
     unsafe {
@@ -413,11 +488,17 @@ pub fn backward(
             loc.into_tensor_arg(),
             attn.into_tensor_arg(),
             grad.into_tensor_arg(),
-            call.levels.into_tensor_arg(),
             grad_loc.clone().into_tensor_arg(),
             grad_attn.clone().into_tensor_arg(),
+            hs,
+            ws,
+            starts,
+            call.s,
+            call.lq,
             call.n_levels,
             call.n_points,
+            call.m,
+            call.d,
         );
     }
     (grad_value, grad_loc, grad_attn)

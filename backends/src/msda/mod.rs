@@ -297,12 +297,16 @@ pub fn supported(device: &Device) -> bool {
     }
     #[cfg(feature = "cube")]
     if let burn::backend::DispatchDevice::Cube(cube) = inner.as_dispatch() {
-        // On CUDA (H200, driver 580) the forward kernel reads out of bounds at the 4-level
-        // encoder shape of an 800x1333 input (compute-sanitizer: the first corner's `value`
-        // read, ~300 MB past any allocation; error 700/717), while 4 small levels, 2 or 1 large
-        // levels run (bench/history.md, 2026-11-28). Until that is found, CUDA keeps the
-        // portable composite unless `RLIP_MSDA=fused` asks for the kernels. wgpu runs them
-        // (Vulkan on an H200, and lavapipe in the tests).
+        // On CUDA (H200, driver 580) the first form of the forward kernel read out of bounds at
+        // the 4-level encoder shape of an 800x1333 input (compute-sanitizer: the first corner's
+        // `value` read, ~300 MB past any allocation; error 700/717), while 4 small levels, 2 or
+        // 1 large levels ran (bench/history.md, 2026-11-28). The kernels now take the level
+        // table and sizes as launch scalars instead of a side tensor and shape metadata (with
+        // the sampling points, which are bounds-checked, the only inputs of that read's index
+        // besides the value tensor's address); until a CUDA run confirms them
+        // (`bench msda --check`, run first by the GPU suite script), CUDA keeps the portable
+        // composite unless `RLIP_MSDA=fused` asks for the kernels. wgpu runs them (Vulkan on an
+        // H200, and lavapipe in the tests).
         #[cfg(feature = "cuda")]
         if matches!(cube, burn_cubecl::CubeDevice::Cuda(_)) {
             return std::env::var("RLIP_MSDA").is_ok_and(|v| v == "fused");
