@@ -107,9 +107,9 @@ fn time_runs(
     for i in 0..warmup + iters {
         let t = Instant::now();
         f()?;
-        // Reading a result back is not enough: on lavapipe a read returned before the kernel
-        // that writes the buffer had run (the bytes of the previous, identical run), which
-        // timed the deformable-attention forward at 0.1 ms instead of 1.8 s.
+        // Reading a result back is not enough: on lavapipe, rerunning the deformable-attention
+        // forward on the same inputs and reading its output took 0.1 ms, and 1.8 s with this
+        // sync, so the read had not waited for the kernel.
         device
             .sync()
             .map_err(|e| anyhow::anyhow!("waiting for the device: {e}"))?;
@@ -166,20 +166,13 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
 
     let (ids, mask) = label_tokens(&cfg, a.labels, device);
     let n_obj = (a.labels * 2 / 3).max(1);
-    let mut text_times = Vec::new();
     let mut labels = None;
-    for i in 0..a.warmup + a.iters {
-        let t = Instant::now();
+    let (_, text_times) = time_runs(device, a.warmup, a.iters, || {
         let l = model.encode_labels(ids.clone(), mask.clone(), n_obj);
         let _ = l.pooled.clone().slice(s![0..1, 0..1]).into_data();
-        device
-            .sync()
-            .map_err(|e| anyhow::anyhow!("waiting for the device: {e}"))?;
-        if i >= a.warmup {
-            text_times.push(t.elapsed().as_secs_f64());
-        }
         labels = Some(l);
-    }
+        Ok(())
+    })?;
     let labels = labels.expect("at least one run");
     println!(
         "backend {backend}, config {}, input {h}x{w}, {} label texts; init {init_s:.1} s; text encoder {:.1} ms",
@@ -516,7 +509,9 @@ pub fn run_msda(a: BenchMsdaArgs, backend: &str, device: &Device) -> Result<()> 
             let timed = time_runs(&dev, a.warmup, a.iters, || {
                 if pass == "forward" {
                     let out = core(&v, &shapes, &lo, &w).expect("checked above");
-                    read(out.flatten(0, 2))?;
+                    // one element: the sync in `time_runs` waits for the whole kernel, and a full
+                    // read would time a device-to-host copy of the output as well
+                    read(out.slice(s![0..1, 0..1, 0..1]).flatten(0, 2))?;
                 } else {
                     let (v, lo, w) = (
                         v.clone().require_grad(),

@@ -295,6 +295,8 @@ fn msda_grad_point_kernel(
 /// The level table and sizes of one call, passed to the kernels as launch scalars (in the
 /// kernel's parameter block on CUDA): no side tensor to upload and no shape metadata to read.
 struct Launch {
+    /// Images.
+    n: usize,
     hs: Vec<usize>,
     ws: Vec<usize>,
     starts: Vec<usize>,
@@ -310,7 +312,7 @@ struct Launch {
 
 impl Launch {
     fn new(value: &CubeTensor, loc: &CubeTensor, shapes: &[[usize; 2]]) -> Self {
-        let [_, s, m, d] = value.meta.shape().dims::<4>();
+        let [n, s, m, d] = value.meta.shape().dims::<4>();
         let [_, lq, _, _, n_points, _] = loc.meta.shape().dims::<6>();
         let mut starts = Vec::with_capacity(shapes.len());
         let mut start = 0usize;
@@ -319,6 +321,7 @@ impl Launch {
             start += h * w;
         }
         Self {
+            n,
             hs: shapes.iter().map(|[h, _]| *h).collect(),
             ws: shapes.iter().map(|[_, w]| *w).collect(),
             starts,
@@ -366,9 +369,8 @@ pub fn forward(
     shapes: &[[usize; 2]],
 ) -> CubeTensor {
     let [value, loc, attn] = [value, loc, attn].map(into_contiguous);
-    let [n, _, m, d] = value.meta.shape().dims::<4>();
-    let lq = loc.meta.shape().dims::<6>()[1];
     let call = Launch::new(&value, &loc, shapes);
+    let (n, lq, m, d) = (call.n, call.lq, call.m, call.d);
     let out = empty_device_dtype(
         value.client.clone(),
         value.device.clone(),

@@ -565,8 +565,8 @@ fn fused_core_at_the_encoder_shape() {
         p: 4,
         shapes,
     };
-    // Two cases of the same shape back to back: the second output lands in the buffer the
-    // first was read from, so a read that did not wait for its kernel would return the first
+    // Four cases of the same shape back to back: each output lands in the buffer the one before
+    // was read from, so a read that did not wait for its kernel would return the previous
     // case's values (bench/history.md: on lavapipe a read once returned before its kernel ran).
     let cases = [17, 18, 19, 20].map(|seed| gen_core_case(seed, g.clone(), true, false));
     let want = cases.each_ref().map(|c| run_core(fused_core, c, &device()));
