@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite on a GPU machine, from the folder `cargo xtask bench gpu --pack` writes
-# (target/gpu-bench: rlip.xz, lib/libvulkan.so.1, environment/default.db, this script).
+# (target/gpu-bench: rlip.xz, rlip-golden.xz, lib/libvulkan.so.1, environment/default.db,
+# golden/rlipv2_parseda_r50, this script).
 #
 #   target/gpu-bench/run.sh OUT [SECONDS]
 #
@@ -12,14 +13,18 @@
 # First, in a process of its own (a faulting kernel poisons the CUDA context), the CubeCL
 # deformable-attention kernels on cuda are checked against flex at the encoder shape
 # (OUT/msda-check-cuda.txt; its one timed run is with CUDA_LAUNCH_BLOCKING, not a
-# measurement); when they agree, the cuda suite runs with them (RLIP_MSDA=fused).
+# measurement); when they agree, the cuda suite runs with them (RLIP_MSDA=fused). Then the r50
+# golden fixture on cuda with full-float32 matmuls and convolutions (--f32-precision highest;
+# OUT/golden-cuda-highest.txt): the official outputs at float32 tolerance, or the errors.
 set -u
 out=${1:?usage: run.sh OUT [SECONDS]}
 budget=${2:-480}
 here=$(cd "$(dirname "$0")" && pwd)
 start=$(date +%s)
 mkdir -p "$out" target/environment
-[ -x "$here/rlip" ] || { xz -dk "$here/rlip.xz" && chmod +x "$here/rlip"; }
+for b in rlip rlip-golden; do
+    [ -x "$here/$b" ] || { xz -dk "$here/$b.xz" && chmod +x "$here/$b"; }
+done
 # a shipped tuning cache is a starting point only: never overwrite one this machine has grown
 if [ -f "$here/environment/default.db" ] && [ ! -f target/environment/default.db ]; then
     cp "$here/environment/default.db" target/environment/
@@ -47,6 +52,9 @@ elif [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
         "$here/rlip" --backend cuda bench msda --check --warmup 0 --iters 1 2>&1 |
         grep -v ' INFO' | head -200 > "$out/msda-sanitizer.txt"
 fi
+echo "== golden r50 on cuda, full float32"
+timeout 150 "$here/rlip-golden" --backend cuda --f32-precision highest model \
+    "$here/golden/rlipv2_parseda_r50" 2>&1 | grep -v ' INFO' | tee "$out/golden-cuda-highest.txt"
 suite cuda $((budget * 2 / 3 - ($(date +%s) - start)))
 unset RLIP_MSDA
 suite wgpu "$(left)"

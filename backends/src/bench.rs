@@ -124,6 +124,18 @@ fn time_runs(
     Ok((first, times))
 }
 
+/// The float setting of this process as benchmark output names it: `f32` (each backend's
+/// fastest float32 routines: TF32 tensor cores on CUDA), `f32-highest` (float32 throughout),
+/// `bf16`, `f16`.
+pub fn precision_label() -> &'static str {
+    match (crate::precision(), crate::f32_precision()) {
+        (crate::Precision::F32, crate::F32Precision::High) => "f32",
+        (crate::Precision::F32, crate::F32Precision::Highest) => "f32-highest",
+        (crate::Precision::Bf16, _) => "bf16",
+        (crate::Precision::F16, _) => "f16",
+    }
+}
+
 /// Prints one benchmark table row and returns the median seconds.
 fn print_row(
     backend: &str,
@@ -175,8 +187,9 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
     })?;
     let labels = labels.expect("at least one run");
     println!(
-        "backend {backend}, config {}, input {h}x{w}, {} label texts; init {init_s:.1} s; text encoder {:.1} ms",
+        "backend {backend}, config {}, precision {}, input {h}x{w}, {} label texts; init {init_s:.1} s; text encoder {:.1} ms",
         a.config,
+        precision_label(),
         a.labels,
         median(text_times.clone()) * 1e3
     );
@@ -204,6 +217,7 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
             let line = serde_json::json!({
                 "device_reserved_mib": device_reserved_mib(device),
                 "bench": "infer", "backend": backend, "config": a.config, "batch": b,
+                "precision": precision_label(),
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
                 "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
                 "images_per_s": b as f64 / m, "first_call_s": first,
@@ -284,7 +298,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
         a.config,
         match trainer.mixed_precision() {
             Some(dt) => format!("mixed precision ({dt:?} compute, f32 masters)"),
-            None => "f32".into(),
+            None => precision_label().into(),
         },
         a.labels,
         a.pairs
@@ -330,6 +344,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
             let line = serde_json::json!({
                 "device_reserved_mib": device_reserved_mib(device),
                 "bench": "train", "backend": backend, "config": a.config, "batch": b,
+                "precision": precision_label(),
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
                 "ms_all": times.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
                 "images_per_s": b as f64 / m, "first_step_s": first,
@@ -640,8 +655,10 @@ pub struct BenchGpuArgs {
 }
 
 /// The GPU suite of the anchor table in one process: r50 inference at 800x1333 (batch 1 and 4,
-/// label texts cached; the text encoder alone on 198 labels), an r50 training step at batch 4,
-/// 800x1200, and the deformable-attention core at the encoder shape (fused and portable).
+/// label texts cached; the text encoder alone on 198 labels; batch 1 again with
+/// `--f32-precision highest` when the process runs at the default), an r50 training step at
+/// batch 4, 800x1200, and the deformable-attention core at the encoder shape (fused and
+/// portable).
 pub fn run_gpu(a: BenchGpuArgs, backend: &str, device: &Device) -> Result<()> {
     let (config, train_size, levels) = if a.quick {
         (
@@ -672,6 +689,27 @@ pub fn run_gpu(a: BenchGpuArgs, backend: &str, device: &Device) -> Result<()> {
         backend,
         device,
     )?;
+    if crate::precision() == crate::Precision::F32
+        && crate::f32_precision() == crate::F32Precision::High
+    {
+        // the float32 column: the same forward with full-float32 matmuls and convolutions
+        crate::set_f32_precision(crate::F32Precision::Highest);
+        let r = run(
+            BenchInferArgs {
+                config: config.into(),
+                size: a.quick.then(|| "96x128".into()),
+                batch: vec![1],
+                labels: 198,
+                warmup: 1,
+                iters: 3,
+                json: a.json.clone(),
+            },
+            backend,
+            device,
+        );
+        crate::set_f32_precision(crate::F32Precision::High);
+        r?;
+    }
     run_train(
         BenchTrainArgs {
             config: config.into(),

@@ -5,6 +5,8 @@
 //! the requested backend.
 
 pub mod bench;
+#[cfg(feature = "cube")]
+pub mod dense;
 pub mod msda;
 
 use std::fmt;
@@ -55,6 +57,45 @@ pub fn set_precision(p: Precision) -> Result<(), BackendError> {
 /// The float precision chosen with [`set_precision`] (default `f32`).
 pub fn precision() -> Precision {
     PRECISION.get().copied().unwrap_or_default()
+}
+
+/// How float32 matmuls and convolutions are computed (the names of PyTorch's
+/// `set_float32_matmul_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum F32Precision {
+    /// Each backend's fastest routine: on CUDA float32 operands are multiplied on TF32 tensor
+    /// cores (about 1e-3 relative error per product); flex, tch and wgpu without tensor cores
+    /// compute in float32 anyway.
+    #[default]
+    High,
+    /// Float32 throughout on wgpu and cuda as well (slower; for parity runs and the float32
+    /// column of benchmarks).
+    Highest,
+}
+
+static F32_PRECISION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Chooses how float32 matmuls and convolutions run from now on in this process: `Highest`
+/// installs the full-float32 kernels of [`dense`] into the model (the cubecl backends), `High`
+/// removes them.
+pub fn set_f32_precision(p: F32Precision) {
+    let highest = p == F32Precision::Highest;
+    F32_PRECISION.store(highest, std::sync::atomic::Ordering::SeqCst);
+    #[cfg(feature = "cube")]
+    {
+        let kernel: Option<std::sync::Arc<dyn rlip_model::dense::DenseKernel>> =
+            highest.then(|| std::sync::Arc::new(dense::FullF32) as _);
+        rlip_model::dense::set_kernel(kernel);
+    }
+}
+
+/// The float32 precision chosen with [`set_f32_precision`] (default `High`).
+pub fn f32_precision() -> F32Precision {
+    if F32_PRECISION.load(std::sync::atomic::Ordering::SeqCst) {
+        F32Precision::Highest
+    } else {
+        F32Precision::High
+    }
 }
 
 /// A Burn backend RLIP-rs can run on.

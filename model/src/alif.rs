@@ -25,10 +25,10 @@
 //!   normed visual tokens; keys and values carry no position.
 //! - The RoBERTa layers do apply the label padding mask (HuggingFace extended mask).
 
+use crate::dense::{Linear, matmul};
 use crate::norm::LayerNorm;
 use crate::norm::softmax;
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::encoder::{EncoderLayer, MultiScale};
@@ -201,15 +201,14 @@ impl BiMultiHeadAttention {
         let value_v = heads(self.values_v_proj.forward(v), n);
         let value_l = heads(self.values_l_proj.forward(l), len);
 
-        let logits = q.matmul(k.swap_dims(2, 3)); // [B, H, N, L]
+        let logits = matmul(q, k.swap_dims(2, 3)); // [B, H, N, L]
         let logits_t = logits.clone().swap_dims(2, 3); // [B, H, L, N]
         let shifted = logits_t.clone() - logits_t.max_dim(3);
         let attn_l = crate::util::dropout(softmax(shifted + v_bias, 3), self.dropout);
         let attn_v = crate::util::dropout(softmax(logits + l_bias, 3), self.dropout);
 
-        let out_v = attn_v.matmul(value_l).swap_dims(1, 2).reshape([b, n, dim]);
-        let out_l = attn_l
-            .matmul(value_v)
+        let out_v = matmul(attn_v, value_l).swap_dims(1, 2).reshape([b, n, dim]);
+        let out_l = matmul(attn_l, value_v)
             .swap_dims(1, 2)
             .reshape([b, len, dim]);
         (

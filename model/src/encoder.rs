@@ -7,10 +7,11 @@
 //! image mask resized by nearest neighbour, and its positional encoding the sine encoding of that
 //! mask plus the level embedding.
 
+use crate::dense::{Linear, conv_forward};
 use crate::norm::LayerNorm;
 use burn::module::Param;
+use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
@@ -29,7 +30,7 @@ pub struct Projection {
 impl Projection {
     /// Applies conv then GroupNorm.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        group_norm_blocked(&self.norm, self.conv.forward(x))
+        group_norm_blocked(&self.norm, conv_forward(&self.conv, x))
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod alif;
 pub mod backbone;
 pub mod checkpoint;
+pub mod dense;
 pub mod encoder;
 pub mod msda;
 pub mod norm;

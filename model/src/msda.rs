@@ -9,8 +9,8 @@
 
 use std::sync::{Arc, RwLock};
 
+use crate::dense::Linear;
 use crate::norm::softmax;
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 

@@ -12,10 +12,10 @@
 //! embeddings, and its reference box is the mean of the pair's anchors. Both refine their anchors
 //! after every layer with the shared box heads.
 
+use crate::dense::{Linear, matmul};
 use crate::norm::LayerNorm;
 use crate::norm::{refine_boxes, softmax};
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
@@ -105,9 +105,9 @@ impl MultiheadAttention {
         let q = split(self.q.forward(query), nq) / (hd as f64).sqrt();
         let k = split(self.k.forward(key), nk);
         let v = split(self.v.forward(value), nk);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        let attn = softmax(matmul(q, k.swap_dims(2, 3)), 3);
         self.out
-            .forward(attn.matmul(v).swap_dims(1, 2).reshape([b, nq, d]))
+            .forward(matmul(attn, v).swap_dims(1, 2).reshape([b, nq, d]))
     }
 }
 

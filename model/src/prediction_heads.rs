@@ -5,8 +5,8 @@
 //! and a projection of the L2-normalised, halved per-round text features, plus the constant prior
 //! bias `−log((1 − 0.01) / 0.01)`. Boxes are `sigmoid(MLP(h) + inverse_sigmoid(anchor))`.
 
+use crate::dense::{Linear, matmul};
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::norm::refine_boxes;
@@ -111,9 +111,9 @@ impl Heads {
         let bp = self.bias_pred.val().reshape([1, 1, d]);
         let bias = prior_bias();
         LayerPredictions {
-            sub_logits: (hs_sub.clone() + bo.clone()).matmul(obj_text.clone()) + bias,
-            obj_logits: (hs_obj.clone() + bo).matmul(obj_text) + bias,
-            verb_logits: (hs_verb + bp).matmul(rel_text) + bias,
+            sub_logits: matmul(hs_sub.clone() + bo.clone(), obj_text.clone()) + bias,
+            obj_logits: matmul(hs_obj.clone() + bo, obj_text) + bias,
+            verb_logits: matmul(hs_verb + bp, rel_text) + bias,
             sub_boxes: refine_boxes(self.sub_bbox[layer].forward(hs_sub), anchor_sub),
             obj_boxes: refine_boxes(self.obj_bbox[layer].forward(hs_obj), anchor_obj),
         }

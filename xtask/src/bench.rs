@@ -38,34 +38,57 @@ fn software_vulkan() -> bool {
         && !std::path::Path::new("/dev/dri/renderD128").exists()
 }
 
-/// Builds `rlip` in the release profile with cuda, wgpu and Burn's autotuned kernels (no GPU
-/// needed; `fusion` adds Burn's kernel fusion), strips it and packs it with xz into
-/// `target/gpu-bench/`, with what a GPU machine without a Rust toolchain needs beside it: the
-/// Vulkan loader (for wgpu), the committed tuning cache (`bench/tuning/cuda-h200.db.xz`) and
-/// the suite script `run.sh` (`xtask/gpu-run.sh`).
+/// Builds `rlip` and `rlip-golden` in the release profile with cuda, wgpu and Burn's autotuned
+/// kernels (no GPU needed; `fusion` adds Burn's kernel fusion), strips them and packs them with
+/// xz into a fresh `target/gpu-bench/`, with what a GPU machine without a Rust toolchain needs
+/// beside them: the Vulkan loader (for wgpu), the committed tuning cache
+/// (`bench/tuning/cuda-h200.db.xz`), the r50 golden fixture (`../shared/golden`) and the suite
+/// script `run.sh` (`xtask/gpu-run.sh`).
 pub fn pack(fusion: bool) -> Result<()> {
-    let features = if fusion {
-        "cuda,wgpu,autotune,fusion"
-    } else {
-        "cuda,wgpu,autotune"
-    };
+    let mut features = vec![
+        "rlip-backends/cuda",
+        "rlip-backends/wgpu",
+        "rlip-backends/autotune",
+        "rlip-tests/cuda",
+        "rlip-tests/wgpu",
+    ];
+    if fusion {
+        features.push("rlip-backends/fusion");
+    }
+    let features = features.join(",");
     let mut build = cargo();
     build.env("CUDARC_CUDA_VERSION", "13000").args([
         "build",
         "--release",
         "-p",
         "rlip-backends",
+        "-p",
+        "rlip-tests",
+        "--bins",
         "--features",
-        features,
+        &features,
     ]);
     ok(&mut build)?;
+    // fresh: whatever else lies there would travel with it (the device carries 64 MiB)
     let dir = root().join("target/gpu-bench");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
     std::fs::create_dir_all(dir.join("lib"))?;
     std::fs::create_dir_all(dir.join("environment"))?;
-    let bin = dir.join("rlip");
-    std::fs::copy(root().join("target/release/rlip"), &bin)?;
-    ok(Command::new("strip").arg(&bin))?;
-    ok(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&bin))?;
+    for name in ["rlip", "rlip-golden"] {
+        let bin = dir.join(name);
+        std::fs::copy(root().join("target/release").join(name), &bin)?;
+        ok(Command::new("strip").arg(&bin))?;
+        ok(Command::new("xz").args(["-f", "-T0", "-6"]).arg(&bin))?;
+    }
+    let fixture = root().join("../shared/golden/rlipv2_parseda_r50");
+    let to = dir.join("golden/rlipv2_parseda_r50");
+    std::fs::create_dir_all(&to)?;
+    for f in ["manifest.json", "inputs.safetensors", "outputs.safetensors"] {
+        std::fs::copy(fixture.join(f), to.join(f))
+            .with_context(|| format!("copying the golden fixture {}", fixture.join(f).display()))?;
+    }
     // GPU containers may carry the NVIDIA Vulkan driver (its ICD file) but not the loader that
     // wgpu opens: on the lent H200 of 2026-11-28 wgpu found no adapter for want of it
     let loader = [
@@ -89,13 +112,31 @@ pub fn pack(fusion: bool) -> Result<()> {
     )?;
     let script = dir.join("run.sh");
     std::fs::copy(root().join("xtask/gpu-run.sh"), &script)?;
+    let size: u64 = walk_size(&dir)?;
     println!(
-        "packed {} (features {features}; CUDARC_CUDA_VERSION 13000): on the GPU machine, from \
-         the workspace root, `target/gpu-bench/run.sh OUT [SECONDS]` runs the suite on cuda and \
-         wgpu and writes the tables, gpu.jsonl and the grown tuning cache to OUT",
-        dir.display()
+        "packed {} ({:.1} MiB; features {features}; CUDARC_CUDA_VERSION 13000): on the GPU \
+         machine, from the workspace root, `target/gpu-bench/run.sh OUT [SECONDS]` runs the \
+         suite on cuda and wgpu and writes the tables, gpu.jsonl and the grown tuning cache to \
+         OUT",
+        dir.display(),
+        size as f64 / (1u64 << 20) as f64
     );
     Ok(())
+}
+
+/// Total size in bytes of the files under `dir`.
+fn walk_size(dir: &std::path::Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let meta = e.metadata()?;
+        total += if meta.is_dir() {
+            walk_size(&e.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// Runs the inference (`what = "infer"`), training-step (`"train"`), deformable-attention

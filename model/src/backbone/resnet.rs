@@ -7,6 +7,8 @@
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+
+use crate::dense::conv_forward;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -105,7 +107,7 @@ impl ConvBn {
         }
     }
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        self.bn.forward(conv_forward(&self.conv, x))
     }
 }
 

@@ -21,10 +21,10 @@
 //! `BackboneBase`, every LayerNorm parameter and every relative-position-bias table of the
 //! backbone is frozen (`requires_grad = False`).
 
+use crate::dense::{Linear, conv_forward, matmul};
 use crate::norm::LayerNorm;
 use crate::norm::softmax;
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
@@ -282,7 +282,7 @@ impl WindowAttention {
         let scale = (hd as f64).powf(-0.5);
         let q = part(0) * scale;
         let (k, v) = (part(1), part(2));
-        let mut attn = q.matmul(k.swap_dims(2, 3)); // [bw, h, n, n]
+        let mut attn = matmul(q, k.swap_dims(2, 3)); // [bw, h, n, n]
 
         let nn = self.window * self.window;
         let bias = self
@@ -299,7 +299,7 @@ impl WindowAttention {
             attn = masked.reshape([bw, h, n, n]);
         }
         let attn = softmax(attn, 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
+        let out = matmul(attn, v).swap_dims(1, 2).reshape([bw, n, c]);
         self.proj.forward(out)
     }
 }
@@ -569,7 +569,7 @@ impl Swin {
         } else {
             x
         };
-        let x = pe.proj.forward(x);
+        let x = conv_forward(&pe.proj, x);
         let [b, c, mut h, mut w] = x.dims();
         let mut x = pe.norm.forward(x.flatten::<3>(2, 3).swap_dims(1, 2)); // [B, H·W, C]
 

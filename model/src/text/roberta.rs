@@ -7,10 +7,11 @@
 //! self-attention and an erf-GELU feed-forward, each added to its input and layer-normed. The
 //! pooler is `tanh(dense(h_<s>))`. Dropout is omitted (inference and the official eval match).
 
+use crate::dense::{Linear, matmul};
 use crate::norm::LayerNorm;
 use crate::norm::softmax;
 use burn::module::Param;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
@@ -295,12 +296,11 @@ impl RobertaLayer {
         let q = heads(self.query.forward(hidden.clone()));
         let k = heads(self.key.forward(hidden.clone()));
         let v = heads(self.value.forward(hidden.clone()));
-        let mut scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
+        let mut scores = matmul(q, k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
         if let Some(bias) = bias {
             scores = scores + bias;
         }
-        let ctx = dropout(softmax(scores, 3), self.attn_dropout)
-            .matmul(v)
+        let ctx = matmul(dropout(softmax(scores, 3), self.attn_dropout), v)
             .swap_dims(1, 2)
             .reshape([b, l, d]);
         let attn_out = dropout(self.attn_out.forward(ctx), self.hidden_dropout);

@@ -2,43 +2,36 @@
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 
 use super::{Init, Loader};
+use crate::dense::Linear;
 use crate::norm::LayerNorm;
 
 /// `nn.Linear(d_in, d_out)` at `prefix` (`{prefix}.weight` `[out, in]`, transposed for Burn).
 pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
-    let mut l = LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .init(ld.device());
     let w: Tensor<2> = ld.tensor(
         &format!("{prefix}.weight"),
         [d_out, d_in],
         Init::KaimingUniform,
     );
-    l.weight = Param::from_tensor(w.transpose());
-    if bias {
-        let b = ld.tensor(
+    let b = bias.then(|| {
+        ld.tensor(
             &format!("{prefix}.bias"),
             [d_out],
             Init::Uniform(-bound(d_in), bound(d_in)),
-        );
-        l.bias = Some(Param::from_tensor(b));
-    }
-    l
+        )
+    });
+    linear_from(w, b)
 }
 
 /// Builds a Linear from an already-loaded PyTorch-layout weight `[out, in]` and bias.
 pub fn linear_from(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Linear {
-    let [d_out, d_in] = weight.dims();
-    let mut l = LinearConfig::new(d_in, d_out)
-        .with_bias(bias.is_some())
-        .init(&weight.device());
-    l.weight = Param::from_tensor(weight.transpose());
-    l.bias = bias.map(Param::from_tensor);
-    l
+    Linear {
+        weight: Param::from_tensor(weight.transpose()),
+        bias: bias.map(Param::from_tensor),
+    }
 }
 
 fn bound(fan_in: usize) -> f64 {

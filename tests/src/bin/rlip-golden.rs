@@ -24,6 +24,10 @@ struct Cli {
     /// tolerances are float32 ones, so expect failures and read the errors).
     #[arg(long, value_enum, default_value = "f32")]
     float_dtype: rlip_backends::Precision,
+    /// How float32 matmuls and convolutions run on wgpu and cuda (`highest`: float32
+    /// throughout instead of TF32 tensor cores).
+    #[arg(long, value_enum, default_value = "high")]
+    f32_precision: rlip_backends::F32Precision,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -54,6 +58,10 @@ fn main() -> ExitCode {
     if let Err(e) = rlip_backends::set_precision(cli.float_dtype) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    rlip_backends::set_f32_precision(cli.f32_precision);
+    if let Some(k) = rlip_model::dense::kernel() {
+        println!("dense products: {}", k.name());
     }
     let device = match rlip_backends::device(cli.backend, cli.device) {
         Ok(d) => d,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use rlip_backends::{BackendKind, Precision, device};
+use rlip_backends::{BackendKind, F32Precision, Precision, device};
 use rlip_model::weights::{StateDict, pth, st};
 
 /// RLIPv2 relation detection on any Burn backend.
@@ -27,6 +27,11 @@ struct Cli {
     /// with dynamic loss scaling).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     float_dtype: Precision,
+    /// How float32 matmuls and convolutions run on wgpu and cuda: `high` (each backend's
+    /// fastest routine; TF32 tensor cores on CUDA) or `highest` (float32 throughout; slower,
+    /// for parity runs).
+    #[arg(long, global = true, value_enum, default_value = "high")]
+    f32_precision: F32Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.float_dtype != Precision::F32 {
         rlip_backends::set_precision(cli.float_dtype)?;
     }
+    rlip_backends::set_f32_precision(cli.f32_precision);
     match cli.command {
         Command::Inspect { file } => inspect(&file),
         Command::Convert { input, output } => {

@@ -1,0 +1,149 @@
+//! The model's dense products: [`Linear`] layers, batched [`matmul`]s and 2-D convolutions
+//! ([`conv_forward`]), with one replaceable kernel for all of them.
+//!
+//! By default these are Burn's own ops, so each backend picks its fastest routine; on CUDA
+//! that means float32 inputs multiplied on TF32 tensor cores (about 1e-3 relative error), as
+//! PyTorch does with `allow_tf32`. A [`DenseKernel`] installed with [`set_kernel`] (e.g.
+//! full-float32 kernels for parity runs) takes every product it accepts; the model code never
+//! changes.
+
+use std::sync::{Arc, RwLock};
+
+use burn::module::Param;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
+
+/// A replacement for the dense products on some devices.
+pub trait DenseKernel: Send + Sync {
+    /// Name shown in logs and benchmarks.
+    fn name(&self) -> &str;
+    /// `lhs [B, M, K] @ rhs [B, K, N]` (same `B`; either may be a strided view), or `None` to
+    /// decline (Burn's matmul then runs).
+    fn matmul(&self, lhs: &Tensor<3>, rhs: &Tensor<3>) -> Option<Tensor<3>>;
+    /// `x [N, C_in, H, W]` convolved with `weight [C_out, C_in / groups, kH, kW]`, no bias, or
+    /// `None` to decline (Burn's convolution then runs).
+    fn conv2d(
+        &self,
+        x: &Tensor<4>,
+        weight: &Tensor<4>,
+        options: &ConvOptions<2>,
+    ) -> Option<Tensor<4>>;
+}
+
+static KERNEL: RwLock<Option<Arc<dyn DenseKernel>>> = RwLock::new(None);
+
+/// Installs (or, with `None`, removes) the dense kernel; returns the previous one.
+pub fn set_kernel(kernel: Option<Arc<dyn DenseKernel>>) -> Option<Arc<dyn DenseKernel>> {
+    std::mem::replace(
+        &mut *KERNEL.write().unwrap_or_else(|e| e.into_inner()),
+        kernel,
+    )
+}
+
+/// The installed dense kernel, if any.
+pub fn kernel() -> Option<Arc<dyn DenseKernel>> {
+    KERNEL.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// `nn.Linear` with Burn's parameter layout: `weight [d_in, d_out]`, optional `bias [d_out]`
+/// (the same record as `burn::nn::Linear`), computed through the installed [`DenseKernel`].
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[d_in, d_out]` (the transpose of PyTorch's `[out, in]`).
+    pub weight: Param<Tensor<2>>,
+    /// `[d_out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// `x [..., d_in]` → `[..., d_out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let weight = self.weight.val();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if let Some(k) = kernel() {
+            let dims = x.dims();
+            let [d_in, d_out] = weight.dims();
+            let rows = dims[..D - 1].iter().product::<usize>();
+            let lhs = x.clone().reshape([1, rows, d_in]);
+            if let Some(out) = k.matmul(&lhs, &weight.clone().unsqueeze::<3>()) {
+                let mut out_dims = dims;
+                out_dims[D - 1] = d_out;
+                let out = out.reshape(out_dims);
+                return match bias {
+                    Some(b) => out + b.unsqueeze(),
+                    None => out,
+                };
+            }
+        }
+        burn::tensor::module::linear(x, weight, bias)
+    }
+}
+
+/// `lhs [..., M, K] @ rhs [..., K, N]` with the batch dimensions broadcast, through the installed
+/// [`DenseKernel`] when it accepts the operands.
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    if D >= 2
+        && let Some(k) = kernel()
+    {
+        let (ld, rd) = (lhs.dims(), rhs.dims());
+        let (m, kk, n) = (ld[D - 2], ld[D - 1], rd[D - 1]);
+        let mut batch = [0usize; D];
+        for i in 0..D - 2 {
+            batch[i] = ld[i].max(rd[i]);
+        }
+        let mut out_dims = batch;
+        out_dims[D - 2] = m;
+        out_dims[D - 1] = n;
+        let b: usize = batch[..D - 2].iter().product();
+        let out = if rd[..D - 2].iter().all(|&s| s == 1) {
+            // one right-hand matrix for every batch: fold the batches into the rows
+            let l = expand_batch(lhs.clone(), &batch, m, kk).reshape([1, b * m, kk]);
+            k.matmul(&l, &rhs.clone().reshape([1, kk, n]))
+        } else {
+            let l = expand_batch(lhs.clone(), &batch, m, kk).reshape([b, m, kk]);
+            let r = expand_batch(rhs.clone(), &batch, kk, n).reshape([b, kk, n]);
+            k.matmul(&l, &r)
+        };
+        if let Some(out) = out {
+            return out.reshape(out_dims);
+        }
+    }
+    lhs.matmul(rhs)
+}
+
+fn expand_batch<const D: usize>(t: Tensor<D>, batch: &[usize; D], r: usize, c: usize) -> Tensor<D> {
+    let mut shape = *batch;
+    shape[D - 2] = r;
+    shape[D - 1] = c;
+    if t.dims() == shape {
+        t
+    } else {
+        t.expand(shape)
+    }
+}
+
+/// A `burn::nn::conv::Conv2d` applied to `x`, through the installed [`DenseKernel`] when it
+/// accepts the operands.
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let pads = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(top, bottom), (left, right)]),
+        PaddingConfig2d::Valid => Some([(0, 0), (0, 0)]),
+        // `Same` depends on the input size; the model's convolutions never use it
+        PaddingConfig2d::Same => None,
+    };
+    if let (Some(k), Some(pads)) = (kernel(), pads) {
+        let options = ConvOptions::new_with_padding(conv.stride, pads, conv.dilation, conv.groups);
+        if let Some(out) = k.conv2d(&x, &conv.weight.val(), &options) {
+            return match &conv.bias {
+                Some(b) => {
+                    let c = b.dims()[0];
+                    out + b.val().reshape([1, c, 1, 1])
+                }
+                None => out,
+            };
+        }
+    }
+    conv.forward(x)
+}
