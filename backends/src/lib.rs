@@ -207,7 +207,14 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
         if let Err(e) = d.configure(p.dtype()) {
             // a second handle on an already configured device is fine
             if d.settings().float_dtype != p.dtype() {
-                return Err(BackendError::Precision(format!("{kind}: {e:?}")));
+                let name = match p {
+                    Precision::F32 => "f32",
+                    Precision::Bf16 => "bf16",
+                    Precision::F16 => "f16",
+                };
+                return Err(BackendError::Precision(format!(
+                    "{kind} on this device has no {name} arithmetic ({e:?})"
+                )));
             }
         }
     }
