@@ -129,10 +129,8 @@ fn time_runs(
 /// `bf16`, `f16`.
 pub fn precision_label() -> &'static str {
     match (crate::precision(), crate::f32_precision()) {
-        (crate::Precision::F32, crate::F32Precision::High) => "f32",
         (crate::Precision::F32, crate::F32Precision::Highest) => "f32-highest",
-        (crate::Precision::Bf16, _) => "bf16",
-        (crate::Precision::F16, _) => "f16",
+        (p, _) => p.name(),
     }
 }
 

@@ -39,6 +39,15 @@ impl Precision {
             Self::F16 => FloatDType::F16,
         }
     }
+
+    /// The name `--float-dtype` takes: `f32`, `bf16`, `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
 }
 
 static PRECISION: OnceLock<Precision> = OnceLock::new();
@@ -207,13 +216,9 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
         if let Err(e) = d.configure(p.dtype()) {
             // a second handle on an already configured device is fine
             if d.settings().float_dtype != p.dtype() {
-                let name = match p {
-                    Precision::F32 => "f32",
-                    Precision::Bf16 => "bf16",
-                    Precision::F16 => "f16",
-                };
                 return Err(BackendError::Precision(format!(
-                    "{kind} on this device has no {name} arithmetic ({e:?})"
+                    "{kind} on this device has no {} arithmetic ({e:?})",
+                    p.name()
                 )));
             }
         }
