@@ -7,6 +7,8 @@
 pub mod bench;
 #[cfg(feature = "cube")]
 pub mod dense;
+#[cfg(feature = "cube")]
+pub mod fused;
 pub mod msda;
 
 use std::fmt;
@@ -208,7 +210,7 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
             .join(", ");
         return Err(BackendError::NotCompiled { kind, compiled });
     }
-    msda::register();
+    register_kernels();
     let device = plain_device(kind, index)?;
     let p = precision();
     if p != Precision::F32 {
@@ -224,6 +226,15 @@ pub fn device(kind: BackendKind, index: Option<usize>) -> Result<Device, Backend
         }
     }
     Ok(device)
+}
+
+/// Registers the fused kernels this binary was built with into the model: deformable attention
+/// ([`msda`]) and, on the cubecl backends, layer norm, ReLU and the frozen-batch-norm affine map
+/// (`fused`). Idempotent; [`device`] calls it.
+pub fn register_kernels() {
+    msda::register();
+    #[cfg(feature = "cube")]
+    fused::register();
 }
 
 #[allow(unused_variables)] // `index` is unused when only flex is compiled in

@@ -8,12 +8,12 @@
 //! mask plus the level embedding.
 
 use crate::dense::{Linear, conv_forward};
+use crate::fused::relu;
 use crate::norm::LayerNorm;
 use burn::module::Param;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use crate::msda::{MsDeformAttn, MsdaConfig};
 use crate::position::{PaddingMask, encoder_reference_points, sine_coordinates, sine_embed};

@@ -8,6 +8,7 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod dense;
 pub mod encoder;
+pub mod fused;
 pub mod msda;
 pub mod norm;
 pub mod parse_decoder;

@@ -62,7 +62,7 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         in_f32(x, |x| {
             let dtype = FloatDType::from(x.dtype());
-            burn::tensor::module::layer_norm(
+            crate::fused::layer_norm(
                 x,
                 self.gamma.val().cast(dtype),
                 self.beta.as_ref().map(|b| b.val().cast(dtype)),

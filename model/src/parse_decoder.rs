@@ -13,11 +13,11 @@
 //! after every layer with the shared box heads.
 
 use crate::dense::{Linear, matmul};
+use crate::fused::relu;
 use crate::norm::LayerNorm;
 use crate::norm::{refine_boxes, softmax};
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use crate::msda::{MsDeformAttn, MsdaConfig};
 use crate::weights::layers::{layer_norm, linear, linear_from};

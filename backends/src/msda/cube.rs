@@ -15,7 +15,7 @@
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::features::AtomicUsage;
 use cubecl::ir::FloatKind;
@@ -371,7 +371,10 @@ pub fn forward(
     let [value, loc, attn] = [value, loc, attn].map(into_contiguous);
     let call = Launch::new(&value, &loc, shapes);
     let (n, lq, m, d) = (call.n, call.lq, call.m, call.d);
-    let out = empty_device_dtype(
+    // The kernels index every tensor as a dense row-major buffer. Burn's default allocation
+    // (`empty_device_dtype`) pads rows to an alignment on CUDA (a pitched layout: a `[.., 2]`
+    // location gradient would get rows of 4 floats), so outputs are allocated dense.
+    let out = empty_device_contiguous_dtype(
         value.client.clone(),
         value.device.clone(),
         Shape::new([n, lq, m * d]),
@@ -418,19 +421,20 @@ pub fn backward(
     let call = Launch::new(&value, &loc, shapes);
     let client = value.client.clone();
     let device = value.device.clone();
-    let grad_value = zeros_client(
+    // made dense (a no-op unless the allocator padded its rows, see `forward`)
+    let grad_value = into_contiguous(zeros_client(
         client.clone(),
         device.clone(),
         value.meta.shape().clone(),
         DType::F32,
-    );
-    let grad_loc = empty_device_dtype(
+    ));
+    let grad_loc = empty_device_contiguous_dtype(
         client.clone(),
         device.clone(),
         loc.meta.shape().clone(),
         DType::F32,
     );
-    let grad_attn = empty_device_dtype(
+    let grad_attn = empty_device_contiguous_dtype(
         client.clone(),
         device.clone(),
         attn.meta.shape().clone(),

@@ -11,7 +11,6 @@ use burn::nn::conv::Conv2d;
 use crate::dense::conv_forward;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::weights::Loader;
@@ -106,8 +105,10 @@ impl ConvBn {
             bn: FrozenBatchNorm::load(ld, bn, spec.c_out),
         }
     }
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(conv_forward(&self.conv, x))
+    /// `bn(conv(x))`, then `+ residual` when given, then ReLU when `relu`.
+    fn forward(&self, x: Tensor<4>, residual: Option<Tensor<4>>, relu: bool) -> Tensor<4> {
+        self.bn
+            .forward_act(conv_forward(&self.conv, x), residual, relu)
     }
 }
 
@@ -182,18 +183,15 @@ impl Block {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.forward(x.clone()),
+            Some(d) => d.forward(x.clone(), None, false),
             None => x.clone(),
         };
-        let n = self.convs.len();
+        let (last, inner) = self.convs.split_last().expect("a block has convolutions");
         let mut h = x;
-        for (i, c) in self.convs.iter().enumerate() {
-            h = c.forward(h);
-            if i + 1 < n {
-                h = relu(h);
-            }
+        for c in inner {
+            h = c.forward(h, None, true);
         }
-        relu(h + identity)
+        last.forward(h, Some(identity), true)
     }
 }
 
@@ -254,7 +252,7 @@ impl ResNet {
 
     /// `[B, 3, H, W]` → the three maps of strides 8, 16, 32.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut h = self.pool.forward(relu(self.stem.forward(x)));
+        let mut h = self.pool.forward(self.stem.forward(x, None, true));
         let mut outs = Vec::with_capacity(3);
         for (i, layer) in self.layers.iter().enumerate() {
             for b in layer {

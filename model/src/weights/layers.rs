@@ -119,39 +119,47 @@ pub fn group_norm(ld: &mut Loader, prefix: &str, groups: usize, c: usize) -> Gro
 
 /// DETR's `FrozenBatchNorm2d`: a per-channel affine map from fixed statistics.
 ///
-/// Computed as the official code does: `scale = w * rsqrt(var + 1e-5)`,
-/// `shift = b - mean * scale`, `y = x * scale + shift`.
+/// Computed as the official code does, `scale = w * rsqrt(var + 1e-5)`,
+/// `shift = b - mean * scale`, `y = x * scale + shift`; `scale` and `shift` are computed once when
+/// the statistics are loaded (they are constants, and the official forward recomputes the same
+/// values every call).
 #[derive(Module, Debug)]
 pub struct FrozenBatchNorm {
-    /// `weight`.
-    pub weight: Tensor<1>,
-    /// `bias`.
-    pub bias: Tensor<1>,
-    /// `running_mean`.
-    pub running_mean: Tensor<1>,
-    /// `running_var`.
-    pub running_var: Tensor<1>,
+    /// `weight * rsqrt(running_var + 1e-5)`, `[C]`. The statistics are not parameters
+    /// (mixed-precision training does not cast them): they keep the loaded type and are cast to
+    /// the input's when applied.
+    pub scale: Tensor<1>,
+    /// `bias - running_mean * scale`, `[C]`.
+    pub shift: Tensor<1>,
 }
 
 impl FrozenBatchNorm {
     /// Loads `{prefix}.{weight,bias,running_mean,running_var}` for `c` channels.
     pub fn load(ld: &mut Loader, prefix: &str, c: usize) -> Self {
-        Self {
-            weight: ld.tensor(&format!("{prefix}.weight"), [c], Init::Ones),
-            bias: ld.tensor(&format!("{prefix}.bias"), [c], Init::Zeros),
-            running_mean: ld.tensor(&format!("{prefix}.running_mean"), [c], Init::Zeros),
-            running_var: ld.tensor(&format!("{prefix}.running_var"), [c], Init::Ones),
-        }
+        let weight: Tensor<1> = ld.tensor(&format!("{prefix}.weight"), [c], Init::Ones);
+        let bias: Tensor<1> = ld.tensor(&format!("{prefix}.bias"), [c], Init::Zeros);
+        let mean: Tensor<1> = ld.tensor(&format!("{prefix}.running_mean"), [c], Init::Zeros);
+        let var: Tensor<1> = ld.tensor(&format!("{prefix}.running_var"), [c], Init::Ones);
+        let scale = weight * (var + 1e-5).sqrt().recip();
+        let shift = bias - mean * scale.clone();
+        Self { scale, shift }
     }
 
-    /// Applies the affine map to `[B, C, H, W]`. The buffers are not parameters (mixed-precision
-    /// training does not cast them): scale and shift are computed in the buffers' type and cast
-    /// to `x`'s.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let c = self.weight.dims()[0];
+    /// Applies the affine map to `[B, C, H, W]`, then adds `residual` when given and applies
+    /// ReLU when `relu` (one fused launch where a [`crate::fused::FusedKernel`] is installed).
+    pub fn forward_act(&self, x: Tensor<4>, residual: Option<Tensor<4>>, relu: bool) -> Tensor<4> {
         let dtype = burn::tensor::FloatDType::from(x.dtype());
-        let scale = self.weight.clone() * (self.running_var.clone() + 1e-5).sqrt().recip();
-        let shift = self.bias.clone() - self.running_mean.clone() * scale.clone();
-        x * scale.cast(dtype).reshape([1, c, 1, 1]) + shift.cast(dtype).reshape([1, c, 1, 1])
+        crate::fused::channel_affine(
+            x,
+            self.scale.clone().cast(dtype),
+            self.shift.clone().cast(dtype),
+            residual,
+            relu,
+        )
+    }
+
+    /// Applies the affine map to `[B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_act(x, None, false)
     }
 }

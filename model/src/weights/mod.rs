@@ -12,7 +12,7 @@
 //! | `nn.Linear.weight` `[out, in]` | `Linear.weight` `[in, out]` | transposed |
 //! | `nn.Linear.bias`, `nn.Conv2d.{weight,bias}` | same | as is |
 //! | `nn.LayerNorm` / `nn.GroupNorm` `weight`, `bias` | `gamma`, `beta` | renamed |
-//! | `FrozenBatchNorm2d` `weight`, `bias`, `running_mean`, `running_var` | [`layers::FrozenBatchNorm`] | folded at run time |
+//! | `FrozenBatchNorm2d` `weight`, `bias`, `running_mean`, `running_var` | [`layers::FrozenBatchNorm`] | folded into scale and shift at load |
 //! | `nn.MultiheadAttention.in_proj_{weight,bias}` `[3d, d]` | three `Linear`s q, k, v | split in rows, then transposed |
 //! | int64 buffers (`position_ids`, `relative_position_index`) | — | recomputed; the stored copy is checked and dropped |
 //! | shared box heads stored twice (`transformer.{ho,verb}_decoder.{sub,obj}_bbox_embed.*`) | the top-level `{sub,obj}_bbox_embed.*` | accepted as aliases when equal |

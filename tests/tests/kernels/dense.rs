@@ -1,5 +1,4 @@
-//! Full-float32 dense products (`--f32-precision highest`), in a test binary of their own: the
-//! dispatch test installs a process-global kernel.
+//! Full-float32 dense products (`--f32-precision highest`).
 //!
 //! 1. The model's dense entry points (`rlip_model::dense`: `Linear`, broadcast batched
 //!    `matmul`, `conv_forward`) hand the installed kernel the operands it documents and give
@@ -89,6 +88,7 @@ fn dense_entry_points_hand_the_kernel_what_they_document() {
         conv.forward(img.clone()),
     );
     let rec = Arc::new(Recorder::default());
+    let _lock = crate::global_kernel_lock();
     let previous = set_kernel(Some(rec.clone()));
     let got = (
         matmul(x4.clone(), y4),

@@ -1,0 +1,395 @@
+//! One-launch layer norm, ReLU and frozen-batch-norm affine map on the cubecl backends (wgpu,
+//! cuda), plugged into the model through [`rlip_model::fused::set_kernel`].
+//!
+//! A Burn backend extension ([`FusedOps`]) with CubeCL kernels ([`cube`]) for the forward and a
+//! hand-written autodiff node whose backward is built from Burn's ops (training runs these
+//! steps once per forward; the launches that matter at inference are the forward's). Float32
+//! tensors only: half-precision layer norms are float32 islands already, and half-precision ReLU
+//! and affine maps keep Burn's ops. The CPU backends keep Burn's ops too.
+
+pub mod cube;
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
+use burn::prelude::*;
+use burn::tensor::DType;
+use rlip_model::fused::FusedKernel;
+
+/// Backend operations of the fused kernels.
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"), Autodiff)]
+pub trait FusedOps: Backend {
+    /// Layer norm of each row of `x [R, C]` (see [`rlip_model::fused::FusedKernel::layer_norm`]).
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `max(x, 0)`, elementwise.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `x · scale[c] + shift[c]`, then ReLU when `relu`, on `x [N, C, H, W]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `relu(x · scale[c] + shift[c] + residual)` on `x [N, C, H, W]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_channel_affine_add_relu(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+#[cfg(feature = "fusion")]
+fn same_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
+    x.clone()
+}
+
+impl FusedOps for burn_cubecl::CubeBackend {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        cube::layer_norm(x, gamma, beta, epsilon)
+    }
+
+    fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::relu(x)
+    }
+
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        cube::channel_affine(x, scale, shift, None, relu)
+    }
+
+    fn fused_channel_affine_add_relu(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::channel_affine(x, scale, shift, Some(residual), true)
+    }
+}
+
+/// Autodiff node of the layer norm. Its backward recomputes the row statistics with Burn's ops
+/// and applies `∂x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`, `∂γ = Σ_rows g·x̂`, `∂β = Σ_rows g`.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, epsilon) = ops.state;
+        let c = x.shape()[1];
+        let mean = B::float_mean_dim(x.clone(), 1);
+        let centered = B::float_sub(x, mean);
+        let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
+        let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
+        let x_hat = B::float_div(centered, sigma.clone());
+        if let Some(node) = node_beta {
+            let g = B::float_reshape(B::float_sum_dim(grad.clone(), 0), [c].into());
+            grads.register::<B>(node.id, g);
+        }
+        if let Some(node) = node_gamma {
+            let gx = B::float_mul(grad.clone(), x_hat.clone());
+            let g = B::float_reshape(B::float_sum_dim(gx, 0), [c].into());
+            grads.register::<B>(node.id, g);
+        }
+        if let Some(node) = node_x {
+            let g_gamma = B::float_mul(grad, B::float_reshape(gamma, [1, c].into()));
+            let a = B::float_mean_dim(g_gamma.clone(), 1);
+            let b = B::float_mean_dim(B::float_mul(g_gamma.clone(), x_hat.clone()), 1);
+            let inner = B::float_sub(B::float_sub(g_gamma, a), B::float_mul(x_hat, b));
+            grads.register::<B>(node.id, B::float_div(inner, sigma));
+        }
+    }
+}
+
+/// Autodiff node of the ReLU: Burn's own ReLU backward on the output.
+#[derive(Debug)]
+struct ReluBackward;
+
+impl<B: FusedOps> Backward<B, 1> for ReluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::relu_backward(ops.state, grad));
+        }
+    }
+}
+
+/// The gradient past the affine map's ReLU (`output` is `None` without ReLU).
+fn through_relu<B: Backend>(
+    output: Option<FloatTensor<B>>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    match output {
+        Some(out) => B::relu_backward(out, grad),
+        None => grad,
+    }
+}
+
+/// `grad · scale[c]` for `grad [N, C, H, W]`.
+fn scale_channels<B: Backend>(grad: FloatTensor<B>, scale: FloatTensor<B>) -> FloatTensor<B> {
+    let c = scale.shape()[0];
+    B::float_mul(grad, B::float_reshape(scale, [1, c, 1, 1].into()))
+}
+
+/// Autodiff node of the affine map (its scale and shift are constants): `∂x = g · scale`, with
+/// `g` the output gradient past the ReLU.
+#[derive(Debug)]
+struct AffineBackward;
+
+impl<B: FusedOps> Backward<B, 1> for AffineBackward {
+    type State = (Option<FloatTensor<B>>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (output, scale) = ops.state;
+        if let Some(node) = node_x {
+            let g = through_relu::<B>(output, grad);
+            grads.register::<B>(node.id, scale_channels::<B>(g, scale));
+        }
+    }
+}
+
+/// Autodiff node of the affine map with residual and ReLU: `∂x = g · scale`, `∂residual = g`.
+#[derive(Debug)]
+struct AffineAddReluBackward;
+
+impl<B: FusedOps> Backward<B, 2> for AffineAddReluBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_residual] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (output, scale) = ops.state;
+        let g = through_relu::<B>(Some(output), grad);
+        if let Some(node) = node_residual {
+            grads.register::<B>(node.id, g.clone());
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, scale_channels::<B>(g, scale));
+        }
+    }
+}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match LayerNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+                let out =
+                    B::fused_layer_norm(x.clone(), gamma.clone(), beta.into_primitive(), epsilon);
+                prep.finish((x, gamma, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
+    fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match ReluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_relu(x.into_primitive());
+                prep.finish(out.clone(), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_relu(x.into_primitive())),
+        }
+    }
+
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let (scale, shift) = (scale.into_primitive(), shift.into_primitive());
+        match AffineBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_channel_affine(x.into_primitive(), scale.clone(), shift, relu);
+                prep.finish((relu.then(|| out.clone()), scale), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_channel_affine(
+                x.into_primitive(),
+                scale,
+                shift,
+                relu,
+            )),
+        }
+    }
+
+    fn fused_channel_affine_add_relu(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (scale, shift) = (scale.into_primitive(), shift.into_primitive());
+        match AffineAddReluBackward
+            .prepare::<C>([x.node(), residual.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_channel_affine_add_relu(
+                    x.into_primitive(),
+                    scale.clone(),
+                    shift,
+                    residual.into_primitive(),
+                );
+                prep.finish((out.clone(), scale), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_channel_affine_add_relu(
+                x.into_primitive(),
+                scale,
+                shift,
+                residual.into_primitive(),
+            )),
+        }
+    }
+}
+
+/// Whether `device` is a wgpu or cuda device (with or without autodiff).
+fn on_cube(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    )
+}
+
+/// Whether every tensor is float32 on a cubecl device.
+fn accepts(device: &Device, dtypes: &[DType]) -> bool {
+    on_cube(device) && dtypes.iter().all(|d| *d == DType::F32)
+}
+
+/// The fused kernels as a [`FusedKernel`]: float32 tensors on wgpu and cuda devices, with or
+/// without autodiff; everything else is declined.
+#[derive(Debug, Default)]
+pub struct FusedCube;
+
+impl FusedKernel for FusedCube {
+    fn name(&self) -> &str {
+        "cube"
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        accepts(&x.device(), &[x.dtype(), gamma.dtype(), beta.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
+                x.clone().into_dispatch(),
+                gamma.clone().into_dispatch(),
+                beta.clone().into_dispatch(),
+                epsilon,
+            ))
+        })
+    }
+
+    fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>> {
+        accepts(&x.device(), &[x.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_relu(
+                x.clone().into_dispatch(),
+            ))
+        })
+    }
+
+    fn channel_affine(
+        &self,
+        x: &Tensor<4>,
+        scale: &Tensor<1>,
+        shift: &Tensor<1>,
+        residual: Option<&Tensor<4>>,
+        relu: bool,
+    ) -> Option<Tensor<4>> {
+        let mut dtypes = vec![x.dtype(), scale.dtype(), shift.dtype()];
+        dtypes.extend(residual.map(|r| r.dtype()));
+        if !accepts(&x.device(), &dtypes) {
+            return None;
+        }
+        let (x, scale, shift) = (
+            x.clone().into_dispatch(),
+            scale.clone().into_dispatch(),
+            shift.clone().into_dispatch(),
+        );
+        Some(Tensor::from_dispatch(match (residual, relu) {
+            (None, relu) => <Dispatch as FusedOps>::fused_channel_affine(x, scale, shift, relu),
+            (Some(r), true) => <Dispatch as FusedOps>::fused_channel_affine_add_relu(
+                x,
+                scale,
+                shift,
+                r.clone().into_dispatch(),
+            ),
+            // no fused form: Burn's ops
+            (Some(_), false) => return None,
+        }))
+    }
+}
+
+/// Installs [`FusedCube`] into the model (idempotent; [`crate::device`] calls it).
+/// `RLIP_FUSED=off` keeps Burn's ops (for comparisons).
+pub fn register() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("RLIP_FUSED").is_ok_and(|v| v == "off") {
+            tracing::info!("RLIP_FUSED=off: fused layer norm, ReLU and affine kernels disabled");
+            return;
+        }
+        rlip_model::fused::set_kernel(Some(Arc::new(FusedCube)));
+    });
+}

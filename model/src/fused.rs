@@ -1,0 +1,111 @@
+//! Fused kernels for the short elementwise and row chains of the forward: layer norm, ReLU and
+//! the backbone's frozen batch norm (with its residual add and ReLU).
+//!
+//! Written with Burn's tensor ops, a layer norm is nine kernel launches, a ReLU two and a
+//! bottleneck's `relu(bn(conv(x)) + identity)` four after the convolution. On a GPU at batch 1 the
+//! launches, not the arithmetic, set the time of these steps. A [`FusedKernel`] installed with
+//! [`set_kernel`] computes each in one launch where it accepts the operands; otherwise (and by
+//! default, e.g. on the CPU) the functions here run Burn's ops. The model code never changes.
+
+use std::sync::{Arc, RwLock};
+
+use burn::prelude::*;
+
+/// One-launch replacements for short chains of ops on some devices.
+pub trait FusedKernel: Send + Sync {
+    /// Name shown in logs and benchmarks.
+    fn name(&self) -> &str;
+    /// Layer norm of each row of `x [R, C]` with `gamma [C]` and `beta [C]`: `(x − mean) /
+    /// sqrt(var + epsilon) · gamma + beta` (biased variance), or `None` to decline.
+    fn layer_norm(
+        &self,
+        x: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>>;
+    /// `max(x, 0)` of a flat tensor (NaN stays NaN), or `None` to decline.
+    fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>>;
+    /// `x · scale[c] + shift[c]`, then `+ residual` when given, then ReLU when `relu`, on
+    /// `x [N, C, H, W]` (`residual` has `x`'s shape), or `None` to decline.
+    fn channel_affine(
+        &self,
+        x: &Tensor<4>,
+        scale: &Tensor<1>,
+        shift: &Tensor<1>,
+        residual: Option<&Tensor<4>>,
+        relu: bool,
+    ) -> Option<Tensor<4>>;
+}
+
+static KERNEL: RwLock<Option<Arc<dyn FusedKernel>>> = RwLock::new(None);
+
+/// Installs (or, with `None`, removes) the fused kernel; returns the previous one.
+pub fn set_kernel(kernel: Option<Arc<dyn FusedKernel>>) -> Option<Arc<dyn FusedKernel>> {
+    std::mem::replace(
+        &mut *KERNEL.write().unwrap_or_else(|e| e.into_inner()),
+        kernel,
+    )
+}
+
+/// The installed fused kernel, if any.
+pub fn kernel() -> Option<Arc<dyn FusedKernel>> {
+    KERNEL.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Layer norm over the last dimension of `x` (Burn's `layer_norm` when no kernel accepts it).
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    if let (Some(k), Some(b)) = (kernel(), beta.as_ref()) {
+        let dims = x.dims();
+        let c = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        if let Some(y) = k.layer_norm(&x.clone().reshape([rows, c]), &gamma, b, epsilon) {
+            return y.reshape(dims);
+        }
+    }
+    burn::tensor::module::layer_norm(x, gamma, beta, epsilon)
+}
+
+/// ReLU (Burn's when no kernel accepts it).
+pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if let Some(k) = kernel() {
+        let dims = x.dims();
+        let n = dims.iter().product::<usize>();
+        if let Some(y) = k.relu(&x.clone().reshape([n])) {
+            return y.reshape(dims);
+        }
+    }
+    burn::tensor::activation::relu(x)
+}
+
+/// `x · scale + shift` per channel of `x [N, C, H, W]` (`scale`, `shift`: `[C]` in `x`'s type),
+/// then `+ residual` when given, then ReLU when `relu`.
+pub fn channel_affine(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    residual: Option<Tensor<4>>,
+    relu: bool,
+) -> Tensor<4> {
+    if let Some(k) = kernel()
+        && let Some(y) = k.channel_affine(&x, &scale, &shift, residual.as_ref(), relu)
+    {
+        return y;
+    }
+    let c = scale.dims()[0];
+    let y = x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1]);
+    let y = match residual {
+        Some(r) => y + r,
+        None => y,
+    };
+    if relu {
+        burn::tensor::activation::relu(y)
+    } else {
+        y
+    }
+}

@@ -1,0 +1,339 @@
+//! The fused layer norm, ReLU and frozen-batch-norm kernels.
+//!
+//! 1. The model's entry points (`rlip_model::fused`) hand the installed kernel the operands they
+//!    document, fall back to Burn's ops when it declines, and the ResNet blocks use the affine
+//!    kernel with the residual and ReLU folded in (flex, with a kernel that records and computes
+//!    with Burn's ops).
+//! 2. The cubecl kernels of `rlip_backends::fused` and all their gradients against flex's Burn
+//!    ops on every compiled-in GPU backend (skipped with only flex compiled in).
+
+use std::sync::{Arc, Mutex};
+
+use burn::prelude::*;
+use rlip_model::fused::{FusedKernel, channel_affine, layer_norm, relu, set_kernel};
+use rlip_tests::{Tol, parity_test};
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xBF58_476D);
+            ((z >> 40) % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(values(n, seed), shape), device)
+}
+
+/// Records the operands it is given and computes with Burn's ops; declines ReLU (to check the
+/// fallback).
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Recorder {
+    fn push(&self, s: String) {
+        self.0.lock().unwrap().push(s);
+    }
+}
+
+impl FusedKernel for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn layer_norm(
+        &self,
+        x: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        self.push(format!("layer_norm {:?} eps {epsilon}", x.dims()));
+        Some(burn::tensor::module::layer_norm(
+            x.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            epsilon,
+        ))
+    }
+    fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>> {
+        self.push(format!("relu {:?} (declined)", x.dims()));
+        None
+    }
+    fn channel_affine(
+        &self,
+        x: &Tensor<4>,
+        scale: &Tensor<1>,
+        shift: &Tensor<1>,
+        residual: Option<&Tensor<4>>,
+        relu: bool,
+    ) -> Option<Tensor<4>> {
+        self.push(format!(
+            "affine {:?} residual {} relu {relu}",
+            x.dims(),
+            residual.is_some()
+        ));
+        let c = scale.dims()[0];
+        let y =
+            x.clone() * scale.clone().reshape([1, c, 1, 1]) + shift.clone().reshape([1, c, 1, 1]);
+        let y = match residual {
+            Some(r) => y + r.clone(),
+            None => y,
+        };
+        Some(if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        })
+    }
+}
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar()
+}
+
+#[test]
+fn fused_entry_points_hand_the_kernel_what_they_document() {
+    let _lock = crate::global_kernel_lock();
+    // a device created by another test would register the real kernel: register it first
+    rlip_backends::register_kernels();
+    let dev = Device::flex();
+    let x3 = tensor([2, 5, 6], 1, &dev);
+    let gamma = tensor([6], 2, &dev);
+    let beta = tensor([6], 3, &dev);
+    let img = tensor([2, 3, 4, 5], 4, &dev);
+    let res = tensor([2, 3, 4, 5], 5, &dev);
+    let scale = tensor([3], 6, &dev);
+    let shift = tensor([3], 7, &dev);
+    let c = |t: &Tensor<1>| t.clone().reshape([1, 3, 1, 1]);
+    let affine = img.clone() * c(&scale) + c(&shift);
+
+    let want = (
+        burn::tensor::module::layer_norm(x3.clone(), gamma.clone(), Some(beta.clone()), 1e-5),
+        burn::tensor::activation::relu(x3.clone()),
+        burn::tensor::activation::relu(affine.clone() + res.clone()),
+        affine.clone(),
+        affine.clone() + res.clone(),
+    );
+    let rec = Arc::new(Recorder::default());
+    let previous = set_kernel(Some(rec.clone()));
+    let got = (
+        layer_norm(x3.clone(), gamma.clone(), Some(beta), 1e-5),
+        relu(x3.clone()),
+        channel_affine(
+            img.clone(),
+            scale.clone(),
+            shift.clone(),
+            Some(res.clone()),
+            true,
+        ),
+        channel_affine(img.clone(), scale.clone(), shift.clone(), None, false),
+        channel_affine(img, scale, shift, Some(res), false),
+    );
+    // without a shift the layer norm is Burn's (the kernel is not asked)
+    let no_beta = layer_norm(x3.clone(), gamma.clone(), None, 1e-5);
+    set_kernel(previous);
+    assert!(max_diff(got.0, want.0) < 1e-6);
+    assert!(max_diff(got.1, want.1) == 0.0);
+    assert!(max_diff(got.2, want.2) < 1e-6);
+    assert!(max_diff(got.3, want.3) < 1e-6);
+    assert!(max_diff(got.4, want.4) < 1e-6);
+    let burn_no_beta = burn::tensor::module::layer_norm(x3, gamma, None, 1e-5);
+    assert!(max_diff(no_beta, burn_no_beta) == 0.0);
+    let calls = rec.0.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            // the leading dimensions fold into rows
+            "layer_norm [10, 6] eps 0.00001",
+            // a ReLU is flattened; declined, so Burn's ran
+            "relu [60] (declined)",
+            "affine [2, 3, 4, 5] residual true relu true",
+            "affine [2, 3, 4, 5] residual false relu false",
+            "affine [2, 3, 4, 5] residual true relu false",
+        ]
+    );
+}
+
+/// A ResNet-50 bottleneck calls the affine kernel once per convolution: with ReLU after the
+/// first two, without it for the shortcut, and with the residual and ReLU after the last.
+#[test]
+fn bottleneck_folds_residual_and_relu_into_the_affine_map() {
+    use rlip_model::backbone::resnet::{BlockKind, ResNet, ResNetConfig};
+    use rlip_model::weights::{Loader, StateDict};
+    let _lock = crate::global_kernel_lock();
+    rlip_backends::register_kernels();
+    let dev = Device::flex();
+    let cfg = ResNetConfig {
+        block: BlockKind::Bottleneck,
+        layers: [1, 1, 1, 1],
+        width: 4,
+    };
+    let sd = StateDict::new();
+    let mut ld = Loader::new(&sd, &dev, "test").allow_partial(true);
+    let net = ResNet::load(&mut ld, "backbone", &cfg);
+    let x = tensor([1, 3, 32, 32], 9, &dev);
+    let want = net.forward(x.clone());
+    let rec = Arc::new(Recorder::default());
+    let previous = set_kernel(Some(rec.clone()));
+    let got = net.forward(x);
+    set_kernel(previous);
+    for (g, w) in got.into_iter().zip(want) {
+        assert!(max_diff(g, w) < 1e-6);
+    }
+    let calls = rec.0.lock().unwrap().clone();
+    // the stem (ReLU), then per block: shortcut, conv1 (ReLU), conv2 (ReLU), conv3 (+residual)
+    assert_eq!(calls.len(), 1 + 4 * 4, "{calls:#?}");
+    assert_eq!(calls[0], "affine [1, 4, 16, 16] residual false relu true");
+    assert_eq!(
+        &calls[1..5],
+        [
+            "affine [1, 16, 8, 8] residual false relu false",
+            "affine [1, 4, 8, 8] residual false relu true",
+            "affine [1, 4, 8, 8] residual false relu true",
+            "affine [1, 16, 8, 8] residual true relu true",
+        ]
+    );
+}
+
+/// Cross-backend tolerance of the fused kernels: float32 sums in another order only.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+const FUSED_TOL: Tol = Tol::new(1e-5, 1e-4);
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn on_cube(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    )
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
+    use rlip_backends::fused::FusedCube;
+    // the kernels on wgpu and cuda, Burn's ops elsewhere (the reference)
+    let gpu = on_cube(device);
+    let ad = device.clone().autodiff();
+
+    // layer norm: a row wider than the cube (70 > 64 units), and a narrow one (20)
+    for (name, rows, c) in [("ln_wide", 37, 70), ("ln_narrow", 9, 20)] {
+        let x = (tensor([rows, c], 31, &ad) * 3.0 + 0.5).require_grad();
+        let gamma = tensor([c], 32, &ad).require_grad();
+        let beta = tensor([c], 33, &ad).require_grad();
+        let y = if gpu {
+            FusedCube
+                .layer_norm(&x, &gamma, &beta, 1e-5)
+                .expect("the fused kernel takes f32 tensors on a GPU device")
+        } else {
+            burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5)
+        };
+        let r = tensor([rows, c], 34, &ad);
+        let g = (y.clone() * r).sum().backward();
+        out.push(name, y);
+        out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_gamma"), gamma.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_beta"), beta.grad(&g).expect("grad"));
+    }
+    // more rows than one grid axis holds (the kernel spreads rows over two axes)
+    let x = tensor([33_000, 3], 35, device);
+    let (gamma, beta) = (tensor([3], 36, device), tensor([3], 37, device));
+    out.push(
+        "ln_many_rows",
+        if gpu {
+            FusedCube
+                .layer_norm(&x, &gamma, &beta, 1e-5)
+                .expect("fused")
+        } else {
+            burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5)
+        },
+    );
+
+    // ReLU, with exact zeros in the input
+    let x = (tensor([300], 41, &ad) * 4.0).round().require_grad();
+    let y = if gpu {
+        FusedCube.relu(&x).expect("fused")
+    } else {
+        burn::tensor::activation::relu(x.clone())
+    };
+    let g = (y.clone() * tensor([300], 42, &ad)).sum().backward();
+    out.push("relu", y);
+    out.push("relu_d_x", x.grad(&g).expect("grad"));
+    // through the model's entry point on a transposed view (flattening copies it row-major)
+    let x = tensor([6, 50], 43, device).transpose();
+    out.push("relu_transposed", rlip_model::fused::relu(x));
+
+    // the affine map: plain, with ReLU, and with residual and ReLU; on row-major tensors and on
+    // channels-last views (the layout of a convolution's output on the cubecl backends), where
+    // the kernel walks the buffer in its own order
+    let scale = tensor([5], 51, &ad);
+    let shift = tensor([5], 52, &ad);
+    let channels_last = |seed| {
+        tensor([2, 6, 7, 5], seed, &ad)
+            .permute([0, 3, 1, 2])
+            .require_grad()
+    };
+    for (name, with_residual, with_relu, layout) in [
+        ("affine", false, false, "row-major"),
+        ("affine_relu", false, true, "row-major"),
+        ("affine_add_relu", true, true, "row-major"),
+        ("affine_relu_channels_last", false, true, "channels-last"),
+        ("affine_add_relu_channels_last", true, true, "channels-last"),
+        ("affine_add_relu_mixed_layouts", true, true, "mixed"),
+    ] {
+        let (x, res) = match layout {
+            "row-major" => (
+                tensor([2, 5, 6, 7], 53, &ad).require_grad(),
+                tensor([2, 5, 6, 7], 54, &ad).require_grad(),
+            ),
+            "channels-last" => (channels_last(53), channels_last(54)),
+            _ => (
+                channels_last(53),
+                tensor([2, 5, 6, 7], 54, &ad).require_grad(),
+            ),
+        };
+        let residual = with_residual.then(|| res.clone());
+        let y = if gpu {
+            FusedCube
+                .channel_affine(&x, &scale, &shift, residual.as_ref(), with_relu)
+                .expect("fused")
+        } else {
+            let c = |t: &Tensor<1>| t.clone().reshape([1, 5, 1, 1]);
+            let y = x.clone() * c(&scale) + c(&shift);
+            let y = match residual {
+                Some(r) => y + r,
+                None => y,
+            };
+            if with_relu {
+                burn::tensor::activation::relu(y)
+            } else {
+                y
+            }
+        };
+        let g = (y.clone() * tensor([2, 5, 6, 7], 55, &ad)).sum().backward();
+        out.push(name, y);
+        out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
+        if with_residual {
+            out.push(&format!("{name}_d_residual"), res.grad(&g).expect("grad"));
+        }
+    }
+});
+
+/// NaN passes through the fused ReLU, as through Burn's.
+#[cfg(feature = "wgpu")]
+#[test]
+fn fused_relu_keeps_nan_on_wgpu() {
+    use rlip_backends::fused::FusedCube;
+    let dev = rlip_backends::device(rlip_backends::BackendKind::Wgpu, None).expect("wgpu");
+    let x = Tensor::<1>::from_data(TensorData::new(vec![f32::NAN, -1.0, 0.0, 2.0], [4]), &dev);
+    let y: Vec<f32> = FusedCube
+        .relu(&x)
+        .expect("fused")
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    assert!(y[0].is_nan());
+    assert_eq!(&y[1..], [0.0, 0.0, 2.0]);
+}
