@@ -124,12 +124,18 @@ fn time_runs(
     Ok((first, times))
 }
 
+/// Set while `bench gpu` times its comparison row with Burn's ops in place of the fused kernels.
+static UNFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The float setting of this process as benchmark output names it: `f32` (each backend's
 /// fastest float32 routines: TF32 tensor cores on CUDA), `f32-highest` (float32 throughout),
-/// `bf16`, `f16`.
+/// `bf16`, `f16`; `f32-unfused` for `bench gpu`'s row without the fused kernels.
 pub fn precision_label() -> &'static str {
     match (crate::precision(), crate::f32_precision()) {
         (crate::Precision::F32, crate::F32Precision::Highest) => "f32-highest",
+        (crate::Precision::F32, _) if UNFUSED.load(std::sync::atomic::Ordering::SeqCst) => {
+            "f32-unfused"
+        }
         (p, _) => p.name(),
     }
 }
@@ -701,6 +707,14 @@ pub fn run_gpu(a: BenchGpuArgs, backend: &str, device: &Device) -> Result<()> {
         let r = infer(1, 1, 3);
         crate::set_f32_precision(crate::F32Precision::High);
         r?;
+        // what the fused kernels buy: the same forward with Burn's ops (`RLIP_FUSED=off`)
+        if let Some(k) = rlip_model::fused::set_kernel(None) {
+            UNFUSED.store(true, std::sync::atomic::Ordering::SeqCst);
+            let r = infer(1, 1, 3);
+            UNFUSED.store(false, std::sync::atomic::Ordering::SeqCst);
+            rlip_model::fused::set_kernel(Some(k));
+            r?;
+        }
     }
     run_msda(
         BenchMsdaArgs {

@@ -79,6 +79,28 @@ impl Linear {
         }
         burn::tensor::module::linear(x, weight, bias)
     }
+
+    /// `relu(self.forward(x))`. Where a [`crate::fused::FusedKernel`] takes it, the bias add and
+    /// the ReLU are one launch after the product (the same operations in the same order).
+    pub fn forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
+            && k.takes_bias_relu(&x.device(), x.dtype())
+        {
+            let product = Linear {
+                weight: self.weight.clone(),
+                bias: None,
+            }
+            .forward(x);
+            let dims = product.dims();
+            let c = dims[D - 1];
+            let rows = dims[..D - 1].iter().product::<usize>();
+            if let Some(y) = k.bias_relu(&product.clone().reshape([rows, c]), &bias.val()) {
+                return y.reshape(dims);
+            }
+            return crate::fused::relu(product + bias.val().unsqueeze());
+        }
+        crate::fused::relu(self.forward(x))
+    }
 }
 
 /// `lhs [..., M, K] @ rhs [..., K, N]` with the batch dimensions broadcast, through the installed

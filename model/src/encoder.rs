@@ -8,7 +8,6 @@
 //! mask plus the level embedding.
 
 use crate::dense::{Linear, conv_forward};
-use crate::fused::relu;
 use crate::norm::LayerNorm;
 use burn::module::Param;
 use burn::nn::GroupNorm;
@@ -278,9 +277,7 @@ impl EncoderLayer {
             Some(padding),
         );
         let src = self.norm1.forward(src + attn);
-        let ffn = self
-            .linear2
-            .forward(relu(self.linear1.forward(src.clone())));
+        let ffn = self.linear2.forward(self.linear1.forward_relu(src.clone()));
         self.norm2.forward(src + ffn)
     }
 }

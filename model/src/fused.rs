@@ -1,5 +1,7 @@
-//! Fused kernels for the short elementwise and row chains of the forward: layer norm, ReLU and
-//! the backbone's frozen batch norm (with its residual add and ReLU).
+//! Fused kernels for the short elementwise and row chains of the forward: layer norm, softmax,
+//! ReLU, the
+//! backbone's frozen batch norm (with its residual add and ReLU), the decoders' box refinement and
+//! the sine embedding of their anchors.
 //!
 //! Written with Burn's tensor ops, a layer norm is nine kernel launches, a ReLU two and a
 //! bottleneck's `relu(bn(conv(x)) + identity)` four after the convolution. On a GPU at batch 1 the
@@ -24,6 +26,14 @@ pub trait FusedKernel: Send + Sync {
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>>;
+    /// Whether [`FusedKernel::bias_relu`] takes tensors of `dtype` on `device` (asked before
+    /// the product is computed without its bias).
+    fn takes_bias_relu(&self, device: &Device, dtype: burn::tensor::DType) -> bool;
+    /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]` (a linear layer's bias and the ReLU after
+    /// it), or `None` to decline.
+    fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>>;
+    /// Softmax of each row of `x [R, C]` (`exp(x − max) / Σ exp(x − max)`), or `None`.
+    fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>>;
     /// `max(x, 0)` of a flat tensor (NaN stays NaN), or `None` to decline.
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>>;
     /// `x · scale[c] + shift[c]`, then `+ residual` when given, then ReLU when `relu`, on
@@ -36,6 +46,14 @@ pub trait FusedKernel: Send + Sync {
         residual: Option<&Tensor<4>>,
         relu: bool,
     ) -> Option<Tensor<4>>;
+    /// `sigmoid(delta + inverse_sigmoid(reference))` of flat tensors of one size, with the
+    /// official `inverse_sigmoid` ([`crate::parse_decoder::inverse_sigmoid`]), or `None`.
+    fn refine_boxes(&self, delta: &Tensor<1>, reference: &Tensor<1>) -> Option<Tensor<1>>;
+    /// The sine embedding of boxes `pos [B, Q, 4]` → `[B, Q, 4n]` (`n` = `dim_t`'s length):
+    /// four blocks of `n` channels for the coordinates y, x, w, h, channel `i` of a block being
+    /// `sin` (even `i`) or `cos` (odd `i`) of `coordinate · scale / dim_t[i]`; or `None`.
+    fn sine_embed_boxes(&self, pos: &Tensor<3>, dim_t: &Tensor<1>, scale: f32)
+    -> Option<Tensor<3>>;
 }
 
 static KERNEL: RwLock<Option<Arc<dyn FusedKernel>>> = RwLock::new(None);
@@ -69,6 +87,20 @@ pub fn layer_norm<const D: usize>(
         }
     }
     burn::tensor::module::layer_norm(x, gamma, beta, epsilon)
+}
+
+/// Softmax along `dim` (Burn's when no kernel accepts it; the kernel takes the last dimension).
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    if dim + 1 == D
+        && let Some(k) = kernel()
+    {
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        if let Some(y) = k.softmax(&x.clone().reshape([rows, dims[D - 1]])) {
+            return y.reshape(dims);
+        }
+    }
+    burn::tensor::activation::softmax(x, dim)
 }
 
 /// ReLU (Burn's when no kernel accepts it).
@@ -108,4 +140,20 @@ pub fn channel_affine(
     } else {
         y
     }
+}
+
+/// `sigmoid(delta + inverse_sigmoid(reference))` (Burn's ops when no kernel accepts it, e.g.
+/// for a broadcast `reference`).
+pub fn refine_boxes<const D: usize>(delta: Tensor<D>, reference: Tensor<D>) -> Tensor<D> {
+    let dims = delta.dims();
+    if let Some(k) = kernel()
+        && reference.dims() == dims
+    {
+        let n = dims.iter().product::<usize>();
+        let flat = |t: &Tensor<D>| t.clone().reshape([n]);
+        if let Some(y) = k.refine_boxes(&flat(&delta), &flat(&reference)) {
+            return y.reshape(dims);
+        }
+    }
+    burn::tensor::activation::sigmoid(delta + crate::parse_decoder::inverse_sigmoid(reference))
 }

@@ -7,10 +7,7 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::{DType, FloatDType};
-
-use crate::parse_decoder::inverse_sigmoid;
 
 /// Runs `f` on `x` in float32 when `x` is bf16 or f16 and casts the result back to `x`'s type;
 /// in any other type `f` runs on `x` unchanged.
@@ -25,7 +22,7 @@ pub fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<
 
 /// Softmax along `dim`, in float32 for half-precision input.
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    in_f32(x, |x| activation::softmax(x, dim))
+    in_f32(x, |x| crate::fused::softmax(x, dim))
 }
 
 /// `sigmoid(delta + inverse_sigmoid(reference))`, the box refinement of the decoders and heads,
@@ -33,7 +30,7 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 pub fn refine_boxes<const D: usize>(delta: Tensor<D>, reference: Tensor<D>) -> Tensor<D> {
     in_f32(delta, |delta| {
         let reference = reference.cast(FloatDType::from(delta.dtype()));
-        activation::sigmoid(delta + inverse_sigmoid(reference))
+        crate::fused::refine_boxes(delta, reference)
     })
 }
 

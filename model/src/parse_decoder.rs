@@ -53,10 +53,11 @@ impl Mlp {
     pub fn forward<const D: usize>(&self, mut x: Tensor<D>) -> Tensor<D> {
         let n = self.layers.len();
         for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(x);
-            if i + 1 < n {
-                x = relu(x);
-            }
+            x = if i + 1 < n {
+                l.forward_relu(x)
+            } else {
+                l.forward(x)
+            };
         }
         x
     }
@@ -176,9 +177,7 @@ impl DecoderLayer {
             Some(mem.padding.clone()),
         );
         let tgt = self.norm1.forward(tgt + ca);
-        let ffn = self
-            .linear2
-            .forward(relu(self.linear1.forward(tgt.clone())));
+        let ffn = self.linear2.forward(self.linear1.forward_relu(tgt.clone()));
         self.norm3.forward(tgt + ffn)
     }
 }
@@ -205,11 +204,17 @@ pub fn sine_embed_boxes(pos: Tensor<3>, n: usize) -> Tensor<3> {
     let dim_t: Vec<f32> = (0..n)
         .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / n as f32))
         .collect();
-    let dim_t = Tensor::<1>::from_data(TensorData::new(dim_t, [n]), &device).reshape([1, 1, n]);
+    let dim_t = Tensor::<1>::from_data(TensorData::new(dim_t, [n]), &device);
+    let scale = 2.0 * std::f32::consts::PI;
+    if let Some(k) = crate::fused::kernel()
+        && let Some(out) = k.sine_embed_boxes(&pos, &dim_t, scale)
+    {
+        return out;
+    }
+    let dim_t = dim_t.reshape([1, 1, n]);
     let even: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
     let even = Tensor::<1>::from_data(TensorData::new(even, [n]), &device).reshape([1, 1, n]);
     let odd = even.clone().neg() + 1.0;
-    let scale = 2.0 * std::f32::consts::PI;
     let coord = |c: usize| {
         let x = (pos.clone().slice(s![.., .., c..c + 1]) * scale) / dim_t.clone();
         x.clone().sin() * even.clone() + x.cos() * odd.clone()

@@ -4,7 +4,11 @@
 //!   plane sum for the mean, then the same for the variance (two passes, as Burn's composite
 //!   does), and a third pass that writes `(x − mean) / sqrt(var + eps) · gamma + beta`; on
 //!   devices without plane operations one unit per row;
-//! - ReLU and the per-channel affine map (with optional residual and ReLU): one unit per element.
+//! - softmax over rows: the same layout, a plane maximum, then a plane sum of the exponentials;
+//! - ReLU, a linear layer's bias add with ReLU, the per-channel affine map (with optional residual and ReLU) and the box refinement
+//!   `sigmoid(delta + inverse_sigmoid(reference))`: one unit per element;
+//! - the sine embedding of boxes: one unit per output element, and for its gradient one unit per
+//!   box coordinate.
 
 use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
@@ -99,6 +103,61 @@ fn layer_norm_row_kernel(
     }
 }
 
+/// Softmax of each row of `x [rows, c]`, one cube of one plane per row (see
+/// [`layer_norm_plane_kernel`]): `exp(x − max) / Σ exp(x − max)`, as Burn's composite.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn softmax_plane_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, #[comptime] c: usize) {
+    let row = cube_index();
+    if row >= rows {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let units = CUBE_DIM_X as usize;
+    let base = row * c;
+    // the smallest finite float32 starts the running maximum (WGSL has no infinity literal)
+    let mut m = f32::new(-3.402_823_5e38);
+    let mut i = t;
+    while i < c {
+        m = max(m, x[base + i]);
+        i += units;
+    }
+    let m = plane_max(m);
+    let mut sum = 0.0f32;
+    let mut i = t;
+    while i < c {
+        sum += (x[base + i] - m).exp();
+        i += units;
+    }
+    let sum = plane_sum(sum);
+    let mut i = t;
+    while i < c {
+        out[base + i] = (x[base + i] - m).exp() / sum;
+        i += units;
+    }
+}
+
+/// Softmax of each row of `x [rows, c]`, one unit per row (devices without plane operations).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn softmax_row_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, #[comptime] c: usize) {
+    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * c;
+    // the smallest finite float32 starts the running maximum (WGSL has no infinity literal)
+    let mut m = f32::new(-3.402_823_5e38);
+    for k in 0..c {
+        m = max(m, x[base + k]);
+    }
+    let mut sum = 0.0f32;
+    for k in 0..c {
+        sum += (x[base + k] - m).exp();
+    }
+    for k in 0..c {
+        out[base + k] = (x[base + k] - m).exp() / sum;
+    }
+}
+
 /// One unit per element.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn relu_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>) {
@@ -107,6 +166,16 @@ fn relu_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>) {
     }
     let v = x[ABSOLUTE_POS];
     // `v <= 0` is false for NaN, which passes through as in `max(x, 0)`'s Burn form
+    out[ABSOLUTE_POS] = if v <= 0.0f32 { 0.0f32 } else { v };
+}
+
+/// One unit per element of `x [R, C]` (row-major): `max(x + bias[c], 0)`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn bias_relu_kernel(x: &Tensor<f32>, bias: &Tensor<f32>, out: &mut Tensor<f32>, c: usize) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let v = x[ABSOLUTE_POS] + bias[ABSOLUTE_POS % c];
     out[ABSOLUTE_POS] = if v <= 0.0f32 { 0.0f32 } else { v };
 }
 
@@ -139,6 +208,87 @@ fn channel_affine_kernel(
         v = 0.0f32;
     }
     out[ABSOLUTE_POS] = v;
+}
+
+/// One unit per element: `sigmoid(delta + inverse_sigmoid(reference))`, with the official
+/// `inverse_sigmoid` (`log(x1 / x2)`, `x = clamp(r, 0, 1)`, `x1 = max(x, 1e-5)`,
+/// `x2 = max(1 − x, 1e-5)`) and Burn's sigmoid (`exp(−log(exp(−v) + 1))`), op for op.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::manual_clamp)] // comparisons as Burn's clamp: NaN passes through
+fn refine_boxes_kernel(delta: &Tensor<f32>, reference: &Tensor<f32>, out: &mut Tensor<f32>) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let r = reference[ABSOLUTE_POS];
+    let mut x = r;
+    if r < 0.0f32 {
+        x = 0.0f32;
+    }
+    if r > 1.0f32 {
+        x = 1.0f32;
+    }
+    let x1 = if x < 1.0e-5f32 { 1.0e-5f32 } else { x };
+    let t = -x + 1.0f32;
+    let x2 = if t < 1.0e-5f32 { 1.0e-5f32 } else { t };
+    let v = delta[ABSOLUTE_POS] + (x1 / x2).ln();
+    out[ABSOLUTE_POS] = (-((-v).exp() + 1.0f32).ln()).exp();
+}
+
+/// The box coordinate (0 = x, 1 = y, 2 = w, 3 = h) of output block `j` of the sine embedding
+/// (blocks in y, x, w, h order; the map is its own inverse).
+#[cube]
+fn sine_block_coord(j: usize) -> usize {
+    if j < 2 { 1 - j } else { j }
+}
+
+/// One unit per output element of `out [B, Q, 4n]` for boxes `pos [B, Q, 4]`: block `j` holds
+/// coordinate `sine_block_coord(j)`; channel `i` of a block is `sin` (even `i`) or `cos` (odd)
+/// of `pos · scale / dim_t[i]`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::manual_is_multiple_of)] // the cube macro translates `%`
+fn sine_embed_kernel(
+    pos: &Tensor<f32>,
+    dim_t: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    n: usize,
+    scale: f32,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS % n;
+    let j = (ABSOLUTE_POS / n) % 4;
+    let bq = ABSOLUTE_POS / (4 * n);
+    let v = pos[bq * 4 + sine_block_coord(j)] * scale / dim_t[i];
+    out[ABSOLUTE_POS] = if i % 2 == 0 { v.sin() } else { v.cos() };
+}
+
+/// One unit per box coordinate: the gradient of [`sine_embed_kernel`] for the output gradient
+/// `grad [B, Q, 4n]`, `Σ_i grad_i · (cos v_i | −sin v_i) / dim_t[i] · scale`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::manual_is_multiple_of)] // the cube macro translates `%`
+fn sine_embed_backward_kernel(
+    pos: &Tensor<f32>,
+    dim_t: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    n: usize,
+    scale: f32,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let c = ABSOLUTE_POS % 4;
+    let bq = ABSOLUTE_POS / 4;
+    let base = (bq * 4 + sine_block_coord(c)) * n;
+    let p = pos[ABSOLUTE_POS] * scale;
+    let mut acc = 0.0f32;
+    for i in 0..n {
+        let v = p / dim_t[i];
+        let d = if i % 2 == 0 { v.cos() } else { -v.sin() };
+        acc += grad[base + i] * d / dim_t[i];
+    }
+    out[ABSOLUTE_POS] = acc * scale;
 }
 
 fn address_type(tensors: &[&CubeTensor]) -> AddressType {
@@ -212,10 +362,7 @@ pub fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f
         return out;
     }
     let addr = address_type(&[&x, &out]);
-    let props = x.client.properties();
-    // the smallest plane the device may use: a cube of that many units is one plane
-    let plane = props.hardware.plane_size_min as usize;
-    let plane_ops = props.features.plane.contains(Plane::Ops);
+    let plan = row_plan(&x, c);
     let args = (
         x.into_tensor_arg(),
         gamma.into_tensor_arg(),
@@ -226,8 +373,8 @@ pub fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f
     // `row·c + c` for a row below `rows`, or below `c` for `gamma` and `beta`, which have those
     // sizes.
     unsafe {
-        if plane_ops && plane >= 1 {
-            let dim = CubeDim::new_1d(plane.min(c.next_power_of_two()) as u32);
+        if let Some(units) = plan {
+            let dim = CubeDim::new_1d(units as u32);
             layer_norm_plane_kernel::launch_unchecked(
                 &out.client,
                 grid(rows),
@@ -341,6 +488,199 @@ pub fn channel_affine(
             channel_stride,
             has_residual,
             relu,
+        );
+    }
+    out
+}
+
+/// `sigmoid(delta + inverse_sigmoid(reference))`, elementwise (same shapes).
+pub fn refine_boxes(delta: CubeTensor, reference: CubeTensor) -> CubeTensor {
+    check_f32(&[&delta, &reference], "box refinement");
+    assert_eq!(
+        delta.meta.shape(),
+        reference.meta.shape(),
+        "fused box refinement: shapes"
+    );
+    let [delta, reference] = [delta, reference].map(into_contiguous);
+    let out = empty_dense(&delta);
+    let n = delta.meta.shape().num_elements();
+    if n == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&delta, n);
+    let addr = address_type(&[&delta, &reference, &out]);
+    // SAFETY: units past the output return first; the three tensors are dense and of one size.
+    unsafe {
+        refine_boxes_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            delta.into_tensor_arg(),
+            reference.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+        );
+    }
+    out
+}
+
+/// The sine embedding of boxes `pos [B, Q, 4]` with frequencies `dim_t [n]`: `[B, Q, 4n]`.
+pub fn sine_embed(pos: CubeTensor, dim_t: CubeTensor, scale: f32) -> CubeTensor {
+    check_f32(&[&pos, &dim_t], "sine embedding");
+    let [pos, dim_t] = [pos, dim_t].map(into_contiguous);
+    let [b, q, four] = pos.meta.shape().dims::<3>();
+    assert_eq!(four, 4, "fused sine embedding: boxes have 4 coordinates");
+    let n = dim_t.meta.shape().num_elements();
+    let out = empty_device_contiguous_dtype(
+        pos.client.clone(),
+        pos.device.clone(),
+        burn::tensor::Shape::new([b, q, 4 * n]),
+        DType::F32,
+    );
+    let total = b * q * 4 * n;
+    if total == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&pos, total);
+    let addr = address_type(&[&pos, &out]);
+    // SAFETY: units past the output return first; reads are of box `bq` (below B·Q) and
+    // frequency `i` (below n).
+    unsafe {
+        sine_embed_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            pos.into_tensor_arg(),
+            dim_t.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            n,
+            scale,
+        );
+    }
+    out
+}
+
+/// The gradient of [`sine_embed`] with respect to `pos`, for the output gradient `grad`.
+pub fn sine_embed_backward(
+    pos: CubeTensor,
+    dim_t: CubeTensor,
+    grad: CubeTensor,
+    scale: f32,
+) -> CubeTensor {
+    check_f32(&[&pos, &dim_t, &grad], "sine embedding gradient");
+    let [pos, dim_t, grad] = [pos, dim_t, grad].map(into_contiguous);
+    let n = dim_t.meta.shape().num_elements();
+    let out = empty_dense(&pos);
+    let total = pos.meta.shape().num_elements();
+    assert_eq!(
+        grad.meta.shape().num_elements(),
+        total * n,
+        "fused sine embedding gradient: shapes"
+    );
+    if total == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&pos, total);
+    let addr = address_type(&[&pos, &grad, &out]);
+    // SAFETY: units past the output return first; unit `p` reads `grad` in its box's block,
+    // below `(p / 4 + 1) · 4n`, and frequencies below n.
+    unsafe {
+        sine_embed_backward_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            pos.into_tensor_arg(),
+            dim_t.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            n,
+            scale,
+        );
+    }
+    out
+}
+
+/// How a row kernel is laid out on `t`'s device: `Some(units)` for one cube of one plane of
+/// `units` per row (devices with plane operations), `None` for one unit per row.
+fn row_plan(t: &CubeTensor, c: usize) -> Option<usize> {
+    let props = t.client.properties();
+    // the smallest plane the device may use: a cube of that many units is one plane
+    let plane = props.hardware.plane_size_min as usize;
+    (props.features.plane.contains(Plane::Ops) && plane >= 1)
+        .then(|| plane.min(c.next_power_of_two()))
+}
+
+/// Softmax over the last dimension of `x [R, C]`.
+pub fn softmax(x: CubeTensor) -> CubeTensor {
+    check_f32(&[&x], "softmax");
+    let x = into_contiguous(x);
+    let [rows, c] = x.meta.shape().dims::<2>();
+    let out = empty_dense(&x);
+    if rows == 0 || c == 0 {
+        return out;
+    }
+    let addr = address_type(&[&x, &out]);
+    let plan = row_plan(&x, c);
+    // SAFETY: cubes and units past the last row return before reading; every index is below
+    // `row·c + c` for a row below `rows`.
+    unsafe {
+        match plan {
+            Some(units) => softmax_plane_kernel::launch_unchecked(
+                &out.client,
+                grid(rows),
+                CubeDim::new_1d(units as u32),
+                addr,
+                x.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                rows,
+                c,
+            ),
+            None => softmax_row_kernel::launch_unchecked(
+                &out.client,
+                grid(rows.div_ceil(ROWS_PER_CUBE)),
+                CubeDim::new_1d(ROWS_PER_CUBE as u32),
+                addr,
+                x.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                rows,
+                c,
+            ),
+        }
+    }
+    out
+}
+
+/// `max(x + bias, 0)` for `x [R, C]` and `bias [C]`.
+pub fn bias_relu(x: CubeTensor, bias: CubeTensor) -> CubeTensor {
+    check_f32(&[&x, &bias], "bias + relu");
+    let [x, bias] = [x, bias].map(into_contiguous);
+    let [_, c] = x.meta.shape().dims::<2>();
+    assert_eq!(
+        bias.meta.shape().num_elements(),
+        c,
+        "fused bias + relu: bias size"
+    );
+    let out = empty_dense(&x);
+    let n = x.meta.shape().num_elements();
+    if n == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&x, n);
+    let addr = address_type(&[&x, &out]);
+    // SAFETY: units past the output return first; `x` and `out` are dense of one size and the
+    // bias index is below `c`, its size.
+    unsafe {
+        bias_relu_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            c,
         );
     }
     out

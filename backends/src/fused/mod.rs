@@ -1,9 +1,11 @@
-//! One-launch layer norm, ReLU and frozen-batch-norm affine map on the cubecl backends (wgpu,
-//! cuda), plugged into the model through [`rlip_model::fused::set_kernel`].
+//! One-launch layer norm, softmax, ReLU (alone or after a linear layer's bias), frozen-batch-norm affine map, box refinement and box sine
+//! embedding on the cubecl backends (wgpu, cuda), plugged into the model through
+//! [`rlip_model::fused::set_kernel`].
 //!
-//! A Burn backend extension ([`FusedOps`]) with CubeCL kernels ([`cube`]) for the forward and a
-//! hand-written autodiff node whose backward is built from Burn's ops (training runs these
-//! steps once per forward; the launches that matter at inference are the forward's). Float32
+//! A Burn backend extension ([`FusedOps`]) with CubeCL kernels ([`cube`]) for the forward and
+//! hand-written autodiff nodes whose backward is built from Burn's ops (training runs these
+//! steps once per forward; the launches that matter at inference are the forward's), except the
+//! sine embedding's, which has a kernel of its own. Float32
 //! tensors only: half-precision layer norms are float32 islands already, and half-precision ReLU
 //! and affine maps keep Burn's ops. The CPU backends keep Burn's ops too.
 
@@ -37,6 +39,14 @@ pub trait FusedOps: Backend {
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// Softmax over the last dimension of `x [R, C]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `x · scale[c] + shift[c]`, then ReLU when `relu`, on `x [N, C, H, W]`.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_channel_affine(
@@ -54,11 +64,41 @@ pub trait FusedOps: Backend {
         shift: FloatTensor<Self>,
         residual: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// `sigmoid(delta + inverse_sigmoid(reference))`, elementwise (one shape).
+    #[fusion(dtype = delta, shape = same_shape(delta))]
+    fn fused_refine_boxes(
+        delta: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// The sine embedding of boxes `pos [B, Q, 4]` with frequencies `dim_t [n]` and `scale`:
+    /// `[B, Q, 4n]` (see [`rlip_model::fused::FusedKernel::sine_embed_boxes`]).
+    #[fusion(dtype = pos, shape = sine_shape(pos, dim_t))]
+    fn fused_sine_embed(
+        pos: FloatTensor<Self>,
+        dim_t: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+
+    /// The gradient of [`FusedOps::fused_sine_embed`] with respect to `pos`.
+    #[fusion(dtype = pos, shape = same_shape(pos))]
+    fn fused_sine_embed_backward(
+        pos: FloatTensor<Self>,
+        dim_t: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
 }
 
 #[cfg(feature = "fusion")]
 fn same_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
     x.clone()
+}
+
+#[cfg(feature = "fusion")]
+fn sine_shape(pos: &burn::tensor::Shape, dim_t: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from([pos[0], pos[1], 4 * dim_t[0]])
 }
 
 impl FusedOps for burn_cubecl::CubeBackend {
@@ -73,6 +113,14 @@ impl FusedOps for burn_cubecl::CubeBackend {
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         cube::relu(x)
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::softmax(x)
+    }
+
+    fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::bias_relu(x, bias)
     }
 
     fn fused_channel_affine(
@@ -91,6 +139,30 @@ impl FusedOps for burn_cubecl::CubeBackend {
         residual: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         cube::channel_affine(x, scale, shift, Some(residual), true)
+    }
+
+    fn fused_refine_boxes(
+        delta: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::refine_boxes(delta, reference)
+    }
+
+    fn fused_sine_embed(
+        pos: FloatTensor<Self>,
+        dim_t: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        cube::sine_embed(pos, dim_t, scale)
+    }
+
+    fn fused_sine_embed_backward(
+        pos: FloatTensor<Self>,
+        dim_t: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        cube::sine_embed_backward(pos, dim_t, grad, scale)
     }
 }
 
@@ -143,6 +215,47 @@ impl<B: FusedOps> Backward<B, 1> for ReluBackward {
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::relu_backward(ops.state, grad));
+        }
+    }
+}
+
+/// Autodiff node of the softmax: `∂x = y · (g − Σ_row g·y)`.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl<B: FusedOps> Backward<B, 1> for SoftmaxBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let y = ops.state;
+        if let Some(node) = node_x {
+            let dot = B::float_sum_dim(B::float_mul(grad.clone(), y.clone()), 1);
+            grads.register::<B>(node.id, B::float_mul(y, B::float_sub(grad, dot)));
+        }
+    }
+}
+
+/// Autodiff node of the bias add with ReLU: `∂x = g'`, `∂bias = Σ_rows g'`, with `g'` the output
+/// gradient past the ReLU.
+#[derive(Debug)]
+struct BiasReluBackward;
+
+impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let g = B::relu_backward(ops.state, grad);
+        if let Some(node) = node_bias {
+            let c = g.shape()[1];
+            let gb = B::float_reshape(B::float_sum_dim(g.clone(), 0), [c].into());
+            grads.register::<B>(node.id, gb);
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, g);
         }
     }
 }
@@ -204,6 +317,69 @@ impl<B: FusedOps> Backward<B, 2> for AffineAddReluBackward {
     }
 }
 
+/// Autodiff node of the box refinement. `∂delta` is Burn's sigmoid backward; `∂reference`
+/// follows Burn's autodiff of the composite op for op: the log and division gradients, and the
+/// clamps passing the gradient only where they did not clamp (`x ≥ 1e-5`, `1 − x ≥ 1e-5`,
+/// `0 ≤ r ≤ 1`).
+#[derive(Debug)]
+struct RefineBackward;
+
+impl<B: FusedOps> Backward<B, 2> for RefineBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_delta, node_ref] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (output, r) = ops.state;
+        let g = B::sigmoid_backward(output, grad);
+        if let Some(node) = node_ref {
+            let bool_dtype =
+                burn::backend::get_or_init_device_settings::<B>(&r.device()).bool_dtype;
+            let zero_where = |t: FloatTensor<B>, mask| B::float_mask_fill(t, mask, 0f32.into());
+            let x = B::float_clamp(r.clone(), 0f32.into(), 1f32.into());
+            let x1 = B::float_clamp_min(x.clone(), 1e-5f32.into());
+            let t = B::float_add_scalar(B::float_neg(x.clone()), 1f32.into());
+            let x2 = B::float_clamp_min(t.clone(), 1e-5f32.into());
+            let d_log = B::float_div(g.clone(), B::float_div(x1.clone(), x2.clone()));
+            let d_x1 = B::float_div(d_log.clone(), x2.clone());
+            let d_x2 = B::float_neg(B::float_div(
+                B::float_mul(d_log, x1),
+                B::float_mul(x2.clone(), x2),
+            ));
+            let d_x1 = zero_where(d_x1, B::float_lower_elem(x, 1e-5f32.into(), bool_dtype));
+            let d_x2 = zero_where(d_x2, B::float_lower_elem(t, 1e-5f32.into(), bool_dtype));
+            // t = 1 − x
+            let d_x = B::float_sub(d_x1, d_x2);
+            let d_r = zero_where(d_x, B::float_lower_elem(r.clone(), 0f32.into(), bool_dtype));
+            let d_r = zero_where(d_r, B::float_greater_elem(r, 1f32.into(), bool_dtype));
+            grads.register::<B>(node.id, d_r);
+        }
+        if let Some(node) = node_delta {
+            grads.register::<B>(node.id, g);
+        }
+    }
+}
+
+/// Autodiff node of the sine embedding (its frequencies are constants): the backward kernel.
+#[derive(Debug)]
+struct SineEmbedBackward;
+
+impl<B: FusedOps> Backward<B, 1> for SineEmbedBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_pos] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (pos, dim_t, scale) = ops.state;
+        if let Some(node) = node_pos {
+            grads.register::<B>(
+                node.id,
+                B::fused_sine_embed_backward(pos, dim_t, grad, scale),
+            );
+        }
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_layer_norm(
         x: FloatTensor<Self>,
@@ -242,6 +418,37 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(out.clone(), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_relu(x.into_primitive())),
+        }
+    }
+
+    fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        match BiasReluBackward
+            .prepare::<C>([x.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_bias_relu(x.into_primitive(), bias.into_primitive());
+                prep.finish(out.clone(), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_relu(
+                x.into_primitive(),
+                bias.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SoftmaxBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_softmax(x.into_primitive());
+                prep.finish(out.clone(), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.into_primitive())),
         }
     }
 
@@ -299,6 +506,64 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             )),
         }
     }
+
+    fn fused_refine_boxes(
+        delta: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match RefineBackward
+            .prepare::<C>([delta.node(), reference.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let r = reference.into_primitive();
+                let out = B::fused_refine_boxes(delta.into_primitive(), r.clone());
+                prep.finish((out.clone(), r), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_refine_boxes(
+                delta.into_primitive(),
+                reference.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_sine_embed(
+        pos: FloatTensor<Self>,
+        dim_t: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let dim_t = dim_t.into_primitive();
+        match SineEmbedBackward
+            .prepare::<C>([pos.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let pos = pos.into_primitive();
+                let out = B::fused_sine_embed(pos.clone(), dim_t.clone(), scale);
+                prep.finish((pos, dim_t, scale), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_sine_embed(pos.into_primitive(), dim_t, scale))
+            }
+        }
+    }
+
+    fn fused_sine_embed_backward(
+        pos: FloatTensor<Self>,
+        dim_t: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        // only ever called inside a backward pass (second-order gradients are not needed)
+        <Self as burn::backend::AutodiffBackend>::from_inner(B::fused_sine_embed_backward(
+            pos.into_primitive(),
+            dim_t.into_primitive(),
+            grad.into_primitive(),
+            scale,
+        ))
+    }
 }
 
 /// Whether `device` is a wgpu or cuda device (with or without autodiff).
@@ -341,6 +606,27 @@ impl FusedKernel for FusedCube {
         })
     }
 
+    fn takes_bias_relu(&self, device: &Device, dtype: DType) -> bool {
+        accepts(device, &[dtype])
+    }
+
+    fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
+        accepts(&x.device(), &[x.dtype(), bias.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_bias_relu(
+                x.clone().into_dispatch(),
+                bias.clone().into_dispatch(),
+            ))
+        })
+    }
+
+    fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        accepts(&x.device(), &[x.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
+                x.clone().into_dispatch(),
+            ))
+        })
+    }
+
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>> {
         accepts(&x.device(), &[x.dtype()]).then(|| {
             Tensor::from_dispatch(<Dispatch as FusedOps>::fused_relu(
@@ -378,6 +664,30 @@ impl FusedKernel for FusedCube {
             // no fused form: Burn's ops
             (Some(_), false) => return None,
         }))
+    }
+
+    fn refine_boxes(&self, delta: &Tensor<1>, reference: &Tensor<1>) -> Option<Tensor<1>> {
+        accepts(&delta.device(), &[delta.dtype(), reference.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_refine_boxes(
+                delta.clone().into_dispatch(),
+                reference.clone().into_dispatch(),
+            ))
+        })
+    }
+
+    fn sine_embed_boxes(
+        &self,
+        pos: &Tensor<3>,
+        dim_t: &Tensor<1>,
+        scale: f32,
+    ) -> Option<Tensor<3>> {
+        (accepts(&pos.device(), &[pos.dtype(), dim_t.dtype()]) && pos.dims()[2] == 4).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_sine_embed(
+                pos.clone().into_dispatch(),
+                dim_t.clone().into_dispatch(),
+                scale,
+            ))
+        })
     }
 }
 

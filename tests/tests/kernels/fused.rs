@@ -58,6 +58,19 @@ impl FusedKernel for Recorder {
             epsilon,
         ))
     }
+    fn takes_bias_relu(&self, _device: &Device, _dtype: burn::tensor::DType) -> bool {
+        true
+    }
+    fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
+        self.push(format!("bias_relu {:?}", x.dims()));
+        Some(burn::tensor::activation::relu(
+            x.clone() + bias.clone().unsqueeze(),
+        ))
+    }
+    fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        self.push(format!("softmax {:?}", x.dims()));
+        Some(burn::tensor::activation::softmax(x.clone(), 1))
+    }
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>> {
         self.push(format!("relu {:?} (declined)", x.dims()));
         None
@@ -87,6 +100,25 @@ impl FusedKernel for Recorder {
         } else {
             y
         })
+    }
+    fn refine_boxes(&self, delta: &Tensor<1>, reference: &Tensor<1>) -> Option<Tensor<1>> {
+        self.push(format!("refine {:?}", delta.dims()));
+        Some(burn::tensor::activation::sigmoid(
+            delta.clone() + rlip_model::parse_decoder::inverse_sigmoid(reference.clone()),
+        ))
+    }
+    fn sine_embed_boxes(
+        &self,
+        pos: &Tensor<3>,
+        dim_t: &Tensor<1>,
+        scale: f32,
+    ) -> Option<Tensor<3>> {
+        self.push(format!(
+            "sine {:?} n {} scale {scale:.4} (declined)",
+            pos.dims(),
+            dim_t.dims()[0]
+        ));
+        None
     }
 }
 
@@ -135,7 +167,39 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     );
     // without a shift the layer norm is Burn's (the kernel is not asked)
     let no_beta = layer_norm(x3.clone(), gamma.clone(), None, 1e-5);
+    let boxes = tensor([2, 3, 4], 8, &dev).abs();
+    let delta = tensor([2, 3, 4], 9, &dev);
+    let refined = rlip_model::fused::refine_boxes(delta.clone(), boxes.clone());
+    // a broadcast reference is not asked for
+    let first = boxes.clone().slice(s![0..1]);
+    let broadcast = rlip_model::fused::refine_boxes(delta.clone(), first.clone());
+    let sine = rlip_model::parse_decoder::sine_embed_boxes(boxes.clone(), 8);
+    let lin = rlip_model::dense::Linear {
+        weight: burn::module::Param::from_tensor(tensor([6, 7], 10, &dev)),
+        bias: Some(burn::module::Param::from_tensor(tensor([7], 11, &dev))),
+    };
+    let lin_relu = lin.forward_relu(x3.clone());
+    let soft_last = rlip_model::fused::softmax(x3.clone(), 2);
+    // another dimension is not asked for
+    let soft_mid = rlip_model::fused::softmax(x3.clone(), 1);
     set_kernel(previous);
+    assert!(
+        max_diff(
+            lin_relu,
+            burn::tensor::activation::relu(lin.forward(x3.clone()))
+        ) == 0.0
+    );
+    assert!(max_diff(soft_last, burn::tensor::activation::softmax(x3.clone(), 2)) == 0.0);
+    assert!(max_diff(soft_mid, burn::tensor::activation::softmax(x3.clone(), 1)) == 0.0);
+    let want_refined = burn::tensor::activation::sigmoid(
+        delta.clone() + rlip_model::parse_decoder::inverse_sigmoid(boxes.clone()),
+    );
+    assert!(max_diff(refined, want_refined.clone()) == 0.0);
+    let want_broadcast = burn::tensor::activation::sigmoid(
+        delta + rlip_model::parse_decoder::inverse_sigmoid(first),
+    );
+    assert!(max_diff(broadcast, want_broadcast) == 0.0);
+    assert!(max_diff(sine, rlip_model::parse_decoder::sine_embed_boxes(boxes, 8)) == 0.0);
     assert!(max_diff(got.0, want.0) < 1e-6);
     assert!(max_diff(got.1, want.1) == 0.0);
     assert!(max_diff(got.2, want.2) < 1e-6);
@@ -154,6 +218,12 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "affine [2, 3, 4, 5] residual true relu true",
             "affine [2, 3, 4, 5] residual false relu false",
             "affine [2, 3, 4, 5] residual true relu false",
+            // flattened; the broadcast one is not asked
+            "refine [24]",
+            "sine [2, 3, 4] n 8 scale 6.2832 (declined)",
+            // a linear layer's product, then its bias with the ReLU
+            "bias_relu [10, 7]",
+            "softmax [10, 6]",
         ]
     );
 }
@@ -251,6 +321,37 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         },
     );
 
+    // softmax: rows wider and narrower than a plane, one with a masked (−inf) entry
+    for (name, rows, c) in [("softmax_wide", 23, 70), ("softmax_narrow", 9, 5)] {
+        let mut v = values(rows * c, 81)
+            .iter()
+            .map(|v| v * 6.0)
+            .collect::<Vec<_>>();
+        v[1] = f32::NEG_INFINITY;
+        let x = Tensor::<2>::from_data(TensorData::new(v, [rows, c]), &ad).require_grad();
+        let y = if gpu {
+            FusedCube.softmax(&x).expect("fused")
+        } else {
+            burn::tensor::activation::softmax(x.clone(), 1)
+        };
+        let g = (y.clone() * tensor([rows, c], 82, &ad)).sum().backward();
+        out.push(name, y);
+        out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
+    }
+
+    // a linear layer's bias with ReLU, with exact zeros after the add
+    let x = (tensor([13, 9], 91, &ad) * 4.0).round().require_grad();
+    let bias = tensor([9], 92, &ad).round().require_grad();
+    let y = if gpu {
+        FusedCube.bias_relu(&x, &bias).expect("fused")
+    } else {
+        burn::tensor::activation::relu(x.clone() + bias.clone().unsqueeze())
+    };
+    let g = (y.clone() * tensor([13, 9], 93, &ad)).sum().backward();
+    out.push("bias_relu", y);
+    out.push("bias_relu_d_x", x.grad(&g).expect("grad"));
+    out.push("bias_relu_d_bias", bias.grad(&g).expect("grad"));
+
     // ReLU, with exact zeros in the input
     let x = (tensor([300], 41, &ad) * 4.0).round().require_grad();
     let y = if gpu {
@@ -264,6 +365,47 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     // through the model's entry point on a transposed view (flattening copies it row-major)
     let x = tensor([6, 50], 43, device).transpose();
     out.push("relu_transposed", rlip_model::fused::relu(x));
+
+    // box refinement, with references inside, on and outside the clamps' edges
+    let mut r = values(60, 61).iter().map(|v| v.abs()).collect::<Vec<_>>();
+    r[..8].copy_from_slice(&[0.0, 1.0, 1e-6, 1.0 - 1e-6, -0.2, 1.5, 0.5, 1e-5]);
+    let reference = Tensor::<2>::from_data(TensorData::new(r, [15, 4]), &ad).require_grad();
+    let delta = (tensor([15, 4], 62, &ad) * 3.0).require_grad();
+    let y = if gpu {
+        FusedCube
+            .refine_boxes(
+                &delta.clone().reshape([60]),
+                &reference.clone().reshape([60]),
+            )
+            .expect("fused")
+            .reshape([15, 4])
+    } else {
+        burn::tensor::activation::sigmoid(
+            delta.clone() + rlip_model::parse_decoder::inverse_sigmoid(reference.clone()),
+        )
+    };
+    let g = (y.clone() * tensor([15, 4], 63, &ad)).sum().backward();
+    out.push("refine", y);
+    out.push("refine_d_delta", delta.grad(&g).expect("grad"));
+    out.push("refine_d_reference", reference.grad(&g).expect("grad"));
+
+    // sine embedding of boxes (n = 16 channels per coordinate)
+    let pos = tensor([2, 5, 4], 71, &ad).abs().require_grad();
+    let y = if gpu {
+        let n = 16;
+        let dim_t: Vec<f32> = (0..n)
+            .map(|i| 10000f32.powf((2 * (i / 2)) as f32 / n as f32))
+            .collect();
+        let dim_t = Tensor::<1>::from_data(TensorData::new(dim_t, [n]), &ad);
+        FusedCube
+            .sine_embed_boxes(&pos, &dim_t, 2.0 * std::f32::consts::PI)
+            .expect("fused")
+    } else {
+        rlip_model::parse_decoder::sine_embed_boxes(pos.clone(), 16)
+    };
+    let g = (y.clone() * tensor([2, 5, 64], 72, &ad)).sum().backward();
+    out.push("sine", y);
+    out.push("sine_d_pos", pos.grad(&g).expect("grad"));
 
     // the affine map: plain, with ReLU, and with residual and ReLU; on row-major tensors and on
     // channels-last views (the layout of a convolution's output on the cubecl backends), where
