@@ -276,8 +276,8 @@ impl EncoderLayer {
             shapes,
             Some(padding),
         );
-        let src = self.norm1.forward(src + attn);
+        let src = self.norm1.forward_add(src, attn);
         let ffn = self.linear2.forward(self.linear1.forward_relu(src.clone()));
-        self.norm2.forward(src + ffn)
+        self.norm2.forward_add(src, ffn)
     }
 }

@@ -1,4 +1,5 @@
-//! Fused kernels for the short elementwise and row chains of the forward: layer norm, softmax,
+//! Fused kernels for the short elementwise and row chains of the forward: layer norm (of a
+//! residual sum too), softmax,
 //! ReLU, the
 //! backbone's frozen batch norm (with its residual add and ReLU), the decoders' box refinement and
 //! the sine embedding of their anchors.
@@ -22,6 +23,16 @@ pub trait FusedKernel: Send + Sync {
     fn layer_norm(
         &self,
         x: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>>;
+    /// Layer norm of each row of `x + residual` (both `[R, C]`; see
+    /// [`FusedKernel::layer_norm`]), or `None` to decline.
+    fn add_layer_norm(
+        &self,
+        x: &Tensor<2>,
+        residual: &Tensor<2>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
         epsilon: f64,
@@ -87,6 +98,29 @@ pub fn layer_norm<const D: usize>(
         }
     }
     burn::tensor::module::layer_norm(x, gamma, beta, epsilon)
+}
+
+/// Layer norm over the last dimension of `x + residual` (Burn's add and `layer_norm` when no
+/// kernel accepts it).
+pub fn add_layer_norm<const D: usize>(
+    x: Tensor<D>,
+    residual: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    if let (Some(k), Some(b)) = (kernel(), beta.as_ref())
+        && x.dims() == residual.dims()
+    {
+        let dims = x.dims();
+        let c = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let flat = |t: &Tensor<D>| t.clone().reshape([rows, c]);
+        if let Some(y) = k.add_layer_norm(&flat(&x), &flat(&residual), &gamma, b, epsilon) {
+            return y.reshape(dims);
+        }
+    }
+    burn::tensor::module::layer_norm(x + residual, gamma, beta, epsilon)
 }
 
 /// Softmax along `dim` (Burn's when no kernel accepts it; the kernel takes the last dimension).

@@ -67,4 +67,20 @@ impl LayerNorm {
             )
         })
     }
+
+    /// `self.forward(x + residual)`, the add inside the norm's launch where a fused kernel takes
+    /// it (float32; half-precision inputs add in their type, then normalise as a float32 island).
+    pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        if matches!(x.dtype(), DType::BF16 | DType::F16) {
+            return self.forward(x + residual);
+        }
+        let dtype = FloatDType::from(x.dtype());
+        crate::fused::add_layer_norm(
+            x,
+            residual,
+            self.gamma.val().cast(dtype),
+            self.beta.as_ref().map(|b| b.val().cast(dtype)),
+            self.epsilon,
+        )
+    }
 }

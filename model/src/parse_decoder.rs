@@ -166,9 +166,8 @@ impl DecoderLayer {
         mem: &Memory<'_>,
     ) -> Tensor<3> {
         let qk = tgt.clone() + pos.clone();
-        let tgt = self
-            .norm2
-            .forward(tgt.clone() + self.self_attn.forward(qk.clone(), qk, tgt));
+        let sa = self.self_attn.forward(qk.clone(), qk, tgt.clone());
+        let tgt = self.norm2.forward_add(tgt, sa);
         let ca = self.cross_attn.forward(
             tgt.clone() + pos,
             reference,
@@ -176,9 +175,9 @@ impl DecoderLayer {
             mem.shapes,
             Some(mem.padding.clone()),
         );
-        let tgt = self.norm1.forward(tgt + ca);
+        let tgt = self.norm1.forward_add(tgt, ca);
         let ffn = self.linear2.forward(self.linear1.forward_relu(tgt.clone()));
-        self.norm3.forward(tgt + ffn)
+        self.norm3.forward_add(tgt, ffn)
     }
 }
 

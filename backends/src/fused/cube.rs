@@ -29,17 +29,35 @@ fn cube_index() -> usize {
     CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
-/// One cube per row of `x [rows, c]`, the cube no wider than one plane: its units take every
+/// `x[i] + residual[i]` when `has_residual`, else `x[i]` (the layer norm's input).
+#[cube]
+fn ln_input(
+    x: &Tensor<f32>,
+    residual: &Tensor<f32>,
+    i: usize,
+    #[comptime] has_residual: bool,
+) -> f32 {
+    if has_residual {
+        x[i] + residual[i]
+    } else {
+        x[i]
+    }
+}
+
+/// Layer norm of each row of `x [rows, c]` (plus `residual` when `has_residual`; otherwise any
+/// tensor, e.g. `x`), one cube per row, the cube no wider than one plane: its units take every
 /// `CUBE_DIM`-th element of the row and plane sums combine them (reads are coalesced).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn layer_norm_plane_kernel(
     x: &Tensor<f32>,
+    residual: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
     epsilon: f32,
     #[comptime] c: usize,
+    #[comptime] has_residual: bool,
 ) {
     let row = cube_index();
     // the whole cube leaves together
@@ -52,35 +70,38 @@ fn layer_norm_plane_kernel(
     let mut sum = 0.0f32;
     let mut i = t;
     while i < c {
-        sum += x[base + i];
+        sum += ln_input(x, residual, base + i, has_residual);
         i += units;
     }
     let mean = plane_sum(sum) / f32::cast_from(c);
     let mut sq = 0.0f32;
     let mut i = t;
     while i < c {
-        let d = x[base + i] - mean;
+        let d = ln_input(x, residual, base + i, has_residual) - mean;
         sq += d * d;
         i += units;
     }
     let denom = (plane_sum(sq) / f32::cast_from(c) + epsilon).sqrt();
     let mut i = t;
     while i < c {
-        out[base + i] = (x[base + i] - mean) / denom * gamma[i] + beta[i];
+        out[base + i] =
+            (ln_input(x, residual, base + i, has_residual) - mean) / denom * gamma[i] + beta[i];
         i += units;
     }
 }
 
-/// One unit per row of `x [rows, c]` (devices without plane operations).
+/// As [`layer_norm_plane_kernel`] with one unit per row (devices without plane operations).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn layer_norm_row_kernel(
     x: &Tensor<f32>,
+    residual: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
     epsilon: f32,
     #[comptime] c: usize,
+    #[comptime] has_residual: bool,
 ) {
     let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if row >= rows {
@@ -89,17 +110,18 @@ fn layer_norm_row_kernel(
     let base = row * c;
     let mut sum = 0.0f32;
     for k in 0..c {
-        sum += x[base + k];
+        sum += ln_input(x, residual, base + k, has_residual);
     }
     let mean = sum / f32::cast_from(c);
     let mut sq = 0.0f32;
     for k in 0..c {
-        let d = x[base + k] - mean;
+        let d = ln_input(x, residual, base + k, has_residual) - mean;
         sq += d * d;
     }
     let denom = (sq / f32::cast_from(c) + epsilon).sqrt();
     for k in 0..c {
-        out[base + k] = (x[base + k] - mean) / denom * gamma[k] + beta[k];
+        out[base + k] =
+            (ln_input(x, residual, base + k, has_residual) - mean) / denom * gamma[k] + beta[k];
     }
 }
 
@@ -352,10 +374,27 @@ fn grid(cubes: usize) -> CubeCount {
     CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
 }
 
-/// Layer norm of each row of `x [R, C]`.
-pub fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f64) -> CubeTensor {
+/// Layer norm of each row of `x [R, C]`, or of `x + residual` when a residual is given.
+pub fn layer_norm(
+    x: CubeTensor,
+    residual: Option<CubeTensor>,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    epsilon: f64,
+) -> CubeTensor {
     check_f32(&[&x, &gamma, &beta], "layer norm");
     let [x, gamma, beta] = [x, gamma, beta].map(into_contiguous);
+    let residual = residual.map(|r| {
+        check_f32(&[&r], "layer norm");
+        assert_eq!(
+            r.meta.shape(),
+            x.meta.shape(),
+            "fused layer norm: residual shape"
+        );
+        into_contiguous(r)
+    });
+    let has_residual = residual.is_some();
+    let residual = residual.unwrap_or_else(|| x.clone());
     let [rows, c] = x.meta.shape().dims::<2>();
     let out = empty_dense(&x);
     if rows == 0 || c == 0 {
@@ -365,6 +404,7 @@ pub fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f
     let plan = row_plan(&x, c);
     let args = (
         x.into_tensor_arg(),
+        residual.into_tensor_arg(),
         gamma.into_tensor_arg(),
         beta.into_tensor_arg(),
         out.clone().into_tensor_arg(),
@@ -384,9 +424,11 @@ pub fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f
                 args.1,
                 args.2,
                 args.3,
+                args.4,
                 rows,
                 epsilon as f32,
                 c,
+                has_residual,
             );
         } else {
             let dim = CubeDim::new_1d(ROWS_PER_CUBE as u32);
@@ -399,9 +441,11 @@ pub fn layer_norm(x: CubeTensor, gamma: CubeTensor, beta: CubeTensor, epsilon: f
                 args.1,
                 args.2,
                 args.3,
+                args.4,
                 rows,
                 epsilon as f32,
                 c,
+                has_residual,
             );
         }
     }

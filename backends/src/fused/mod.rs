@@ -1,4 +1,4 @@
-//! One-launch layer norm, softmax, ReLU (alone or after a linear layer's bias), frozen-batch-norm affine map, box refinement and box sine
+//! One-launch layer norm (alone or of a residual sum), softmax, ReLU (alone or after a linear layer's bias), frozen-batch-norm affine map, box refinement and box sine
 //! embedding on the cubecl backends (wgpu, cuda), plugged into the model through
 //! [`rlip_model::fused::set_kernel`].
 //!
@@ -30,6 +30,16 @@ pub trait FusedOps: Backend {
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_layer_norm(
         x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// Layer norm of each row of `x + residual` (both `[R, C]`).
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_add_layer_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
@@ -108,7 +118,17 @@ impl FusedOps for burn_cubecl::CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        cube::layer_norm(x, gamma, beta, epsilon)
+        cube::layer_norm(x, None, gamma, beta, epsilon)
+    }
+
+    fn fused_add_layer_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        cube::layer_norm(x, Some(residual), gamma, beta, epsilon)
     }
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -166,8 +186,44 @@ impl FusedOps for burn_cubecl::CubeBackend {
     }
 }
 
-/// Autodiff node of the layer norm. Its backward recomputes the row statistics with Burn's ops
-/// and applies `∂x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`, `∂γ = Σ_rows g·x̂`, `∂β = Σ_rows g`.
+/// The layer norm's gradients for input `x [R, C]` and output gradient `grad`, each computed
+/// only when `want` asks for it: `(∂x, ∂gamma, ∂beta)` with
+/// `∂x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`, `∂γ = Σ_rows g·x̂`, `∂β = Σ_rows g`
+/// (the row statistics recomputed with Burn's ops).
+#[allow(clippy::type_complexity)]
+fn layer_norm_grads<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    epsilon: f64,
+    grad: FloatTensor<B>,
+    want: [bool; 3],
+) -> (
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
+    let c = x.shape()[1];
+    let mean = B::float_mean_dim(x.clone(), 1);
+    let centered = B::float_sub(x, mean);
+    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
+    let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
+    let x_hat = B::float_div(centered, sigma.clone());
+    let d_beta = want[2].then(|| B::float_reshape(B::float_sum_dim(grad.clone(), 0), [c].into()));
+    let d_gamma = want[1].then(|| {
+        let gx = B::float_mul(grad.clone(), x_hat.clone());
+        B::float_reshape(B::float_sum_dim(gx, 0), [c].into())
+    });
+    let d_x = want[0].then(|| {
+        let g_gamma = B::float_mul(grad, B::float_reshape(gamma, [1, c].into()));
+        let a = B::float_mean_dim(g_gamma.clone(), 1);
+        let b = B::float_mean_dim(B::float_mul(g_gamma.clone(), x_hat.clone()), 1);
+        let inner = B::float_sub(B::float_sub(g_gamma, a), B::float_mul(x_hat, b));
+        B::float_div(inner, sigma)
+    });
+    (d_x, d_gamma, d_beta)
+}
+
+/// Autodiff node of the layer norm ([`layer_norm_grads`]).
 #[derive(Debug)]
 struct LayerNormBackward;
 
@@ -178,27 +234,46 @@ impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, epsilon) = ops.state;
-        let c = x.shape()[1];
-        let mean = B::float_mean_dim(x.clone(), 1);
-        let centered = B::float_sub(x, mean);
-        let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
-        let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
-        let x_hat = B::float_div(centered, sigma.clone());
-        if let Some(node) = node_beta {
-            let g = B::float_reshape(B::float_sum_dim(grad.clone(), 0), [c].into());
-            grads.register::<B>(node.id, g);
+        let want = [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()];
+        let (d_x, d_gamma, d_beta) = layer_norm_grads::<B>(x, gamma, epsilon, grad, want);
+        for (node, g) in [(node_x, d_x), (node_gamma, d_gamma), (node_beta, d_beta)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, g);
+            }
         }
-        if let Some(node) = node_gamma {
-            let gx = B::float_mul(grad.clone(), x_hat.clone());
-            let g = B::float_reshape(B::float_sum_dim(gx, 0), [c].into());
-            grads.register::<B>(node.id, g);
+    }
+}
+
+/// Autodiff node of the layer norm of a sum: both addends get the input gradient.
+#[derive(Debug)]
+struct AddLayerNormBackward;
+
+impl<B: FusedOps> Backward<B, 4> for AddLayerNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_r, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, residual, gamma, epsilon) = ops.state;
+        let want = [
+            node_x.is_some() || node_r.is_some(),
+            node_gamma.is_some(),
+            node_beta.is_some(),
+        ];
+        let sum = B::float_add(x, residual);
+        let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
+        if let Some(d) = d_sum {
+            if let Some(node) = node_r {
+                grads.register::<B>(node.id, d.clone());
+            }
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, d);
+            }
         }
-        if let Some(node) = node_x {
-            let g_gamma = B::float_mul(grad, B::float_reshape(gamma, [1, c].into()));
-            let a = B::float_mean_dim(g_gamma.clone(), 1);
-            let b = B::float_mean_dim(B::float_mul(g_gamma.clone(), x_hat.clone()), 1);
-            let inner = B::float_sub(B::float_sub(g_gamma, a), B::float_mul(x_hat, b));
-            grads.register::<B>(node.id, B::float_div(inner, sigma));
+        for (node, g) in [(node_gamma, d_gamma), (node_beta, d_beta)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, g);
+            }
         }
     }
 }
@@ -407,6 +482,43 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_add_layer_norm(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match AddLayerNormBackward
+            .prepare::<C>([x.node(), residual.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, r, gamma) = (
+                    x.into_primitive(),
+                    residual.into_primitive(),
+                    gamma.into_primitive(),
+                );
+                let out = B::fused_add_layer_norm(
+                    x.clone(),
+                    r.clone(),
+                    gamma.clone(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                prep.finish((x, r, gamma, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_add_layer_norm(
+                x.into_primitive(),
+                residual.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match ReluBackward
             .prepare::<C>([x.node()])
@@ -599,6 +711,26 @@ impl FusedKernel for FusedCube {
         accepts(&x.device(), &[x.dtype(), gamma.dtype(), beta.dtype()]).then(|| {
             Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
                 x.clone().into_dispatch(),
+                gamma.clone().into_dispatch(),
+                beta.clone().into_dispatch(),
+                epsilon,
+            ))
+        })
+    }
+
+    fn add_layer_norm(
+        &self,
+        x: &Tensor<2>,
+        residual: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        let dtypes = [x.dtype(), residual.dtype(), gamma.dtype(), beta.dtype()];
+        accepts(&x.device(), &dtypes).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_add_layer_norm(
+                x.clone().into_dispatch(),
+                residual.clone().into_dispatch(),
                 gamma.clone().into_dispatch(),
                 beta.clone().into_dispatch(),
                 epsilon,

@@ -304,12 +304,12 @@ impl RobertaLayer {
             .swap_dims(1, 2)
             .reshape([b, l, d]);
         let attn_out = dropout(self.attn_out.forward(ctx), self.hidden_dropout);
-        let attn = self.attn_norm.forward(attn_out + hidden);
+        let attn = self.attn_norm.forward_add(attn_out, hidden);
         let ffn = self
             .output
             .forward(gelu(self.intermediate.forward(attn.clone())));
         self.out_norm
-            .forward(dropout(ffn, self.hidden_dropout) + attn)
+            .forward_add(dropout(ffn, self.hidden_dropout), attn)
     }
 }
 

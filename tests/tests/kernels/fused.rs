@@ -58,6 +58,22 @@ impl FusedKernel for Recorder {
             epsilon,
         ))
     }
+    fn add_layer_norm(
+        &self,
+        x: &Tensor<2>,
+        residual: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        self.push(format!("add_layer_norm {:?}", x.dims()));
+        Some(burn::tensor::module::layer_norm(
+            x.clone() + residual.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            epsilon,
+        ))
+    }
     fn takes_bias_relu(&self, _device: &Device, _dtype: burn::tensor::DType) -> bool {
         true
     }
@@ -179,6 +195,9 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         bias: Some(burn::module::Param::from_tensor(tensor([7], 11, &dev))),
     };
     let lin_relu = lin.forward_relu(x3.clone());
+    let ln = rlip_model::norm::LayerNorm::new(gamma.clone(), Some(tensor([6], 12, &dev)), 1e-5);
+    let res3 = tensor([2, 5, 6], 13, &dev);
+    let ln_add = ln.forward_add(x3.clone(), res3.clone());
     let soft_last = rlip_model::fused::softmax(x3.clone(), 2);
     // another dimension is not asked for
     let soft_mid = rlip_model::fused::softmax(x3.clone(), 1);
@@ -189,6 +208,7 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             burn::tensor::activation::relu(lin.forward(x3.clone()))
         ) == 0.0
     );
+    assert!(max_diff(ln_add, ln.forward(x3.clone() + res3)) == 0.0);
     assert!(max_diff(soft_last, burn::tensor::activation::softmax(x3.clone(), 2)) == 0.0);
     assert!(max_diff(soft_mid, burn::tensor::activation::softmax(x3.clone(), 1)) == 0.0);
     let want_refined = burn::tensor::activation::sigmoid(
@@ -223,6 +243,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "sine [2, 3, 4] n 8 scale 6.2832 (declined)",
             // a linear layer's product, then its bias with the ReLU
             "bias_relu [10, 7]",
+            // the residual add goes into the norm
+            "add_layer_norm [10, 6]",
             "softmax [10, 6]",
         ]
     );
@@ -307,6 +329,30 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         out.push(&format!("{name}_d_gamma"), gamma.grad(&g).expect("grad"));
         out.push(&format!("{name}_d_beta"), beta.grad(&g).expect("grad"));
     }
+    // layer norm of a residual sum: gradients for both addends, gamma and beta
+    let x = (tensor([21, 70], 38, &ad) * 2.0).require_grad();
+    let res = tensor([21, 70], 39, &ad).require_grad();
+    let gamma = tensor([70], 40, &ad).require_grad();
+    let beta = tensor([70], 44, &ad).require_grad();
+    let y = if gpu {
+        FusedCube
+            .add_layer_norm(&x, &res, &gamma, &beta, 1e-5)
+            .expect("fused")
+    } else {
+        burn::tensor::module::layer_norm(
+            x.clone() + res.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            1e-5,
+        )
+    };
+    let g = (y.clone() * tensor([21, 70], 45, &ad)).sum().backward();
+    out.push("add_ln", y);
+    out.push("add_ln_d_x", x.grad(&g).expect("grad"));
+    out.push("add_ln_d_residual", res.grad(&g).expect("grad"));
+    out.push("add_ln_d_gamma", gamma.grad(&g).expect("grad"));
+    out.push("add_ln_d_beta", beta.grad(&g).expect("grad"));
+
     // more rows than one grid axis holds (the kernel spreads rows over two axes)
     let x = tensor([33_000, 3], 35, device);
     let (gamma, beta) = (tensor([3], 36, device), tensor([3], 37, device));
