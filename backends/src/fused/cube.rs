@@ -1,12 +1,14 @@
 //! The fused kernels as CubeCL kernels (wgpu and CUDA), float32 only.
 //!
-//! - layer norm: one cube of one plane per row, a strided pass of each unit over the row and a
-//!   plane sum for the mean, then the same for the variance (two passes, as Burn's composite
-//!   does), and a third pass that writes `(x − mean) / sqrt(var + eps) · gamma + beta`; on
-//!   devices without plane operations one unit per row;
+//! - layer norm (of `x` or of `x + residual`): one cube of one plane per row, a strided pass of
+//!   each unit over the row and a plane sum for the mean, then the same for the variance (two
+//!   passes, as Burn's composite does), and a third pass that writes
+//!   `(x − mean) / sqrt(var + eps) · gamma + beta`; on devices without plane operations one unit
+//!   per row;
 //! - softmax over rows: the same layout, a plane maximum, then a plane sum of the exponentials;
-//! - ReLU, a linear layer's bias add with ReLU, the per-channel affine map (with optional residual and ReLU) and the box refinement
-//!   `sigmoid(delta + inverse_sigmoid(reference))`: one unit per element;
+//! - ReLU, a linear layer's bias add with ReLU, the per-channel affine map (with optional
+//!   residual and ReLU) and the box refinement `sigmoid(delta + inverse_sigmoid(reference))`:
+//!   one unit per element;
 //! - the sine embedding of boxes: one unit per output element, and for its gradient one unit per
 //!   box coordinate.
 
@@ -20,7 +22,7 @@ use cubecl::{calculate_cube_count_elemwise, cube};
 
 /// Most cubes along one axis of a launch grid (WebGPU's limit is 65535).
 const MAX_CUBES_X: usize = 32768;
-/// Rows per cube of the one-unit-per-row layer-norm kernel.
+/// Rows per cube of the one-unit-per-row kernels (layer norm, softmax).
 const ROWS_PER_CUBE: usize = 64;
 
 /// Index of this cube in a two-axis grid (`CUBE_COUNT_X` cubes per grid row).
