@@ -22,6 +22,8 @@ use burn::tensor::DType;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use rlip_model::dense::DenseKernel;
 
+use crate::cube_util::on_cube;
+
 /// Backend operations of the full-float32 products.
 #[backend_extension(Cube, Fusion: cfg(feature = "fusion"), Autodiff)]
 pub trait FullF32Ops: Backend {
@@ -283,14 +285,6 @@ impl<B: FullF32Ops, C: CheckpointStrategy> FullF32Ops for Autodiff<B, C> {
 /// The full-float32 products as a [`DenseKernel`] (see the module docs).
 #[derive(Debug, Default)]
 pub struct FullF32;
-
-/// Whether `device` is a wgpu or cuda device (with or without autodiff).
-fn on_cube(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Cube(_)
-    )
-}
 
 impl DenseKernel for FullF32 {
     fn name(&self) -> &str {

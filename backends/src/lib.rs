@@ -6,6 +6,8 @@
 
 pub mod bench;
 #[cfg(feature = "cube")]
+mod cube_util;
+#[cfg(feature = "cube")]
 pub mod dense;
 #[cfg(feature = "cube")]
 pub mod fused;

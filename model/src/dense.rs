@@ -91,11 +91,8 @@ impl Linear {
                 bias: None,
             }
             .forward(x);
-            let dims = product.dims();
-            let c = dims[D - 1];
-            let rows = dims[..D - 1].iter().product::<usize>();
-            if let Some(y) = k.bias_relu(&product.clone().reshape([rows, c]), &bias.val()) {
-                return y.reshape(dims);
+            if let Some(y) = k.bias_relu(&crate::fused::as_rows(&product), &bias.val()) {
+                return y.reshape(product.dims());
             }
             return crate::fused::relu(product + bias.val().unsqueeze());
         }

@@ -1,8 +1,7 @@
 //! Fused kernels for the short elementwise and row chains of the forward: layer norm (of a
-//! residual sum too), softmax,
-//! ReLU, the
-//! backbone's frozen batch norm (with its residual add and ReLU), the decoders' box refinement and
-//! the sine embedding of their anchors.
+//! residual sum too), softmax, ReLU (alone or after a linear layer's bias), the backbone's frozen
+//! batch norm (with its residual add and ReLU), the decoders' box refinement and the sine
+//! embedding of their anchors.
 //!
 //! Written with Burn's tensor ops, a layer norm is nine kernel launches, a ReLU two and a
 //! bottleneck's `relu(bn(conv(x)) + identity)` four after the convolution. On a GPU at batch 1 the
@@ -18,21 +17,13 @@ use burn::prelude::*;
 pub trait FusedKernel: Send + Sync {
     /// Name shown in logs and benchmarks.
     fn name(&self) -> &str;
-    /// Layer norm of each row of `x [R, C]` with `gamma [C]` and `beta [C]`: `(x − mean) /
-    /// sqrt(var + epsilon) · gamma + beta` (biased variance), or `None` to decline.
+    /// Layer norm of each row of `x [R, C]`, or of `x + residual` when given (same shape), with
+    /// `gamma [C]` and `beta [C]`: `(v − mean) / sqrt(var + epsilon) · gamma + beta` (biased
+    /// variance), or `None` to decline.
     fn layer_norm(
         &self,
         x: &Tensor<2>,
-        gamma: &Tensor<1>,
-        beta: &Tensor<1>,
-        epsilon: f64,
-    ) -> Option<Tensor<2>>;
-    /// Layer norm of each row of `x + residual` (both `[R, C]`; see
-    /// [`FusedKernel::layer_norm`]), or `None` to decline.
-    fn add_layer_norm(
-        &self,
-        x: &Tensor<2>,
-        residual: &Tensor<2>,
+        residual: Option<&Tensor<2>>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
         epsilon: f64,
@@ -82,6 +73,13 @@ pub fn kernel() -> Option<Arc<dyn FusedKernel>> {
     KERNEL.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// `t` as rows of its last dimension, `[Π leading dims, last]`.
+pub(crate) fn as_rows<const D: usize>(t: &Tensor<D>) -> Tensor<2> {
+    let dims = t.dims();
+    t.clone()
+        .reshape([dims[..D - 1].iter().product::<usize>(), dims[D - 1]])
+}
+
 /// Layer norm over the last dimension of `x` (Burn's `layer_norm` when no kernel accepts it).
 pub fn layer_norm<const D: usize>(
     x: Tensor<D>,
@@ -89,15 +87,7 @@ pub fn layer_norm<const D: usize>(
     beta: Option<Tensor<1>>,
     epsilon: f64,
 ) -> Tensor<D> {
-    if let (Some(k), Some(b)) = (kernel(), beta.as_ref()) {
-        let dims = x.dims();
-        let c = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        if let Some(y) = k.layer_norm(&x.clone().reshape([rows, c]), &gamma, b, epsilon) {
-            return y.reshape(dims);
-        }
-    }
-    burn::tensor::module::layer_norm(x, gamma, beta, epsilon)
+    norm_rows(x, None, gamma, beta, epsilon)
 }
 
 /// Layer norm over the last dimension of `x + residual` (Burn's add and `layer_norm` when no
@@ -109,30 +99,40 @@ pub fn add_layer_norm<const D: usize>(
     beta: Option<Tensor<1>>,
     epsilon: f64,
 ) -> Tensor<D> {
+    norm_rows(x, Some(residual), gamma, beta, epsilon)
+}
+
+/// [`layer_norm`] of `x`, or of `x + residual`.
+fn norm_rows<const D: usize>(
+    x: Tensor<D>,
+    residual: Option<Tensor<D>>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let dims = x.dims();
     if let (Some(k), Some(b)) = (kernel(), beta.as_ref())
-        && x.dims() == residual.dims()
+        && residual.as_ref().is_none_or(|r| r.dims() == dims)
     {
-        let dims = x.dims();
-        let c = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let flat = |t: &Tensor<D>| t.clone().reshape([rows, c]);
-        if let Some(y) = k.add_layer_norm(&flat(&x), &flat(&residual), &gamma, b, epsilon) {
+        let r = residual.as_ref().map(as_rows);
+        if let Some(y) = k.layer_norm(&as_rows(&x), r.as_ref(), &gamma, b, epsilon) {
             return y.reshape(dims);
         }
     }
-    burn::tensor::module::layer_norm(x + residual, gamma, beta, epsilon)
+    let x = match residual {
+        Some(r) => x + r,
+        None => x,
+    };
+    burn::tensor::module::layer_norm(x, gamma, beta, epsilon)
 }
 
 /// Softmax along `dim` (Burn's when no kernel accepts it; the kernel takes the last dimension).
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     if dim + 1 == D
         && let Some(k) = kernel()
+        && let Some(y) = k.softmax(&as_rows(&x))
     {
-        let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        if let Some(y) = k.softmax(&x.clone().reshape([rows, dims[D - 1]])) {
-            return y.reshape(dims);
-        }
+        return y.reshape(x.dims());
     }
     burn::tensor::activation::softmax(x, dim)
 }

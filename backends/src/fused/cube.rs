@@ -16,9 +16,11 @@ use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::cube;
 use cubecl::features::Plane;
 use cubecl::prelude::*;
-use cubecl::{calculate_cube_count_elemwise, cube};
+
+use crate::cube_util::{address_type, elementwise};
 
 /// Most cubes along one axis of a launch grid (WebGPU's limit is 65535).
 const MAX_CUBES_X: usize = 32768;
@@ -315,14 +317,6 @@ fn sine_embed_backward_kernel(
     out[ABSOLUTE_POS] = acc * scale;
 }
 
-fn address_type(tensors: &[&CubeTensor]) -> AddressType {
-    tensors
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default()
-}
-
 /// A dense row-major float32 tensor of `t`'s shape. (Burn's default allocation pads rows to an
 /// alignment on CUDA; the kernels here index buffers densely.)
 fn empty_dense(t: &CubeTensor) -> CubeTensor {
@@ -356,12 +350,6 @@ fn empty_same_layout(t: &CubeTensor) -> CubeTensor {
         t.device.clone(),
         DType::F32,
     )
-}
-
-/// Cubes of one unit per element for `n` elements on `t`'s device.
-fn elementwise(t: &CubeTensor, n: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new(&t.client, n);
-    (calculate_cube_count_elemwise(&t.client, n, dim), dim)
 }
 
 fn check_f32(ts: &[&CubeTensor], op: &str) {

@@ -23,6 +23,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rlip_model::fused::FusedKernel;
 
+use crate::cube_util::on_cube;
+
 /// Backend operations of the fused kernels.
 #[backend_extension(Cube, Fusion: cfg(feature = "fusion"), Autodiff)]
 pub trait FusedOps: Backend {
@@ -678,14 +680,6 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 }
 
-/// Whether `device` is a wgpu or cuda device (with or without autodiff).
-fn on_cube(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Cube(_)
-    )
-}
-
 /// Whether every tensor is float32 on a cubecl device.
 fn accepts(device: &Device, dtypes: &[DType]) -> bool {
     on_cube(device) && dtypes.iter().all(|d| *d == DType::F32)
@@ -704,38 +698,31 @@ impl FusedKernel for FusedCube {
     fn layer_norm(
         &self,
         x: &Tensor<2>,
+        residual: Option<&Tensor<2>>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>> {
-        accepts(&x.device(), &[x.dtype(), gamma.dtype(), beta.dtype()]).then(|| {
-            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
-                x.clone().into_dispatch(),
-                gamma.clone().into_dispatch(),
-                beta.clone().into_dispatch(),
+        let mut dtypes = vec![x.dtype(), gamma.dtype(), beta.dtype()];
+        dtypes.extend(residual.map(|r| r.dtype()));
+        if !accepts(&x.device(), &dtypes) {
+            return None;
+        }
+        let (x, gamma, beta) = (
+            x.clone().into_dispatch(),
+            gamma.clone().into_dispatch(),
+            beta.clone().into_dispatch(),
+        );
+        Some(Tensor::from_dispatch(match residual {
+            None => <Dispatch as FusedOps>::fused_layer_norm(x, gamma, beta, epsilon),
+            Some(r) => <Dispatch as FusedOps>::fused_add_layer_norm(
+                x,
+                r.clone().into_dispatch(),
+                gamma,
+                beta,
                 epsilon,
-            ))
-        })
-    }
-
-    fn add_layer_norm(
-        &self,
-        x: &Tensor<2>,
-        residual: &Tensor<2>,
-        gamma: &Tensor<1>,
-        beta: &Tensor<1>,
-        epsilon: f64,
-    ) -> Option<Tensor<2>> {
-        let dtypes = [x.dtype(), residual.dtype(), gamma.dtype(), beta.dtype()];
-        accepts(&x.device(), &dtypes).then(|| {
-            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_add_layer_norm(
-                x.clone().into_dispatch(),
-                residual.clone().into_dispatch(),
-                gamma.clone().into_dispatch(),
-                beta.clone().into_dispatch(),
-                epsilon,
-            ))
-        })
+            ),
+        }))
     }
 
     fn takes_bias_relu(&self, device: &Device, dtype: DType) -> bool {

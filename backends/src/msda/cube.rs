@@ -17,10 +17,12 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::cube;
 use cubecl::features::AtomicUsage;
 use cubecl::ir::FloatKind;
 use cubecl::prelude::*;
-use cubecl::{calculate_cube_count_elemwise, cube};
+
+use crate::cube_util::{address_type, elementwise};
 
 /// The four bilinear corners of pixel coordinate `(x, y)` (after the `−0.5` shift): for corner
 /// `k` (0: top-left, 1: top-right, 2: bottom-left, 3: bottom-right) whether it lies inside the
@@ -344,20 +346,6 @@ impl Launch {
             seq
         })
     }
-}
-
-fn address_type(tensors: &[&CubeTensor]) -> AddressType {
-    tensors
-        .iter()
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default()
-}
-
-/// Cubes of one thread per element for `n` elements on `t`'s device.
-fn elementwise(t: &CubeTensor, n: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new(&t.client, n);
-    (calculate_cube_count_elemwise(&t.client, n, dim), dim)
 }
 
 /// Forward: `value [N, S, M, D]`, `loc [N, Lq, M, L, P, 2]`, `attn [N, Lq, M, L, P]` →

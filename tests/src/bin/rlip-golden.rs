@@ -70,6 +70,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // installed by `device`; it takes float32 tensors on wgpu and cuda devices only
+    if let Some(k) = rlip_model::fused::kernel() {
+        println!("fused kernels: {}", k.name());
+    }
     let (model, dirs) = match cli.cmd {
         Cmd::Model { dirs } => (true, dirs),
         Cmd::Backbone { dirs } => (false, dirs),

@@ -14,22 +14,10 @@ use std::sync::{Arc, Mutex};
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 use rlip_model::dense::{DenseKernel, Linear, conv_forward, matmul, set_kernel};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 use rlip_tests::{Tol, parity_test};
 
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xBF58_476D);
-            ((z >> 40) % 2000) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
-
-fn tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(values(n, seed), shape), device)
-}
+use crate::{max_diff, tensor};
 
 /// Records the operand shapes it is given and computes with Burn's own ops.
 #[derive(Default)]
@@ -54,11 +42,6 @@ impl DenseKernel for Recorder {
             o.clone(),
         ))
     }
-}
-
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar()
 }
 
 #[test]
@@ -149,10 +132,7 @@ fn full_conv(gpu: bool, x: Tensor<4>, w: Tensor<4>, o: &ConvOptions<2>) -> Tenso
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 parity_test!(full_f32_products_parity, FULL_F32_TOL, |device, out| {
     // wgpu and cuda (tch computes in float32 already: the kernel declines it, Burn's op runs)
-    let gpu = matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Cube(_)
-    );
+    let gpu = crate::on_cube(device);
     let ad = device.clone().autodiff();
     // matmul: a plain batch, then a transposed right-hand view (a linear layer's weight)
     let a = tensor([3, 17, 33], 11, &ad).require_grad();

@@ -11,22 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
 use rlip_model::fused::{FusedKernel, channel_affine, layer_norm, relu, set_kernel};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 use rlip_tests::{Tol, parity_test};
 
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xBF58_476D);
-            ((z >> 40) % 2000) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
-
-fn tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(values(n, seed), shape), device)
-}
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use crate::values;
+use crate::{max_diff, tensor};
 
 /// Records the operands it is given and computes with Burn's ops; declines ReLU (to check the
 /// fallback).
@@ -46,29 +36,23 @@ impl FusedKernel for Recorder {
     fn layer_norm(
         &self,
         x: &Tensor<2>,
+        residual: Option<&Tensor<2>>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>> {
-        self.push(format!("layer_norm {:?} eps {epsilon}", x.dims()));
+        let input = match residual {
+            Some(r) => {
+                self.push(format!("add_layer_norm {:?}", x.dims()));
+                x.clone() + r.clone()
+            }
+            None => {
+                self.push(format!("layer_norm {:?} eps {epsilon}", x.dims()));
+                x.clone()
+            }
+        };
         Some(burn::tensor::module::layer_norm(
-            x.clone(),
-            gamma.clone(),
-            Some(beta.clone()),
-            epsilon,
-        ))
-    }
-    fn add_layer_norm(
-        &self,
-        x: &Tensor<2>,
-        residual: &Tensor<2>,
-        gamma: &Tensor<1>,
-        beta: &Tensor<1>,
-        epsilon: f64,
-    ) -> Option<Tensor<2>> {
-        self.push(format!("add_layer_norm {:?}", x.dims()));
-        Some(burn::tensor::module::layer_norm(
-            x.clone() + residual.clone(),
+            input,
             gamma.clone(),
             Some(beta.clone()),
             epsilon,
@@ -136,11 +120,6 @@ impl FusedKernel for Recorder {
         ));
         None
     }
-}
-
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar()
 }
 
 #[test]
@@ -296,18 +275,10 @@ fn bottleneck_folds_residual_and_relu_into_the_affine_map() {
 const FUSED_TOL: Tol = Tol::new(1e-5, 1e-4);
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn on_cube(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Cube(_)
-    )
-}
-
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
 parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     use rlip_backends::fused::FusedCube;
     // the kernels on wgpu and cuda, Burn's ops elsewhere (the reference)
-    let gpu = on_cube(device);
+    let gpu = crate::on_cube(device);
     let ad = device.clone().autodiff();
 
     // layer norm: a row wider than the cube (70 > 64 units), and a narrow one (20)
@@ -317,7 +288,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         let beta = tensor([c], 33, &ad).require_grad();
         let y = if gpu {
             FusedCube
-                .layer_norm(&x, &gamma, &beta, 1e-5)
+                .layer_norm(&x, None, &gamma, &beta, 1e-5)
                 .expect("the fused kernel takes f32 tensors on a GPU device")
         } else {
             burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5)
@@ -336,7 +307,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     let beta = tensor([70], 44, &ad).require_grad();
     let y = if gpu {
         FusedCube
-            .add_layer_norm(&x, &res, &gamma, &beta, 1e-5)
+            .layer_norm(&x, Some(&res), &gamma, &beta, 1e-5)
             .expect("fused")
     } else {
         burn::tensor::module::layer_norm(
@@ -360,7 +331,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         "ln_many_rows",
         if gpu {
             FusedCube
-                .layer_norm(&x, &gamma, &beta, 1e-5)
+                .layer_norm(&x, None, &gamma, &beta, 1e-5)
                 .expect("fused")
         } else {
             burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5)
