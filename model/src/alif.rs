@@ -194,14 +194,15 @@ impl BiMultiHeadAttention {
         let [_, len, _] = l.dims();
         let dim = self.dim;
         let (h, dh) = (self.n_heads, dim / self.n_heads);
-        let heads = |x: Tensor<3>, t: usize| x.reshape([b, t, h, dh]).swap_dims(1, 2);
         let scale = (dh as f64).powf(-0.5);
-        let q = heads(self.v_proj.forward(v.clone() + v_pos).mul_scalar(scale), n);
-        let k = heads(self.l_proj.forward(l.clone()), len);
-        let value_v = heads(self.values_v_proj.forward(v), n);
-        let value_l = heads(self.values_l_proj.forward(l), len);
+        let q = self
+            .v_proj
+            .forward_heads(v.clone() + v_pos, h, Some(scale), false);
+        let k_t = self.l_proj.forward_heads(l.clone(), h, None, true);
+        let value_v = self.values_v_proj.forward_heads(v, h, None, false);
+        let value_l = self.values_l_proj.forward_heads(l, h, None, false);
 
-        let logits = matmul(q, k.swap_dims(2, 3)); // [B, H, N, L]
+        let logits = matmul(q, k_t); // [B, H, N, L]
         let logits_t = logits.clone().swap_dims(2, 3); // [B, H, L, N]
         let shifted = logits_t.clone() - logits_t.max_dim(3);
         let attn_l = crate::util::dropout(softmax(shifted + v_bias, 3), self.dropout);

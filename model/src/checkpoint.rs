@@ -133,9 +133,94 @@ fn st_metadata(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, String>, We
     Ok(map)
 }
 
+/// Stored tensors by name: `(shape, values)`.
+pub type NamedValues = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Rewrites the per-branch tensors of a `MultiBranchFusion` as files written before its
+/// branches were stacked held them (`….fc_{n}.{c}.{weight,bias}` for branches `c` = 0..K) into
+/// the stacked layout of [`crate::parse_decoder::MultiBranchFusion`]: `fc_1`/`fc_2` weights side
+/// by side (`[d, K·sub]`) with their biases concatenated, `fc_3` weights one under the other
+/// (`[K·sub, repr]`) with the biases as rows of `[K, repr]`. Every value keeps its position in
+/// its branch, so parameters and elementwise optimiser moments convert exactly. Returns each new
+/// name with the old names it was built from (none when nothing needed rewriting); groups that
+/// are not complete runs `0..K` of equal shapes are left alone (and then reported by the loader).
+pub fn stack_branch_tensors(values: &mut NamedValues) -> Vec<(String, Vec<String>)> {
+    // (prefix, n, kind) -> branch -> old name
+    let mut groups: BTreeMap<(String, u8, String), BTreeMap<usize, String>> = BTreeMap::new();
+    for name in values.keys() {
+        let parts: Vec<&str> = name.rsplitn(4, '.').collect();
+        let (kind, branch, fc, prefix) = match parts[..] {
+            [kind, branch, fc, prefix] => (kind, branch, fc, prefix),
+            [kind, branch, fc] => (kind, branch, fc, ""),
+            _ => continue,
+        };
+        let n = match fc {
+            "fc_1" => 1,
+            "fc_2" => 2,
+            "fc_3" => 3,
+            _ => continue,
+        };
+        if !(kind == "weight" || kind == "bias") {
+            continue;
+        }
+        let Ok(c) = branch.parse::<usize>() else {
+            continue;
+        };
+        groups
+            .entry((prefix.to_string(), n, kind.to_string()))
+            .or_default()
+            .insert(c, name.clone());
+    }
+    let mut done = Vec::new();
+    for ((prefix, n, kind), branches) in groups {
+        let k = branches.len();
+        if branches.keys().copied().ne(0..k) {
+            continue;
+        }
+        let olds: Vec<String> = branches.into_values().collect();
+        let shape = values[&olds[0]].0.clone();
+        if olds.iter().any(|o| values[o].0 != shape) {
+            continue;
+        }
+        let parts: Vec<Vec<f32>> = olds
+            .iter()
+            .map(|o| values.remove(o).expect("listed above").1)
+            .collect();
+        let (new_shape, data) = match (n, kind.as_str(), shape.as_slice()) {
+            // [d, sub] each, side by side: row i is the branches' rows i in turn
+            (1 | 2, "weight", &[d, sub]) => {
+                let mut data = Vec::with_capacity(d * sub * k);
+                for i in 0..d {
+                    for p in &parts {
+                        data.extend_from_slice(&p[i * sub..(i + 1) * sub]);
+                    }
+                }
+                (vec![d, k * sub], data)
+            }
+            (1 | 2, "bias", &[sub]) => (vec![k * sub], parts.concat()),
+            (3, "weight", &[sub, repr]) => (vec![k * sub, repr], parts.concat()),
+            (3, "bias", &[repr]) => (vec![k, repr], parts.concat()),
+            _ => {
+                for (o, p) in olds.iter().zip(parts) {
+                    values.insert(o.clone(), (shape.clone(), p));
+                }
+                continue;
+            }
+        };
+        let name = if prefix.is_empty() {
+            format!("fc_{n}.{kind}")
+        } else {
+            format!("{prefix}.fc_{n}.{kind}")
+        };
+        values.insert(name.clone(), (new_shape, data));
+        done.push((name, olds));
+    }
+    done
+}
+
 struct Assign {
     path: Vec<String>,
-    values: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    values: NamedValues,
     ids: Option<BTreeMap<String, u64>>,
     missing: Vec<String>,
     misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
@@ -216,6 +301,13 @@ fn load<M: Module>(
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         values.insert(name, (view.shape().to_vec(), v));
+    }
+    for (new, old) in stack_branch_tensors(&mut values) {
+        tracing::info!(
+            "{}: {new} stacked from {} per-branch tensors (older layout)",
+            path.display(),
+            old.len()
+        );
     }
     let names: Vec<String> = values.keys().cloned().collect();
     let ids =

@@ -60,44 +60,92 @@ pub struct Linear {
 impl Linear {
     /// `x [..., d_in]` → `[..., d_out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
-        let bias = self.bias.as_ref().map(|b| b.val());
-        if let Some(k) = kernel() {
-            let dims = x.dims();
-            let [d_in, d_out] = weight.dims();
-            let rows = dims[..D - 1].iter().product::<usize>();
-            let lhs = x.clone().reshape([1, rows, d_in]);
-            if let Some(out) = k.matmul(&lhs, &weight.clone().unsqueeze::<3>()) {
-                let mut out_dims = dims;
-                out_dims[D - 1] = d_out;
-                let out = out.reshape(out_dims);
-                return match bias {
-                    Some(b) => out + b.unsqueeze(),
-                    None => out,
-                };
-            }
-        }
-        burn::tensor::module::linear(x, weight, bias)
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 
     /// `relu(self.forward(x))`. Where a [`crate::fused::FusedKernel`] takes it, the bias add and
     /// the ReLU are one launch after the product (the same operations in the same order).
     pub fn forward_relu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
-            && k.takes_bias_relu(&x.device(), x.dtype())
-        {
-            let product = Linear {
-                weight: self.weight.clone(),
-                bias: None,
-            }
-            .forward(x);
-            if let Some(y) = k.bias_relu(&crate::fused::as_rows(&product), &bias.val()) {
-                return y.reshape(product.dims());
-            }
-            return crate::fused::relu(product + bias.val().unsqueeze());
+        match &self.bias {
+            Some(b) => linear_relu(x, self.weight.val(), b.val()),
+            None => crate::fused::relu(self.forward(x)),
         }
-        crate::fused::relu(self.forward(x))
     }
+}
+
+impl Linear {
+    /// `self.forward(x)` for `x [B, N, d_in]`, times `scale` when given, split into `heads`
+    /// attention heads: `[B, H, N, d_out / H]`, or the keys' `[B, H, d_out / H, N]` when
+    /// `transposed`. Where a [`crate::fused::FusedKernel`] takes it, the bias add, the scaling
+    /// and the move of the heads are one launch after the product, and the result is row-major
+    /// (so the attention products that follow need no copies).
+    pub fn forward_heads(
+        &self,
+        x: Tensor<3>,
+        heads: usize,
+        scale: Option<f64>,
+        transposed: bool,
+    ) -> Tensor<4> {
+        let [b, n, _] = x.dims();
+        let d_out = self.weight.dims()[1];
+        let e = d_out / heads;
+        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
+            && k.takes_unbiased(&x.device(), x.dtype())
+        {
+            let product = linear(x.clone(), self.weight.val(), None).reshape([b, n, heads, e]);
+            let s = scale.unwrap_or(1.0) as f32;
+            if let Some(y) = k.heads(&product, &bias.val(), s, transposed) {
+                return y;
+            }
+        }
+        let y = self.forward(x);
+        let y = match scale {
+            Some(s) => y.mul_scalar(s),
+            None => y,
+        };
+        let y = y.reshape([b, n, heads, e]).swap_dims(1, 2);
+        if transposed { y.swap_dims(2, 3) } else { y }
+    }
+}
+
+/// `x [..., d_in] @ weight [d_in, d_out] + bias` (Burn's layout), through the installed
+/// [`DenseKernel`] when it accepts the operands.
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    if let Some(k) = kernel() {
+        let dims = x.dims();
+        let [d_in, d_out] = weight.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let lhs = x.clone().reshape([1, rows, d_in]);
+        if let Some(out) = k.matmul(&lhs, &weight.clone().unsqueeze::<3>()) {
+            let mut out_dims = dims;
+            out_dims[D - 1] = d_out;
+            let out = out.reshape(out_dims);
+            return match bias {
+                Some(b) => out + b.unsqueeze(),
+                None => out,
+            };
+        }
+    }
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// `relu(x @ weight + bias)` ([`linear`] then ReLU). Where a [`crate::fused::FusedKernel`] takes
+/// it, the bias add and the ReLU are one launch after the product.
+pub fn linear_relu<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
+    if let Some(k) = crate::fused::kernel()
+        && k.takes_unbiased(&x.device(), x.dtype())
+    {
+        let product = linear(x, weight, None);
+        if let Some(y) = k.bias_relu(&crate::fused::as_rows(&product), &bias) {
+            return y.reshape(product.dims());
+        }
+        return crate::fused::relu(product + bias.unsqueeze());
+    }
+    crate::fused::relu(linear(x, weight, Some(bias)))
 }
 
 /// `lhs [..., M, K] @ rhs [..., K, N]` with the batch dimensions broadcast, through the installed

@@ -28,9 +28,19 @@ pub trait FusedKernel: Send + Sync {
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>>;
-    /// Whether [`FusedKernel::bias_relu`] takes tensors of `dtype` on `device` (asked before
-    /// the product is computed without its bias).
-    fn takes_bias_relu(&self, device: &Device, dtype: burn::tensor::DType) -> bool;
+    /// Whether [`FusedKernel::bias_relu`] and [`FusedKernel::heads`] take tensors of `dtype` on
+    /// `device` (asked before a linear layer's product is computed without its bias).
+    fn takes_unbiased(&self, device: &Device, dtype: burn::tensor::DType) -> bool;
+    /// `(x + bias) · scale` for `x [B, N, H, E]` (a linear layer's product split into `H`
+    /// attention heads) and `bias [H·E]`, with the heads first: a row-major `[B, H, N, E]`, or
+    /// `[B, H, E, N]` when `transposed` (the keys' layout for `q · kᵀ`); or `None` to decline.
+    fn heads(
+        &self,
+        x: &Tensor<4>,
+        bias: &Tensor<1>,
+        scale: f32,
+        transposed: bool,
+    ) -> Option<Tensor<4>>;
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]` (a linear layer's bias and the ReLU after
     /// it), or `None` to decline.
     fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>>;

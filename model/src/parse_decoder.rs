@@ -12,7 +12,7 @@
 //! embeddings, and its reference box is the mean of the pair's anchors. Both refine their anchors
 //! after every layer with the shared box heads.
 
-use crate::dense::{Linear, matmul};
+use crate::dense::{Linear, linear_relu, matmul};
 use crate::fused::relu;
 use crate::norm::LayerNorm;
 use crate::norm::{refine_boxes, softmax};
@@ -20,7 +20,7 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use crate::msda::{MsDeformAttn, MsdaConfig};
-use crate::weights::layers::{layer_norm, linear, linear_from};
+use crate::weights::layers::{layer_norm, linear, linear_from, linear_tensors};
 use crate::weights::{Init, Loader};
 
 /// A stack of Linear layers with ReLU between them (the official `MLP`).
@@ -100,13 +100,14 @@ impl MultiheadAttention {
     /// Attention of `query` over `key`/`value`, all `[B, N, d]`.
     pub fn forward(&self, query: Tensor<3>, key: Tensor<3>, value: Tensor<3>) -> Tensor<3> {
         let [b, nq, d] = query.dims();
-        let nk = key.dims()[1];
         let (h, hd) = (self.heads, d / self.heads);
-        let split = |x: Tensor<3>, n: usize| x.reshape([b, n, h, hd]).swap_dims(1, 2);
-        let q = split(self.q.forward(query), nq) / (hd as f64).sqrt();
-        let k = split(self.k.forward(key), nk);
-        let v = split(self.v.forward(value), nk);
-        let attn = softmax(matmul(q, k.swap_dims(2, 3)), 3);
+        // PyTorch's `q · sqrt(1 / E)` before the product
+        let q = self
+            .q
+            .forward_heads(query, h, Some((1.0 / hd as f64).sqrt()), false);
+        let k_t = self.k.forward_heads(key, h, None, true);
+        let v = self.v.forward_heads(value, h, None, false);
+        let attn = softmax(matmul(q, k_t), 3);
         self.out
             .forward(matmul(attn, v).swap_dims(1, 2).reshape([b, nq, d]))
     }
@@ -338,41 +339,62 @@ impl ParseDecoder {
 
 /// Multi-branch fusion of subject and object features (the official `MultiBranchFusion`, from
 /// Zhang et al.'s spatially conditioned graphs): `relu(Σ_c fc3_c(relu(fc1_c(a) · fc2_c(b))))`.
+///
+/// The `K` branches are stored side by side, so the whole fusion is three products instead of
+/// `3K`: `fc_1` and `fc_2` hold the branches' first projections as the columns of one
+/// `[d, K·sub]` layer, and `fc_3` their last projections as the rows of one `[K·sub, repr]`
+/// weight (`Σ_c h_c W_c = [h_1 … h_K] [W_1; …; W_K]`) with the `K` biases kept apart
+/// (`[K, repr]`) and summed, so training updates each branch's parameters as the official code
+/// does.
 #[derive(Module, Debug)]
 pub struct MultiBranchFusion {
-    fc_1: Vec<Linear>,
-    fc_2: Vec<Linear>,
-    fc_3: Vec<Linear>,
+    fc_1: Linear,
+    fc_2: Linear,
+    fc_3: BranchSum,
+}
+
+/// The stacked last projections of [`MultiBranchFusion`]'s branches.
+#[derive(Module, Debug)]
+pub struct BranchSum {
+    /// `[K·sub, repr]`: branch `c`'s `[sub, repr]` weight is rows `c·sub .. (c+1)·sub`.
+    pub weight: Param<Tensor<2>>,
+    /// `[K, repr]`: one bias per branch.
+    pub bias: Param<Tensor<2>>,
 }
 
 impl MultiBranchFusion {
     /// Loads `{prefix}.fc_{1,2,3}.{c}` for `cardinality` branches of width `repr / cardinality`.
     pub fn load(ld: &mut Loader, prefix: &str, d: usize, repr: usize, cardinality: usize) -> Self {
         let sub = repr / cardinality;
-        let mk = |ld: &mut Loader, n: usize, a: usize, b: usize| {
+        // per branch: the `[in, out]` weight (Burn's layout) and the bias
+        let mut branches = |n: usize, a: usize, b: usize| -> (Vec<Tensor<2>>, Vec<Tensor<1>>) {
             (0..cardinality)
-                .map(|c| linear(ld, &format!("{prefix}.fc_{n}.{c}"), a, b, true))
-                .collect()
+                .map(|c| {
+                    let (w, bias) = linear_tensors(ld, &format!("{prefix}.fc_{n}.{c}"), a, b, true);
+                    (w.transpose(), bias.expect("loaded with a bias"))
+                })
+                .unzip()
         };
-        let fc_1 = mk(ld, 1, d, sub);
-        let fc_2 = mk(ld, 2, d, sub);
-        let fc_3 = mk(ld, 3, sub, repr);
+        let side_by_side = |(w, b): (Vec<Tensor<2>>, Vec<Tensor<1>>)| Linear {
+            weight: Param::from_tensor(Tensor::cat(w, 1)),
+            bias: Some(Param::from_tensor(Tensor::cat(b, 0))),
+        };
+        let fc_1 = side_by_side(branches(1, d, sub));
+        let fc_2 = side_by_side(branches(2, d, sub));
+        let (w3, b3) = branches(3, sub, repr);
+        let fc_3 = BranchSum {
+            weight: Param::from_tensor(Tensor::cat(w3, 0)),
+            bias: Param::from_tensor(Tensor::stack(b3, 0)),
+        };
         Self { fc_1, fc_2, fc_3 }
     }
 
     /// Fuses `appearance` and `spatial`, both `[B, P, d]`.
     pub fn forward(&self, appearance: Tensor<3>, spatial: Tensor<3>) -> Tensor<3> {
-        let mut acc: Option<Tensor<3>> = None;
-        for ((f1, f2), f3) in self.fc_1.iter().zip(&self.fc_2).zip(&self.fc_3) {
-            let y = f3.forward(relu(
-                f1.forward(appearance.clone()) * f2.forward(spatial.clone()),
-            ));
-            acc = Some(match acc {
-                Some(a) => a + y,
-                None => y,
-            });
-        }
-        relu(acc.expect("at least one branch"))
+        let h = relu(self.fc_1.forward(appearance) * self.fc_2.forward(spatial));
+        let repr = self.fc_3.weight.dims()[1];
+        let bias = self.fc_3.bias.val().sum_dim(0).reshape([repr]);
+        linear_relu(h, self.fc_3.weight.val(), bias)
     }
 }
 

@@ -239,8 +239,8 @@ impl AdamW {
                 .collect();
             Ok((view.shape().to_vec(), v))
         };
-        let mut state = BTreeMap::new();
-        for (name, n) in &steps {
+        let (mut avg, mut sq) = (BTreeMap::new(), BTreeMap::new());
+        for name in steps.keys() {
             let (shape, exp_avg) = read(&format!("{name}.exp_avg"))?;
             let (shape2, exp_avg_sq) = read(&format!("{name}.exp_avg_sq"))?;
             if shape != shape2 {
@@ -248,15 +248,8 @@ impl AdamW {
                     "{name}: moments of different shapes ({shape:?} and {shape2:?})"
                 )));
             }
-            state.insert(
-                name.clone(),
-                Moments::Stored {
-                    steps: *n,
-                    shape,
-                    exp_avg,
-                    exp_avg_sq,
-                },
-            );
+            avg.insert(name.clone(), (shape, exp_avg));
+            sq.insert(name.clone(), (shape2, exp_avg_sq));
         }
         if st.len() != 2 * steps.len() {
             return Err(err(format!(
@@ -264,6 +257,32 @@ impl AdamW {
                 st.len(),
                 steps.len()
             )));
+        }
+        // state saved before the relation-query fusion stacked its branches: stack the
+        // moments the same way (they are elementwise, so this is exact)
+        let mut steps = steps;
+        rlip_model::checkpoint::stack_branch_tensors(&mut sq);
+        for (new, old) in rlip_model::checkpoint::stack_branch_tensors(&mut avg) {
+            let counts: Vec<u64> = old.iter().filter_map(|o| steps.remove(o)).collect();
+            if counts.windows(2).any(|w| w[0] != w[1]) {
+                return Err(err(format!("{new}: branches with different step counts")));
+            }
+            steps.insert(new, counts[0]);
+        }
+        let mut state = BTreeMap::new();
+        for (name, (shape, exp_avg)) in avg {
+            let Some((_, exp_avg_sq)) = sq.remove(&name) else {
+                return Err(err(format!("{name}: second moment missing")));
+            };
+            state.insert(
+                name.clone(),
+                Moments::Stored {
+                    steps: steps[&name],
+                    shape,
+                    exp_avg,
+                    exp_avg_sq,
+                },
+            );
         }
         self.state = state;
         Ok(extra)
@@ -531,6 +550,94 @@ mod tests {
         // ε = 1e-8, not Burn's 1e-5: a tiny gradient still moves its weight by about lr
         let moved = (host(&a)[2] as f64 - start[2] * (1.0 - 0.01 * 0.1f64).powi(3)).abs();
         assert!(moved > 0.005, "{moved}");
+    }
+
+    /// State saved before the relation-query fusion stacked its branches (moments per branch,
+    /// `m.fc_{n}.{c}.*`) loads into the stacked parameters, each value where its branch went.
+    #[test]
+    fn per_branch_moments_are_stacked() {
+        use rlip_model::parse_decoder::MultiBranchFusion;
+        #[derive(Module, Debug)]
+        struct Wrap {
+            m: MultiBranchFusion,
+        }
+        // 2 branches of d = 2, sub = 1, repr = 2: every moment tensor is [c·10 + 1, c·10 + 2]
+        let shapes: [(&str, Vec<usize>); 6] = [
+            ("fc_1.{c}.weight", vec![2, 1]),
+            ("fc_1.{c}.bias", vec![1]),
+            ("fc_2.{c}.weight", vec![2, 1]),
+            ("fc_2.{c}.bias", vec![1]),
+            ("fc_3.{c}.weight", vec![1, 2]),
+            ("fc_3.{c}.bias", vec![2]),
+        ];
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut steps = std::collections::BTreeMap::new();
+        for (pattern, shape) in &shapes {
+            for c in 0..2 {
+                let name = format!("m.{}", pattern.replace("{c}", &c.to_string()));
+                let n: usize = shape.iter().product();
+                for (suffix, scale) in [("exp_avg", 1.0f32), ("exp_avg_sq", 100.0)] {
+                    let v: Vec<u8> = (0..n)
+                        .flat_map(|i| ((c * 10 + i + 1) as f32 * scale).to_le_bytes())
+                        .collect();
+                    tensors.push((format!("{name}.{suffix}"), shape.clone(), v));
+                }
+                steps.insert(name, 3u64);
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(k, s, b)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+                (k.clone(), v.unwrap())
+            })
+            .collect();
+        let meta: std::collections::HashMap<String, String> = [
+            ("format", super::FORMAT.to_string()),
+            ("steps", serde_json::to_string(&steps).unwrap()),
+            ("hyper", "{}".to_string()),
+            ("extra", "{}".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let bytes = safetensors::serialize(views, Some(meta)).unwrap();
+        let mut opt = AdamW::new(AdamWConfig::default());
+        opt.load_bytes(&bytes, std::path::Path::new("old")).unwrap();
+        let dev = rlip_backends::default_device().unwrap();
+        let sd = rlip_model::weights::StateDict::new();
+        let mut ld = rlip_model::weights::Loader::new(&sd, &dev, "init");
+        let module = Wrap {
+            m: MultiBranchFusion::load(&mut ld, "m", 2, 2, 2),
+        };
+        assert_eq!(opt.mismatches(&module), Vec::<String>::new());
+        let saved = opt.to_bytes(&Default::default()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&saved).unwrap();
+        let read = |k: &str| -> (Vec<usize>, Vec<f32>) {
+            let t = st.tensor(k).unwrap();
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (t.shape().to_vec(), v)
+        };
+        // side by side: row i holds the branches' rows i in turn
+        assert_eq!(
+            read("m.fc_1.weight.exp_avg"),
+            (vec![2, 2], vec![1., 11., 2., 12.])
+        );
+        assert_eq!(read("m.fc_2.bias.exp_avg"), (vec![2], vec![1., 11.]));
+        // one under the other
+        assert_eq!(
+            read("m.fc_3.weight.exp_avg"),
+            (vec![2, 2], vec![1., 2., 11., 12.])
+        );
+        assert_eq!(
+            read("m.fc_3.bias.exp_avg_sq"),
+            (vec![2, 2], vec![100., 200., 1100., 1200.])
+        );
+        assert_eq!(st.len(), 12);
     }
 
     #[test]

@@ -205,6 +205,34 @@ fn bias_relu_kernel(x: &Tensor<f32>, bias: &Tensor<f32>, out: &mut Tensor<f32>, 
     out[ABSOLUTE_POS] = if v <= 0.0f32 { 0.0f32 } else { v };
 }
 
+/// One unit per element of the output: `(x + bias) · scale` for `x [B, N, H, E]` (row-major,
+/// `bias [H·E]`) written as `[B, H, N, E]`, or as `[B, H, E, N]` when `transposed`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn heads_kernel(
+    x: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    n: usize,
+    h: usize,
+    e: usize,
+    scale: f32,
+    #[comptime] transposed: bool,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let p = ABSOLUTE_POS;
+    let (token, channel, rest) = if transposed {
+        (p % n, (p / n) % e, p / (n * e))
+    } else {
+        ((p / e) % n, p % e, p / (n * e))
+    };
+    let head = rest % h;
+    let batch = rest / h;
+    let col = head * e + channel;
+    out[p] = (x[(batch * n + token) * h * e + col] + bias[col]) * scale;
+}
+
 /// One unit per buffer position of `x [N, C, H, W]` (any dense layout; `residual` and `out` have
 /// the same): position `p` holds channel `(p / channel_stride) % channels`. `residual` is read
 /// only when `has_residual` (otherwise any tensor, e.g. `x`).
@@ -682,6 +710,56 @@ pub fn softmax(x: CubeTensor) -> CubeTensor {
                 c,
             ),
         }
+    }
+    out
+}
+
+/// `(x + bias) · scale` of `x [B, N, H, E]` with the heads first: `[B, H, N, E]`, or
+/// `[B, H, E, N]` when `transposed`; row-major either way.
+pub fn heads(x: CubeTensor, bias: CubeTensor, scale: f32, transposed: bool) -> CubeTensor {
+    check_f32(&[&x, &bias], "heads");
+    let [x, bias] = [x, bias].map(into_contiguous);
+    let [b, n, h, e] = x.meta.shape().dims::<4>();
+    assert_eq!(
+        bias.meta.shape().num_elements(),
+        h * e,
+        "fused heads: bias size"
+    );
+    let shape = if transposed {
+        [b, h, e, n]
+    } else {
+        [b, h, n, e]
+    };
+    let out = empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        burn::tensor::Shape::from(shape),
+        DType::F32,
+    );
+    let total = b * n * h * e;
+    if total == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&out, total);
+    let addr = address_type(&[&x, &out]);
+    // SAFETY: units past the output return first; the input index is that of element
+    // (batch, token, head, channel) of the dense `[B, N, H, E]` input, and the bias index is
+    // below `H·E`, its size.
+    unsafe {
+        heads_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            n,
+            h,
+            e,
+            scale,
+            transposed,
+        );
     }
     out
 }

@@ -84,6 +84,18 @@ pub trait FusedOps: Backend {
         reference: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// `(x + bias) · scale` of `x [B, N, H, E]` (`bias [H·E]`) as `[B, H, N, E]`.
+    #[fusion(dtype = x, shape = heads_shape(x))]
+    fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
+
+    /// [`FusedOps::fused_heads`] transposed: `[B, H, E, N]`.
+    #[fusion(dtype = x, shape = heads_t_shape(x))]
+    fn fused_heads_t(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+
     /// The sine embedding of boxes `pos [B, Q, 4]` with frequencies `dim_t [n]` and `scale`:
     /// `[B, Q, 4n]` (see [`rlip_model::fused::FusedKernel::sine_embed_boxes`]).
     #[fusion(dtype = pos, shape = sine_shape(pos, dim_t))]
@@ -111,6 +123,16 @@ fn same_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
 #[cfg(feature = "fusion")]
 fn sine_shape(pos: &burn::tensor::Shape, dim_t: &burn::tensor::Shape) -> burn::tensor::Shape {
     burn::tensor::Shape::from([pos[0], pos[1], 4 * dim_t[0]])
+}
+
+#[cfg(feature = "fusion")]
+fn heads_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from([x[0], x[2], x[1], x[3]])
+}
+
+#[cfg(feature = "fusion")]
+fn heads_t_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from([x[0], x[2], x[3], x[1]])
 }
 
 impl FusedOps for burn_cubecl::CubeBackend {
@@ -143,6 +165,18 @@ impl FusedOps for burn_cubecl::CubeBackend {
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         cube::bias_relu(x, bias)
+    }
+
+    fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        cube::heads(x, bias, scale, false)
+    }
+
+    fn fused_heads_t(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        cube::heads(x, bias, scale, true)
     }
 
     fn fused_channel_affine(
@@ -329,6 +363,37 @@ impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
         if let Some(node) = node_bias {
             let c = g.shape()[1];
             let gb = B::float_reshape(B::float_sum_dim(g.clone(), 0), [c].into());
+            grads.register::<B>(node.id, gb);
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, g);
+        }
+    }
+}
+
+/// Autodiff node of the head split (`transposed`, `scale`): the output gradient moved back to
+/// `[B, N, H, E]` and scaled, and its sum over `B·N` for the bias.
+#[derive(Debug)]
+struct HeadsBackward;
+
+impl<B: FusedOps> Backward<B, 2> for HeadsBackward {
+    type State = (bool, f32);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (transposed, scale) = ops.state;
+        // [B, H, N, E] or [B, H, E, N] → [B, N, H, E]
+        let axes = if transposed {
+            [0, 3, 1, 2]
+        } else {
+            [0, 2, 1, 3]
+        };
+        let g = B::float_mul_scalar(B::float_permute(grad, &axes), scale.into());
+        if let Some(node) = node_bias {
+            let s = g.shape();
+            let rows = B::float_reshape(g.clone(), [s[0] * s[1], s[2] * s[3]].into());
+            let gb = B::float_reshape(B::float_sum_dim(rows, 0), [s[2] * s[3]].into());
             grads.register::<B>(node.id, gb);
         }
         if let Some(node) = node_x {
@@ -552,6 +617,18 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        heads_autodiff::<B, C>(x, bias, scale, false)
+    }
+
+    fn fused_heads_t(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        heads_autodiff::<B, C>(x, bias, scale, true)
+    }
+
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match SoftmaxBackward
             .prepare::<C>([x.node()])
@@ -681,6 +758,33 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 }
 
 /// Whether every tensor is float32 on a cubecl device.
+/// The head split on an autodiff backend (both layouts).
+fn heads_autodiff<B: FusedOps, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    bias: FloatTensor<Autodiff<B, C>>,
+    scale: f32,
+    transposed: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    let run = |x, bias| {
+        if transposed {
+            B::fused_heads_t(x, bias, scale)
+        } else {
+            B::fused_heads(x, bias, scale)
+        }
+    };
+    match HeadsBackward
+        .prepare::<C>([x.node(), bias.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            (transposed, scale),
+            run(x.into_primitive(), bias.into_primitive()),
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(run(x.into_primitive(), bias.into_primitive())),
+    }
+}
+
 fn accepts(device: &Device, dtypes: &[DType]) -> bool {
     on_cube(device) && dtypes.iter().all(|d| *d == DType::F32)
 }
@@ -725,7 +829,7 @@ impl FusedKernel for FusedCube {
         }))
     }
 
-    fn takes_bias_relu(&self, device: &Device, dtype: DType) -> bool {
+    fn takes_unbiased(&self, device: &Device, dtype: DType) -> bool {
         accepts(device, &[dtype])
     }
 
@@ -735,6 +839,23 @@ impl FusedKernel for FusedCube {
                 x.clone().into_dispatch(),
                 bias.clone().into_dispatch(),
             ))
+        })
+    }
+
+    fn heads(
+        &self,
+        x: &Tensor<4>,
+        bias: &Tensor<1>,
+        scale: f32,
+        transposed: bool,
+    ) -> Option<Tensor<4>> {
+        accepts(&x.device(), &[x.dtype(), bias.dtype()]).then(|| {
+            let (x, bias) = (x.clone().into_dispatch(), bias.clone().into_dispatch());
+            Tensor::from_dispatch(if transposed {
+                <Dispatch as FusedOps>::fused_heads_t(x, bias, scale)
+            } else {
+                <Dispatch as FusedOps>::fused_heads(x, bias, scale)
+            })
         })
     }
 

@@ -292,11 +292,10 @@ impl RobertaLayer {
     pub fn forward(&self, hidden: Tensor<3>, bias: Option<Tensor<4>>) -> Tensor<3> {
         let [b, l, d] = hidden.dims();
         let (h, dh) = (self.n_heads, d / self.n_heads);
-        let heads = |x: Tensor<3>| x.reshape([b, l, h, dh]).swap_dims(1, 2);
-        let q = heads(self.query.forward(hidden.clone()));
-        let k = heads(self.key.forward(hidden.clone()));
-        let v = heads(self.value.forward(hidden.clone()));
-        let mut scores = matmul(q, k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt());
+        let q = self.query.forward_heads(hidden.clone(), h, None, false);
+        let k_t = self.key.forward_heads(hidden.clone(), h, None, true);
+        let v = self.value.forward_heads(hidden.clone(), h, None, false);
+        let mut scores = matmul(q, k_t).div_scalar((dh as f64).sqrt());
         if let Some(bias) = bias {
             scores = scores + bias;
         }

@@ -11,6 +11,19 @@ use crate::norm::LayerNorm;
 
 /// `nn.Linear(d_in, d_out)` at `prefix` (`{prefix}.weight` `[out, in]`, transposed for Burn).
 pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
+    let (w, b) = linear_tensors(ld, prefix, d_in, d_out, bias);
+    linear_from(w, b)
+}
+
+/// The PyTorch-layout weight `[out, in]` and the bias of `nn.Linear(d_in, d_out)` at `prefix`,
+/// as plain tensors (for layers assembled from several official ones).
+pub fn linear_tensors(
+    ld: &mut Loader,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+) -> (Tensor<2>, Option<Tensor<1>>) {
     let w: Tensor<2> = ld.tensor(
         &format!("{prefix}.weight"),
         [d_out, d_in],
@@ -23,7 +36,7 @@ pub fn linear(ld: &mut Loader, prefix: &str, d_in: usize, d_out: usize, bias: bo
             Init::Uniform(-bound(d_in), bound(d_in)),
         )
     });
-    linear_from(w, b)
+    (w, b)
 }
 
 /// Builds a Linear from an already-loaded PyTorch-layout weight `[out, in]` and bias.

@@ -58,7 +58,7 @@ impl FusedKernel for Recorder {
             epsilon,
         ))
     }
-    fn takes_bias_relu(&self, _device: &Device, _dtype: burn::tensor::DType) -> bool {
+    fn takes_unbiased(&self, _device: &Device, _dtype: burn::tensor::DType) -> bool {
         true
     }
     fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
@@ -66,6 +66,23 @@ impl FusedKernel for Recorder {
         Some(burn::tensor::activation::relu(
             x.clone() + bias.clone().unsqueeze(),
         ))
+    }
+    fn heads(
+        &self,
+        x: &Tensor<4>,
+        bias: &Tensor<1>,
+        scale: f32,
+        transposed: bool,
+    ) -> Option<Tensor<4>> {
+        self.push(format!(
+            "heads {:?} scale {scale} transposed {transposed}",
+            x.dims()
+        ));
+        let [_, _, h, e] = x.dims();
+        let y = (x.clone() + bias.clone().reshape([1, 1, h, e]))
+            .mul_scalar(scale)
+            .swap_dims(1, 2);
+        Some(if transposed { y.swap_dims(2, 3) } else { y })
     }
     fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
         self.push(format!("softmax {:?}", x.dims()));
@@ -174,6 +191,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         bias: Some(burn::module::Param::from_tensor(tensor([7], 11, &dev))),
     };
     let lin_relu = lin.forward_relu(x3.clone());
+    let q_heads = lin.forward_heads(x3.clone(), 7, Some(0.5), false);
+    let k_heads = lin.forward_heads(x3.clone(), 1, None, true);
     let ln = rlip_model::norm::LayerNorm::new(gamma.clone(), Some(tensor([6], 12, &dev)), 1e-5);
     let res3 = tensor([2, 5, 6], 13, &dev);
     let ln_add = ln.forward_add(x3.clone(), res3.clone());
@@ -188,6 +207,18 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         ) == 0.0
     );
     assert!(max_diff(ln_add, ln.forward(x3.clone() + res3)) == 0.0);
+    // without a kernel: Burn's ops on strided views, the same values
+    let split = |y: Tensor<3>, h: usize| y.reshape([2, 5, h, 7 / h]).swap_dims(1, 2);
+    let want_q = split(lin.forward(x3.clone()).mul_scalar(0.5), 7);
+    let want_k = split(lin.forward(x3.clone()), 1).swap_dims(2, 3);
+    assert_eq!(
+        lin.forward_heads(x3.clone(), 7, Some(0.5), false).dims(),
+        [2, 7, 5, 1]
+    );
+    assert!(max_diff(q_heads, want_q.clone()) == 0.0);
+    assert!(max_diff(k_heads, want_k.clone()) == 0.0);
+    assert!(max_diff(lin.forward_heads(x3.clone(), 7, Some(0.5), false), want_q) == 0.0);
+    assert!(max_diff(lin.forward_heads(x3.clone(), 1, None, true), want_k) == 0.0);
     assert!(max_diff(soft_last, burn::tensor::activation::softmax(x3.clone(), 2)) == 0.0);
     assert!(max_diff(soft_mid, burn::tensor::activation::softmax(x3.clone(), 1)) == 0.0);
     let want_refined = burn::tensor::activation::sigmoid(
@@ -222,6 +253,9 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "sine [2, 3, 4] n 8 scale 6.2832 (declined)",
             // a linear layer's product, then its bias with the ReLU
             "bias_relu [10, 7]",
+            // the product split into heads, the bias, scale and layout left to the kernel
+            "heads [2, 5, 7, 1] scale 0.5 transposed false",
+            "heads [2, 5, 1, 7] scale 1 transposed true",
             // the residual add goes into the norm
             "add_layer_norm [10, 6]",
             "softmax [10, 6]",
@@ -423,6 +457,28 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     let g = (y.clone() * tensor([2, 5, 64], 72, &ad)).sum().backward();
     out.push("sine", y);
     out.push("sine_d_pos", pos.grad(&g).expect("grad"));
+
+    // a linear layer's product split into attention heads (bias, scale, heads first), in the
+    // queries' [B, H, N, E] and the keys' transposed [B, H, E, N] layouts
+    for (name, scale, transposed) in [("heads", 0.25f32, false), ("heads_t", 1.0, true)] {
+        let x = (tensor([2, 7, 3, 5], 101, &ad) * 2.0).require_grad();
+        let bias = tensor([15], 102, &ad).require_grad();
+        let y = if gpu {
+            FusedCube
+                .heads(&x, &bias, scale, transposed)
+                .expect("fused")
+        } else {
+            let y = (x.clone() + bias.clone().reshape([1, 1, 3, 5]))
+                .mul_scalar(scale)
+                .swap_dims(1, 2);
+            if transposed { y.swap_dims(2, 3) } else { y }
+        };
+        let r = tensor(y.dims(), 103, &ad);
+        let g = (y.clone() * r).sum().backward();
+        out.push(name, y);
+        out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_bias"), bias.grad(&g).expect("grad"));
+    }
 
     // the affine map: plain, with ReLU, and with residual and ReLU; on row-major tensors and on
     // channels-last views (the layout of a convolution's output on the cubecl backends), where

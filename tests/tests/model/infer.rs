@@ -372,3 +372,166 @@ fn trained_checkpoints_round_trip() {
     assert!(e.contains("another model configuration"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The stacked relation-query fusion computes the official per-branch formula
+/// `relu(Σ_c fc3_c(relu(fc1_c(a) · fc2_c(b))))`, here evaluated on the host in f64.
+#[test]
+fn branch_fusion_is_the_official_sum_over_branches() {
+    use burn::prelude::*;
+    use rlip_model::parse_decoder::MultiBranchFusion;
+    use rlip_model::weights::{RawTensor, StateDict};
+    let (d, repr, k, rows) = (6, 8, 4, 5);
+    let sub = repr / k;
+    let mut seed = 7u64;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let mut sd = StateDict::new();
+    // official layout: weight [out, in]
+    let shapes = [(1, sub, d), (2, sub, d), (3, repr, sub)];
+    for c in 0..k {
+        for (n, out, inp) in shapes {
+            sd.insert(
+                format!("m.fc_{n}.{c}.weight"),
+                RawTensor::from_f32(vec![out, inp], &rand(out * inp)),
+            );
+            sd.insert(
+                format!("m.fc_{n}.{c}.bias"),
+                RawTensor::from_f32(vec![out], &rand(out)),
+            );
+        }
+    }
+    let (a, b) = (rand(rows * d), rand(rows * d));
+    let dev = device();
+    let mut ld = Loader::new(&sd, &dev, "test");
+    let m = MultiBranchFusion::load(&mut ld, "m", d, repr, k);
+    assert!(ld.finish().unwrap().is_clean());
+    let t = |v: &[f32]| Tensor::<1>::from_floats(v, &dev).reshape([1, rows, d]);
+    let got = m
+        .forward(t(&a), t(&b))
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let val = |key: String| sd.get(&key).unwrap().to_f64();
+    let lin = |x: &[f64], n: usize, c: usize, out: usize, inp: usize| -> Vec<f64> {
+        let (w, bias) = (
+            val(format!("m.fc_{n}.{c}.weight")),
+            val(format!("m.fc_{n}.{c}.bias")),
+        );
+        (0..out)
+            .map(|o| bias[o] + (0..inp).map(|i| w[o * inp + i] * x[i]).sum::<f64>())
+            .collect()
+    };
+    let mut worst = 0f64;
+    for r in 0..rows {
+        let xa: Vec<f64> = a[r * d..(r + 1) * d].iter().map(|&v| v as f64).collect();
+        let xb: Vec<f64> = b[r * d..(r + 1) * d].iter().map(|&v| v as f64).collect();
+        let mut acc = vec![0f64; repr];
+        for c in 0..k {
+            let h: Vec<f64> = lin(&xa, 1, c, sub, d)
+                .iter()
+                .zip(lin(&xb, 2, c, sub, d))
+                .map(|(p, q)| (p * q).max(0.0))
+                .collect();
+            for (s, y) in acc.iter_mut().zip(lin(&h, 3, c, repr, sub)) {
+                *s += y;
+            }
+        }
+        for (j, s) in acc.iter().enumerate() {
+            worst = worst.max((got[r * repr + j] as f64 - s.max(0.0)).abs());
+        }
+    }
+    assert!(worst < 2e-6, "max |Δ| {worst}");
+}
+
+/// Checkpoints written before the fusion's branches were stacked (one tensor per branch,
+/// `….fc_{n}.{c}.*`) still load, into the same parameters.
+#[test]
+fn checkpoints_with_per_branch_fusion_tensors_load() {
+    use rlip_model::checkpoint::{META_CONFIG, META_FORMAT, collect_params, save_params};
+    let dir = tmp("branches");
+    let dev = device();
+    let cfg = RlipConfig::small();
+    let (model, _) = RlipParSeDa::init(&cfg, &dev);
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert(META_CONFIG.into(), serde_json::to_string(&cfg).unwrap());
+    let path = dir.join("new.safetensors");
+    save_params(&model, &path, &meta).unwrap();
+    // the same parameters in the older layout
+    let k = cfg.mbf_cardinality;
+    let mut old: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut split = 0;
+    for (name, shape, v) in collect_params(&model) {
+        let Some(stem) = name.strip_prefix("verb_tgt_generator.") else {
+            old.push((name, shape, v));
+            continue;
+        };
+        split += 1;
+        let (fc, kind) = stem.split_once('.').unwrap();
+        for c in 0..k {
+            let (s, part): (Vec<usize>, Vec<f32>) = match (fc, kind) {
+                ("fc_1" | "fc_2", "weight") => {
+                    let (rows, cols) = (shape[0], shape[1] / k);
+                    let part = (0..rows)
+                        .flat_map(|i| {
+                            v[i * shape[1] + c * cols..i * shape[1] + (c + 1) * cols].to_vec()
+                        })
+                        .collect();
+                    (vec![rows, cols], part)
+                }
+                ("fc_3", "weight") => {
+                    let rows = shape[0] / k;
+                    (
+                        vec![rows, shape[1]],
+                        v[c * rows * shape[1]..(c + 1) * rows * shape[1]].to_vec(),
+                    )
+                }
+                ("fc_3", "bias") => (vec![shape[1]], v[c * shape[1]..(c + 1) * shape[1]].to_vec()),
+                _ => {
+                    let n = shape[0] / k;
+                    (vec![n], v[c * n..(c + 1) * n].to_vec())
+                }
+            };
+            old.push((format!("verb_tgt_generator.{fc}.{c}.{kind}"), s, part));
+        }
+    }
+    assert_eq!(split, 6, "fc_1, fc_2, fc_3: weight and bias each");
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = old
+        .into_iter()
+        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (k.clone(), view.unwrap())
+        })
+        .collect();
+    let mut st_meta: std::collections::HashMap<String, String> = meta.into_iter().collect();
+    st_meta.insert(META_FORMAT.into(), rlip_model::checkpoint::FORMAT.into());
+    let old_path = dir.join("old.safetensors");
+    std::fs::write(
+        &old_path,
+        safetensors::serialize(views, Some(st_meta)).unwrap(),
+    )
+    .unwrap();
+    let (back, _) = load_model(&cfg, &old_path, &dev, false).unwrap();
+    let (a, b) = (collect_params(&model), collect_params(&back));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            x, y,
+            "parameter {} differs after loading the older layout",
+            x.0
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
