@@ -108,6 +108,46 @@ impl Linear {
     }
 }
 
+/// A linear layer's output whose bias may still be due: `product + bias` when `bias` is given
+/// (left for a fused kernel to add in the launch that consumes it, see [`Linear::forward_biased`]).
+#[derive(Debug, Clone)]
+pub struct Biased<const D: usize> {
+    /// `x W`, or the whole output when `bias` is `None`.
+    pub product: Tensor<D>,
+    /// The bias still to add along the last dimension.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl<const D: usize> Biased<D> {
+    /// `product + bias` (Burn's add), or the product when no bias is due.
+    pub fn resolve(self) -> Tensor<D> {
+        match self.bias {
+            Some(b) => self.product + b.unsqueeze(),
+            None => self.product,
+        }
+    }
+}
+
+impl Linear {
+    /// [`Linear::forward`], with the bias left out of the product where a
+    /// [`crate::fused::FusedKernel`] takes unbiased products (so the consumer adds it in its
+    /// own launch); otherwise the full output and no bias.
+    pub fn forward_biased<const D: usize>(&self, x: Tensor<D>) -> Biased<D> {
+        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
+            && k.takes_unbiased(&x.device(), x.dtype())
+        {
+            return Biased {
+                product: linear(x, self.weight.val(), None),
+                bias: Some(bias.val()),
+            };
+        }
+        Biased {
+            product: self.forward(x),
+            bias: None,
+        }
+    }
+}
+
 /// `x [..., d_in] @ weight [d_in, d_out] + bias` (Burn's layout), through the installed
 /// [`DenseKernel`] when it accepts the operands.
 pub fn linear<const D: usize>(

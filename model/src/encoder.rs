@@ -269,15 +269,17 @@ impl EncoderLayer {
         shapes: &[[usize; 2]],
         padding: Tensor<2, Bool>,
     ) -> Tensor<3> {
-        let attn = self.self_attn.forward(
+        let attn = self.self_attn.forward_biased(
             src.clone() + pos,
             reference,
             src.clone(),
             shapes,
             Some(padding),
         );
-        let src = self.norm1.forward_add(src, attn);
-        let ffn = self.linear2.forward(self.linear1.forward_relu(src.clone()));
-        self.norm2.forward_add(src, ffn)
+        let src = self.norm1.forward_add_biased(src, attn);
+        let ffn = self
+            .linear2
+            .forward_biased(self.linear1.forward_relu(src.clone()));
+        self.norm2.forward_add_biased(src, ffn)
     }
 }

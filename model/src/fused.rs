@@ -17,12 +17,13 @@ use burn::prelude::*;
 pub trait FusedKernel: Send + Sync {
     /// Name shown in logs and benchmarks.
     fn name(&self) -> &str;
-    /// Layer norm of each row of `x [R, C]`, or of `x + residual` when given (same shape), with
-    /// `gamma [C]` and `beta [C]`: `(v − mean) / sqrt(var + epsilon) · gamma + beta` (biased
-    /// variance), or `None` to decline.
+    /// Layer norm of each row of `v = (x [R, C] + bias) + residual` with what is given (`bias
+    /// [C]`: a linear layer's; `residual` of `x`'s shape), with `gamma [C]` and `beta [C]`:
+    /// `(v − mean) / sqrt(var + epsilon) · gamma + beta` (biased variance), or `None` to decline.
     fn layer_norm(
         &self,
         x: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
         residual: Option<&Tensor<2>>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
@@ -97,7 +98,7 @@ pub fn layer_norm<const D: usize>(
     beta: Option<Tensor<1>>,
     epsilon: f64,
 ) -> Tensor<D> {
-    norm_rows(x, None, gamma, beta, epsilon)
+    norm_rows(x, None, None, gamma, beta, epsilon)
 }
 
 /// Layer norm over the last dimension of `x + residual` (Burn's add and `layer_norm` when no
@@ -109,12 +110,26 @@ pub fn add_layer_norm<const D: usize>(
     beta: Option<Tensor<1>>,
     epsilon: f64,
 ) -> Tensor<D> {
-    norm_rows(x, Some(residual), gamma, beta, epsilon)
+    norm_rows(x, None, Some(residual), gamma, beta, epsilon)
 }
 
-/// [`layer_norm`] of `x`, or of `x + residual`.
+/// Layer norm over the last dimension of `(x + bias) + residual` (a linear layer's product, its
+/// bias and the residual stream; Burn's adds and `layer_norm` when no kernel accepts it).
+pub fn bias_add_layer_norm<const D: usize>(
+    x: Tensor<D>,
+    bias: Tensor<1>,
+    residual: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    norm_rows(x, Some(bias), Some(residual), gamma, beta, epsilon)
+}
+
+/// [`layer_norm`] of `x`, `x + residual` or `(x + bias) + residual`.
 fn norm_rows<const D: usize>(
     x: Tensor<D>,
+    bias: Option<Tensor<1>>,
     residual: Option<Tensor<D>>,
     gamma: Tensor<1>,
     beta: Option<Tensor<1>>,
@@ -125,10 +140,14 @@ fn norm_rows<const D: usize>(
         && residual.as_ref().is_none_or(|r| r.dims() == dims)
     {
         let r = residual.as_ref().map(as_rows);
-        if let Some(y) = k.layer_norm(&as_rows(&x), r.as_ref(), &gamma, b, epsilon) {
+        if let Some(y) = k.layer_norm(&as_rows(&x), bias.as_ref(), r.as_ref(), &gamma, b, epsilon) {
             return y.reshape(dims);
         }
     }
+    let x = match bias {
+        Some(b) => x + b.unsqueeze(),
+        None => x,
+    };
     let x = match residual {
         Some(r) => x + r,
         None => x,

@@ -202,6 +202,20 @@ impl MsDeformAttn {
         shapes: &SpatialShapes,
         padding: Option<Tensor<2, Bool>>,
     ) -> Tensor<3> {
+        self.forward_biased(query, reference, input, shapes, padding)
+            .resolve()
+    }
+
+    /// [`MsDeformAttn::forward`] with the output projection's bias possibly still due
+    /// ([`Linear::forward_biased`]).
+    pub fn forward_biased(
+        &self,
+        query: Tensor<3>,
+        reference: Tensor<4>,
+        input: Tensor<3>,
+        shapes: &SpatialShapes,
+        padding: Option<Tensor<2, Bool>>,
+    ) -> crate::dense::Biased<3> {
         let [n, lq, _] = query.dims();
         let [_, s, c] = input.dims();
         let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
@@ -223,7 +237,7 @@ impl MsDeformAttn {
         .reshape([n, lq, m, l, p]);
         let locations = sampling_locations(reference, offsets, shapes, p);
         self.output_proj
-            .forward(ms_deform_attn_core(value, shapes, locations, weights))
+            .forward_biased(ms_deform_attn_core(value, shapes, locations, weights))
     }
 }
 

@@ -68,6 +68,37 @@ impl LayerNorm {
         })
     }
 
+    /// `self.forward(x + y)` for a linear layer's output `y` whose bias may still be due
+    /// ([`crate::dense::Linear::forward_biased`]): the bias add and the residual add inside the
+    /// norm's launch where a fused kernel takes them.
+    pub fn forward_add_biased<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        y: crate::dense::Biased<D>,
+    ) -> Tensor<D> {
+        match y.bias {
+            Some(bias) if !matches!(x.dtype(), DType::BF16 | DType::F16) => {
+                let dtype = FloatDType::from(x.dtype());
+                crate::fused::bias_add_layer_norm(
+                    y.product,
+                    bias.cast(dtype),
+                    x,
+                    self.gamma.val().cast(dtype),
+                    self.beta.as_ref().map(|b| b.val().cast(dtype)),
+                    self.epsilon,
+                )
+            }
+            bias => self.forward_add(
+                x,
+                crate::dense::Biased {
+                    product: y.product,
+                    bias,
+                }
+                .resolve(),
+            ),
+        }
+    }
+
     /// `self.forward(x + residual)`, the add inside the norm's launch where a fused kernel takes
     /// it (float32; half-precision inputs add in their type, then normalise as a float32 island).
     pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {

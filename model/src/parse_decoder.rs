@@ -99,6 +99,17 @@ impl MultiheadAttention {
 
     /// Attention of `query` over `key`/`value`, all `[B, N, d]`.
     pub fn forward(&self, query: Tensor<3>, key: Tensor<3>, value: Tensor<3>) -> Tensor<3> {
+        self.forward_biased(query, key, value).resolve()
+    }
+
+    /// [`MultiheadAttention::forward`] with the output projection's bias possibly still due
+    /// ([`Linear::forward_biased`]).
+    pub fn forward_biased(
+        &self,
+        query: Tensor<3>,
+        key: Tensor<3>,
+        value: Tensor<3>,
+    ) -> crate::dense::Biased<3> {
         let [b, nq, d] = query.dims();
         let (h, hd) = (self.heads, d / self.heads);
         // PyTorch's `q · sqrt(1 / E)` before the product
@@ -109,7 +120,7 @@ impl MultiheadAttention {
         let v = self.v.forward_heads(value, h, None, false);
         let attn = softmax(matmul(q, k_t), 3);
         self.out
-            .forward(matmul(attn, v).swap_dims(1, 2).reshape([b, nq, d]))
+            .forward_biased(matmul(attn, v).swap_dims(1, 2).reshape([b, nq, d]))
     }
 }
 
@@ -167,18 +178,20 @@ impl DecoderLayer {
         mem: &Memory<'_>,
     ) -> Tensor<3> {
         let qk = tgt.clone() + pos.clone();
-        let sa = self.self_attn.forward(qk.clone(), qk, tgt.clone());
-        let tgt = self.norm2.forward_add(tgt, sa);
-        let ca = self.cross_attn.forward(
+        let sa = self.self_attn.forward_biased(qk.clone(), qk, tgt.clone());
+        let tgt = self.norm2.forward_add_biased(tgt, sa);
+        let ca = self.cross_attn.forward_biased(
             tgt.clone() + pos,
             reference,
             mem.src.clone(),
             mem.shapes,
             Some(mem.padding.clone()),
         );
-        let tgt = self.norm1.forward_add(tgt, ca);
-        let ffn = self.linear2.forward(self.linear1.forward_relu(tgt.clone()));
-        self.norm3.forward_add(tgt, ffn)
+        let tgt = self.norm1.forward_add_biased(tgt, ca);
+        let ffn = self
+            .linear2
+            .forward_biased(self.linear1.forward_relu(tgt.clone()));
+        self.norm3.forward_add_biased(tgt, ffn)
     }
 }
 

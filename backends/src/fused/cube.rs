@@ -33,28 +33,37 @@ fn cube_index() -> usize {
     CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
-/// `x[i] + residual[i]` when `has_residual`, else `x[i]` (the layer norm's input).
+/// The layer norm's input at `i` (column `k`): `x[i]`, plus `bias[k]` first when `has_bias`,
+/// plus `residual[i]` when `has_residual` (`(x + bias) + residual`, as a linear layer's output
+/// added to the residual stream).
 #[cube]
 fn ln_input(
     x: &Tensor<f32>,
     residual: &Tensor<f32>,
+    bias: &Tensor<f32>,
     i: usize,
+    k: usize,
     #[comptime] has_residual: bool,
+    #[comptime] has_bias: bool,
 ) -> f32 {
-    if has_residual {
-        x[i] + residual[i]
-    } else {
-        x[i]
+    let mut v = x[i];
+    if has_bias {
+        v += bias[k];
     }
+    if has_residual {
+        v += residual[i];
+    }
+    v
 }
 
-/// Layer norm of each row of `x [rows, c]` (plus `residual` when `has_residual`; otherwise any
-/// tensor, e.g. `x`), one cube per row, the cube no wider than one plane: its units take every
+/// Layer norm of each row of `x [rows, c]` (plus `bias [c]` when `has_bias` and `residual` when
+/// `has_residual`; otherwise any tensor, e.g. `x`), one cube per row, the cube no wider than one plane: its units take every
 /// `CUBE_DIM`-th element of the row and plane sums combine them (reads are coalesced).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn layer_norm_plane_kernel(
     x: &Tensor<f32>,
     residual: &Tensor<f32>,
+    bias: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
     out: &mut Tensor<f32>,
@@ -62,6 +71,7 @@ fn layer_norm_plane_kernel(
     epsilon: f32,
     #[comptime] c: usize,
     #[comptime] has_residual: bool,
+    #[comptime] has_bias: bool,
 ) {
     let row = cube_index();
     // the whole cube leaves together
@@ -74,22 +84,24 @@ fn layer_norm_plane_kernel(
     let mut sum = 0.0f32;
     let mut i = t;
     while i < c {
-        sum += ln_input(x, residual, base + i, has_residual);
+        sum += ln_input(x, residual, bias, base + i, i, has_residual, has_bias);
         i += units;
     }
     let mean = plane_sum(sum) / f32::cast_from(c);
     let mut sq = 0.0f32;
     let mut i = t;
     while i < c {
-        let d = ln_input(x, residual, base + i, has_residual) - mean;
+        let d = ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean;
         sq += d * d;
         i += units;
     }
     let denom = (plane_sum(sq) / f32::cast_from(c) + epsilon).sqrt();
     let mut i = t;
     while i < c {
-        out[base + i] =
-            (ln_input(x, residual, base + i, has_residual) - mean) / denom * gamma[i] + beta[i];
+        out[base + i] = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean)
+            / denom
+            * gamma[i]
+            + beta[i];
         i += units;
     }
 }
@@ -99,6 +111,7 @@ fn layer_norm_plane_kernel(
 fn layer_norm_row_kernel(
     x: &Tensor<f32>,
     residual: &Tensor<f32>,
+    bias: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
     out: &mut Tensor<f32>,
@@ -106,6 +119,7 @@ fn layer_norm_row_kernel(
     epsilon: f32,
     #[comptime] c: usize,
     #[comptime] has_residual: bool,
+    #[comptime] has_bias: bool,
 ) {
     let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if row >= rows {
@@ -114,18 +128,20 @@ fn layer_norm_row_kernel(
     let base = row * c;
     let mut sum = 0.0f32;
     for k in 0..c {
-        sum += ln_input(x, residual, base + k, has_residual);
+        sum += ln_input(x, residual, bias, base + k, k, has_residual, has_bias);
     }
     let mean = sum / f32::cast_from(c);
     let mut sq = 0.0f32;
     for k in 0..c {
-        let d = ln_input(x, residual, base + k, has_residual) - mean;
+        let d = ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean;
         sq += d * d;
     }
     let denom = (sq / f32::cast_from(c) + epsilon).sqrt();
     for k in 0..c {
-        out[base + k] =
-            (ln_input(x, residual, base + k, has_residual) - mean) / denom * gamma[k] + beta[k];
+        out[base + k] = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean)
+            / denom
+            * gamma[k]
+            + beta[k];
     }
 }
 
@@ -392,10 +408,12 @@ fn grid(cubes: usize) -> CubeCount {
     CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
 }
 
-/// Layer norm of each row of `x [R, C]`, or of `x + residual` when a residual is given.
+/// Layer norm of each row of `x [R, C]`, or of `(x + bias) + residual` with what is given
+/// (`bias [C]`, `residual` of `x`'s shape).
 pub fn layer_norm(
     x: CubeTensor,
     residual: Option<CubeTensor>,
+    bias: Option<CubeTensor>,
     gamma: CubeTensor,
     beta: CubeTensor,
     epsilon: f64,
@@ -411,8 +429,18 @@ pub fn layer_norm(
         );
         into_contiguous(r)
     });
-    let has_residual = residual.is_some();
+    let bias = bias.map(|b| {
+        check_f32(&[&b], "layer norm");
+        assert_eq!(
+            b.meta.shape().num_elements(),
+            x.meta.shape()[1],
+            "fused layer norm: bias size"
+        );
+        into_contiguous(b)
+    });
+    let (has_residual, has_bias) = (residual.is_some(), bias.is_some());
     let residual = residual.unwrap_or_else(|| x.clone());
+    let bias = bias.unwrap_or_else(|| gamma.clone());
     let [rows, c] = x.meta.shape().dims::<2>();
     let out = empty_dense(&x);
     if rows == 0 || c == 0 {
@@ -423,13 +451,14 @@ pub fn layer_norm(
     let args = (
         x.into_tensor_arg(),
         residual.into_tensor_arg(),
+        bias.into_tensor_arg(),
         gamma.into_tensor_arg(),
         beta.into_tensor_arg(),
         out.clone().into_tensor_arg(),
     );
     // SAFETY: cubes and units past the last row return before reading; every index is below
-    // `row·c + c` for a row below `rows`, or below `c` for `gamma` and `beta`, which have those
-    // sizes.
+    // `row·c + c` for a row below `rows`, or below `c` for `bias`, `gamma` and `beta`, which
+    // have those sizes.
     unsafe {
         if let Some(units) = plan {
             let dim = CubeDim::new_1d(units as u32);
@@ -443,10 +472,12 @@ pub fn layer_norm(
                 args.2,
                 args.3,
                 args.4,
+                args.5,
                 rows,
                 epsilon as f32,
                 c,
                 has_residual,
+                has_bias,
             );
         } else {
             let dim = CubeDim::new_1d(ROWS_PER_CUBE as u32);
@@ -460,10 +491,12 @@ pub fn layer_norm(
                 args.2,
                 args.3,
                 args.4,
+                args.5,
                 rows,
                 epsilon as f32,
                 c,
                 has_residual,
+                has_bias,
             );
         }
     }

@@ -47,6 +47,17 @@ pub trait FusedOps: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
+    /// Layer norm of each row of `(x + bias) + residual` (`x`, `residual`: `[R, C]`; `bias [C]`).
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_add_layer_norm(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
     /// `max(x, 0)`, elementwise.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -142,7 +153,7 @@ impl FusedOps for burn_cubecl::CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        cube::layer_norm(x, None, gamma, beta, epsilon)
+        cube::layer_norm(x, None, None, gamma, beta, epsilon)
     }
 
     fn fused_add_layer_norm(
@@ -152,7 +163,18 @@ impl FusedOps for burn_cubecl::CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        cube::layer_norm(x, Some(residual), gamma, beta, epsilon)
+        cube::layer_norm(x, Some(residual), None, gamma, beta, epsilon)
+    }
+
+    fn fused_bias_add_layer_norm(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        cube::layer_norm(x, Some(residual), Some(bias), gamma, beta, epsilon)
     }
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -299,6 +321,53 @@ impl<B: FusedOps> Backward<B, 4> for AddLayerNormBackward {
         let sum = B::float_add(x, residual);
         let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
         if let Some(d) = d_sum {
+            if let Some(node) = node_r {
+                grads.register::<B>(node.id, d.clone());
+            }
+            if let Some(node) = node_x {
+                grads.register::<B>(node.id, d);
+            }
+        }
+        for (node, g) in [(node_gamma, d_gamma), (node_beta, d_beta)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+/// Autodiff node of the layer norm of `(x + bias) + residual`: `x` and the residual get the
+/// input gradient, the bias its sum over rows.
+#[derive(Debug)]
+struct BiasAddLayerNormBackward;
+
+impl<B: FusedOps> Backward<B, 5> for BiasAddLayerNormBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        f64,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_bias, node_r, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, bias, residual, gamma, epsilon) = ops.state;
+        let want = [
+            node_x.is_some() || node_r.is_some() || node_bias.is_some(),
+            node_gamma.is_some(),
+            node_beta.is_some(),
+        ];
+        let c = x.shape()[1];
+        let biased = B::float_add(x, B::float_reshape(bias, [1, c].into()));
+        let sum = B::float_add(biased, residual);
+        let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
+        if let Some(d) = d_sum {
+            if let Some(node) = node_bias {
+                let db = B::float_reshape(B::float_sum_dim(d.clone(), 0), [c].into());
+                grads.register::<B>(node.id, db);
+            }
             if let Some(node) = node_r {
                 grads.register::<B>(node.id, d.clone());
             }
@@ -586,6 +655,53 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_bias_add_layer_norm(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match BiasAddLayerNormBackward
+            .prepare::<C>([
+                x.node(),
+                bias.node(),
+                residual.node(),
+                gamma.node(),
+                beta.node(),
+            ])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, bias, r, gamma) = (
+                    x.into_primitive(),
+                    bias.into_primitive(),
+                    residual.into_primitive(),
+                    gamma.into_primitive(),
+                );
+                let out = B::fused_bias_add_layer_norm(
+                    x.clone(),
+                    bias.clone(),
+                    r.clone(),
+                    gamma.clone(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                prep.finish((x, bias, r, gamma, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_add_layer_norm(
+                x.into_primitive(),
+                bias.into_primitive(),
+                residual.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match ReluBackward
             .prepare::<C>([x.node()])
@@ -802,6 +918,7 @@ impl FusedKernel for FusedCube {
     fn layer_norm(
         &self,
         x: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
         residual: Option<&Tensor<2>>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
@@ -809,6 +926,7 @@ impl FusedKernel for FusedCube {
     ) -> Option<Tensor<2>> {
         let mut dtypes = vec![x.dtype(), gamma.dtype(), beta.dtype()];
         dtypes.extend(residual.map(|r| r.dtype()));
+        dtypes.extend(bias.map(|b| b.dtype()));
         if !accepts(&x.device(), &dtypes) {
             return None;
         }
@@ -817,15 +935,18 @@ impl FusedKernel for FusedCube {
             gamma.clone().into_dispatch(),
             beta.clone().into_dispatch(),
         );
-        Some(Tensor::from_dispatch(match residual {
-            None => <Dispatch as FusedOps>::fused_layer_norm(x, gamma, beta, epsilon),
-            Some(r) => <Dispatch as FusedOps>::fused_add_layer_norm(
-                x,
-                r.clone().into_dispatch(),
-                gamma,
-                beta,
-                epsilon,
-            ),
+        let residual = residual.map(|r| r.clone().into_dispatch());
+        let bias = bias.map(|b| b.clone().into_dispatch());
+        Some(Tensor::from_dispatch(match (residual, bias) {
+            (None, None) => <Dispatch as FusedOps>::fused_layer_norm(x, gamma, beta, epsilon),
+            (Some(r), None) => {
+                <Dispatch as FusedOps>::fused_add_layer_norm(x, r, gamma, beta, epsilon)
+            }
+            (Some(r), Some(b)) => {
+                <Dispatch as FusedOps>::fused_bias_add_layer_norm(x, b, r, gamma, beta, epsilon)
+            }
+            // not asked by the model: a bias without a residual stays Burn's add
+            (None, Some(_)) => return None,
         }))
     }
 

@@ -36,20 +36,26 @@ impl FusedKernel for Recorder {
     fn layer_norm(
         &self,
         x: &Tensor<2>,
+        bias: Option<&Tensor<1>>,
         residual: Option<&Tensor<2>>,
         gamma: &Tensor<1>,
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>> {
-        let input = match residual {
-            Some(r) => {
+        let input = match (bias, residual) {
+            (Some(b), Some(r)) => {
+                self.push(format!("bias_add_layer_norm {:?}", x.dims()));
+                (x.clone() + b.clone().unsqueeze()) + r.clone()
+            }
+            (None, Some(r)) => {
                 self.push(format!("add_layer_norm {:?}", x.dims()));
                 x.clone() + r.clone()
             }
-            None => {
+            (None, None) => {
                 self.push(format!("layer_norm {:?} eps {epsilon}", x.dims()));
                 x.clone()
             }
+            (Some(_), None) => panic!("a bias without a residual is not asked"),
         };
         Some(burn::tensor::module::layer_norm(
             input,
@@ -196,6 +202,11 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     let ln = rlip_model::norm::LayerNorm::new(gamma.clone(), Some(tensor([6], 12, &dev)), 1e-5);
     let res3 = tensor([2, 5, 6], 13, &dev);
     let ln_add = ln.forward_add(x3.clone(), res3.clone());
+    let lin6 = rlip_model::dense::Linear {
+        weight: burn::module::Param::from_tensor(tensor([6, 6], 14, &dev)),
+        bias: Some(burn::module::Param::from_tensor(tensor([6], 15, &dev))),
+    };
+    let ln_biased = ln.forward_add_biased(res3.clone(), lin6.forward_biased(x3.clone()));
     let soft_last = rlip_model::fused::softmax(x3.clone(), 2);
     // another dimension is not asked for
     let soft_mid = rlip_model::fused::softmax(x3.clone(), 1);
@@ -206,7 +217,13 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             burn::tensor::activation::relu(lin.forward(x3.clone()))
         ) == 0.0
     );
-    assert!(max_diff(ln_add, ln.forward(x3.clone() + res3)) == 0.0);
+    assert!(max_diff(ln_add, ln.forward(x3.clone() + res3.clone())) == 0.0);
+    // without a kernel the bias is added with the product, and the sum is the same
+    let unfused = lin6.forward_biased(x3.clone());
+    assert!(unfused.bias.is_none());
+    let want_biased = ln.forward(res3.clone() + lin6.forward(x3.clone()));
+    assert!(max_diff(ln_biased, want_biased.clone()) == 0.0);
+    assert!(max_diff(ln.forward_add_biased(res3, unfused), want_biased) == 0.0);
     // without a kernel: Burn's ops on strided views, the same values
     let split = |y: Tensor<3>, h: usize| y.reshape([2, 5, h, 7 / h]).swap_dims(1, 2);
     let want_q = split(lin.forward(x3.clone()).mul_scalar(0.5), 7);
@@ -258,6 +275,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "heads [2, 5, 1, 7] scale 1 transposed true",
             // the residual add goes into the norm
             "add_layer_norm [10, 6]",
+            // and a linear layer's bias before it
+            "bias_add_layer_norm [10, 6]",
             "softmax [10, 6]",
         ]
     );
@@ -322,7 +341,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         let beta = tensor([c], 33, &ad).require_grad();
         let y = if gpu {
             FusedCube
-                .layer_norm(&x, None, &gamma, &beta, 1e-5)
+                .layer_norm(&x, None, None, &gamma, &beta, 1e-5)
                 .expect("the fused kernel takes f32 tensors on a GPU device")
         } else {
             burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-5)
@@ -341,7 +360,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     let beta = tensor([70], 44, &ad).require_grad();
     let y = if gpu {
         FusedCube
-            .layer_norm(&x, Some(&res), &gamma, &beta, 1e-5)
+            .layer_norm(&x, None, Some(&res), &gamma, &beta, 1e-5)
             .expect("fused")
     } else {
         burn::tensor::module::layer_norm(
@@ -358,6 +377,29 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("add_ln_d_gamma", gamma.grad(&g).expect("grad"));
     out.push("add_ln_d_beta", beta.grad(&g).expect("grad"));
 
+    // layer norm of a linear layer's product, its bias and the residual stream
+    let x = (tensor([21, 70], 46, &ad) * 2.0).require_grad();
+    let bias = tensor([70], 47, &ad).require_grad();
+    let res = tensor([21, 70], 48, &ad).require_grad();
+    let y = if gpu {
+        FusedCube
+            .layer_norm(&x, Some(&bias), Some(&res), &gamma, &beta, 1e-5)
+            .expect("fused")
+    } else {
+        burn::tensor::module::layer_norm(
+            (x.clone() + bias.clone().unsqueeze()) + res.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            1e-5,
+        )
+    };
+    let g = (y.clone() * tensor([21, 70], 49, &ad)).sum().backward();
+    out.push("bias_add_ln", y);
+    out.push("bias_add_ln_d_x", x.grad(&g).expect("grad"));
+    out.push("bias_add_ln_d_bias", bias.grad(&g).expect("grad"));
+    out.push("bias_add_ln_d_residual", res.grad(&g).expect("grad"));
+    out.push("bias_add_ln_d_gamma", gamma.grad(&g).expect("grad"));
+
     // more rows than one grid axis holds (the kernel spreads rows over two axes)
     let x = tensor([33_000, 3], 35, device);
     let (gamma, beta) = (tensor([3], 36, device), tensor([3], 37, device));
@@ -365,7 +407,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         "ln_many_rows",
         if gpu {
             FusedCube
-                .layer_norm(&x, None, &gamma, &beta, 1e-5)
+                .layer_norm(&x, None, None, &gamma, &beta, 1e-5)
                 .expect("fused")
         } else {
             burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5)
