@@ -119,6 +119,15 @@ pub struct Biased<const D: usize> {
 }
 
 impl<const D: usize> Biased<D> {
+    /// The product reshaped (row-major, so a bias that repeats along the flattened product
+    /// still applies); the bias is unchanged.
+    pub fn reshape<const D2: usize>(self, dims: [usize; D2]) -> Biased<D2> {
+        Biased {
+            product: self.product.reshape(dims),
+            bias: self.bias,
+        }
+    }
+
     /// `product + bias` (Burn's add), or the product when no bias is due.
     pub fn resolve(self) -> Tensor<D> {
         match self.bias {

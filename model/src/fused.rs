@@ -45,8 +45,10 @@ pub trait FusedKernel: Send + Sync {
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]` (a linear layer's bias and the ReLU after
     /// it), or `None` to decline.
     fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>>;
-    /// Softmax of each row of `x [R, C]` (`exp(x − max) / Σ exp(x − max)`), or `None`.
-    fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>>;
+    /// Softmax of each row of `v = x [R, C] + bias` (`exp(v − max) / Σ exp(v − max)`), or
+    /// `None`. A `bias` repeats along the flattened `x`: element `i` gets `bias[i mod len]` (a
+    /// per-column bias when `len = C`, one per row group when longer).
+    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>>;
     /// `max(x, 0)` of a flat tensor (NaN stays NaN), or `None` to decline.
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>>;
     /// `x · scale[c] + shift[c]`, then `+ residual` when given, then ReLU when `relu`, on
@@ -59,9 +61,16 @@ pub trait FusedKernel: Send + Sync {
         residual: Option<&Tensor<4>>,
         relu: bool,
     ) -> Option<Tensor<4>>;
-    /// `sigmoid(delta + inverse_sigmoid(reference))` of flat tensors of one size, with the
-    /// official `inverse_sigmoid` ([`crate::parse_decoder::inverse_sigmoid`]), or `None`.
-    fn refine_boxes(&self, delta: &Tensor<1>, reference: &Tensor<1>) -> Option<Tensor<1>>;
+    /// `sigmoid((delta + bias) + inverse_sigmoid(reference))` of flat tensors of one size, with
+    /// the official `inverse_sigmoid` ([`crate::parse_decoder::inverse_sigmoid`]) and a
+    /// repeating `bias` as for [`FusedKernel::softmax`] when given (a box head's last bias), or
+    /// `None`.
+    fn refine_boxes(
+        &self,
+        delta: &Tensor<1>,
+        bias: Option<&Tensor<1>>,
+        reference: &Tensor<1>,
+    ) -> Option<Tensor<1>>;
     /// The sine embedding of boxes `pos [B, Q, 4]` → `[B, Q, 4n]` (`n` = `dim_t`'s length):
     /// four blocks of `n` channels for the coordinates y, x, w, h, channel `i` of a block being
     /// `sin` (even `i`) or `cos` (odd `i`) of `coordinate · scale / dim_t[i]`; or `None`.
@@ -159,11 +168,30 @@ fn norm_rows<const D: usize>(
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     if dim + 1 == D
         && let Some(k) = kernel()
-        && let Some(y) = k.softmax(&as_rows(&x))
+        && let Some(y) = k.softmax(&as_rows(&x), None)
     {
         return y.reshape(x.dims());
     }
     burn::tensor::activation::softmax(x, dim)
+}
+
+/// Softmax over the last dimension of `x + bias`, `bias` repeating along the flattened `x`
+/// (element `i` gets `bias[i mod len]`; e.g. a linear layer's bias before its output is viewed
+/// as rows of a fraction of its width). Burn's add and softmax when no kernel accepts it.
+pub fn bias_softmax<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+    if let Some(k) = kernel()
+        && let Some(y) = k.softmax(&as_rows(&x), Some(&bias))
+    {
+        return y.reshape(x.dims());
+    }
+    burn::tensor::activation::softmax(add_repeating(x, bias), D - 1)
+}
+
+/// `x + bias` with `bias` repeating along the flattened `x` (its length divides `x`'s size).
+fn add_repeating<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+    let dims = x.dims();
+    let (len, n) = (bias.dims()[0], dims.iter().product::<usize>());
+    (x.reshape([n / len, len]) + bias.unsqueeze()).reshape(dims)
 }
 
 /// ReLU (Burn's when no kernel accepts it).
@@ -208,15 +236,37 @@ pub fn channel_affine(
 /// `sigmoid(delta + inverse_sigmoid(reference))` (Burn's ops when no kernel accepts it, e.g.
 /// for a broadcast `reference`).
 pub fn refine_boxes<const D: usize>(delta: Tensor<D>, reference: Tensor<D>) -> Tensor<D> {
+    refine(delta, None, reference)
+}
+
+/// `sigmoid((delta + bias) + inverse_sigmoid(reference))`, `bias` repeating along the
+/// flattened `delta` (a box head's last bias; see [`bias_softmax`]).
+pub fn bias_refine_boxes<const D: usize>(
+    delta: Tensor<D>,
+    bias: Tensor<1>,
+    reference: Tensor<D>,
+) -> Tensor<D> {
+    refine(delta, Some(bias), reference)
+}
+
+fn refine<const D: usize>(
+    delta: Tensor<D>,
+    bias: Option<Tensor<1>>,
+    reference: Tensor<D>,
+) -> Tensor<D> {
     let dims = delta.dims();
     if let Some(k) = kernel()
         && reference.dims() == dims
     {
         let n = dims.iter().product::<usize>();
         let flat = |t: &Tensor<D>| t.clone().reshape([n]);
-        if let Some(y) = k.refine_boxes(&flat(&delta), &flat(&reference)) {
+        if let Some(y) = k.refine_boxes(&flat(&delta), bias.as_ref(), &flat(&reference)) {
             return y.reshape(dims);
         }
     }
+    let delta = match bias {
+        Some(b) => add_repeating(delta, b),
+        None => delta,
+    };
     burn::tensor::activation::sigmoid(delta + crate::parse_decoder::inverse_sigmoid(reference))
 }

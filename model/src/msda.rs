@@ -10,7 +10,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::dense::Linear;
-use crate::norm::softmax;
+use crate::norm::softmax_biased;
 use burn::prelude::*;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 
@@ -228,13 +228,13 @@ impl MsDeformAttn {
             .sampling_offsets
             .forward(query.clone())
             .reshape([n, lq, m, l, p, 2]);
-        let weights = softmax(
-            self.attention_weights
-                .forward(query)
-                .reshape([n, lq, m, l * p]),
-            3,
-        )
-        .reshape([n, lq, m, l, p]);
+        let weights =
+            softmax_biased(
+                self.attention_weights
+                    .forward_biased(query)
+                    .reshape([n, lq, m, l * p]),
+            )
+            .reshape([n, lq, m, l, p]);
         let locations = sampling_locations(reference, offsets, shapes, p);
         self.output_proj
             .forward_biased(ms_deform_attn_core(value, shapes, locations, weights))

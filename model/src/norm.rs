@@ -25,6 +25,46 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     in_f32(x, |x| crate::fused::softmax(x, dim))
 }
 
+/// [`softmax`] over the last dimension of a linear layer's output whose bias may still be due
+/// ([`crate::dense::Linear::forward_biased`]; the bias add in the softmax's launch).
+pub fn softmax_biased<const D: usize>(y: crate::dense::Biased<D>) -> Tensor<D> {
+    match y.bias {
+        Some(bias) if y.product.dtype() == DType::F32 => {
+            crate::fused::bias_softmax(y.product, bias)
+        }
+        bias => softmax(
+            crate::dense::Biased {
+                product: y.product,
+                bias,
+            }
+            .resolve(),
+            D - 1,
+        ),
+    }
+}
+
+/// [`refine_boxes`] of a box head's output whose last bias may still be due (the bias add in
+/// the refinement's launch).
+pub fn refine_boxes_biased<const D: usize>(
+    delta: crate::dense::Biased<D>,
+    reference: Tensor<D>,
+) -> Tensor<D> {
+    match delta.bias {
+        Some(bias) if delta.product.dtype() == DType::F32 => {
+            let reference = reference.cast(FloatDType::F32);
+            crate::fused::bias_refine_boxes(delta.product, bias, reference)
+        }
+        bias => refine_boxes(
+            crate::dense::Biased {
+                product: delta.product,
+                bias,
+            }
+            .resolve(),
+            reference,
+        ),
+    }
+}
+
 /// `sigmoid(delta + inverse_sigmoid(reference))`, the box refinement of the decoders and heads,
 /// in float32 for half-precision input.
 pub fn refine_boxes<const D: usize>(delta: Tensor<D>, reference: Tensor<D>) -> Tensor<D> {

@@ -15,7 +15,7 @@
 use crate::dense::{Linear, linear_relu, matmul};
 use crate::fused::relu;
 use crate::norm::LayerNorm;
-use crate::norm::{refine_boxes, softmax};
+use crate::norm::{refine_boxes_biased, softmax};
 use burn::module::Param;
 use burn::prelude::*;
 
@@ -50,16 +50,18 @@ impl Mlp {
     }
 
     /// Applies the layers, ReLU after all but the last.
-    pub fn forward<const D: usize>(&self, mut x: Tensor<D>) -> Tensor<D> {
-        let n = self.layers.len();
-        for (i, l) in self.layers.iter().enumerate() {
-            x = if i + 1 < n {
-                l.forward_relu(x)
-            } else {
-                l.forward(x)
-            };
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_biased(x).resolve()
+    }
+
+    /// [`Mlp::forward`] with the last layer's bias possibly still due
+    /// ([`Linear::forward_biased`]).
+    pub fn forward_biased<const D: usize>(&self, mut x: Tensor<D>) -> crate::dense::Biased<D> {
+        let (last, hidden) = self.layers.split_last().expect("at least one layer");
+        for l in hidden {
+            x = l.forward_relu(x);
         }
-        x
+        last.forward_biased(x)
     }
 }
 
@@ -339,8 +341,8 @@ impl ParseDecoder {
                 DecoderKind::Relation => (output.clone(), output.clone()),
             };
             let (sub_head, obj_head) = box_heads[lid];
-            sub = refine_boxes(sub_head.forward(hs_sub), sub).detach();
-            obj = refine_boxes(obj_head.forward(hs_obj), obj).detach();
+            sub = refine_boxes_biased(sub_head.forward_biased(hs_sub), sub).detach();
+            obj = refine_boxes_biased(obj_head.forward_biased(hs_obj), obj).detach();
             out.hs.push(output.clone());
             out.refs.push((sub.clone(), obj.clone()));
             out.query_pos.push(pos);

@@ -9,7 +9,7 @@ use crate::dense::{Linear, matmul};
 use burn::module::Param;
 use burn::prelude::*;
 
-use crate::norm::refine_boxes;
+use crate::norm::refine_boxes_biased;
 use crate::parse_decoder::Mlp;
 use crate::weights::layers::linear;
 use crate::weights::{Init, Loader};
@@ -114,8 +114,8 @@ impl Heads {
             sub_logits: matmul(hs_sub.clone() + bo.clone(), obj_text.clone()) + bias,
             obj_logits: matmul(hs_obj.clone() + bo, obj_text) + bias,
             verb_logits: matmul(hs_verb + bp, rel_text) + bias,
-            sub_boxes: refine_boxes(self.sub_bbox[layer].forward(hs_sub), anchor_sub),
-            obj_boxes: refine_boxes(self.obj_bbox[layer].forward(hs_obj), anchor_obj),
+            sub_boxes: refine_boxes_biased(self.sub_bbox[layer].forward_biased(hs_sub), anchor_sub),
+            obj_boxes: refine_boxes_biased(self.obj_bbox[layer].forward_biased(hs_obj), anchor_obj),
         }
     }
 }

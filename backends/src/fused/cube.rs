@@ -145,10 +145,28 @@ fn layer_norm_row_kernel(
     }
 }
 
+/// `x[i] + bias[i % len(bias)]` when `has_bias`, else `x[i]` (a bias repeating along the
+/// flattened tensor: per column for a bias of the row width, per row group for a longer one).
+#[cube]
+fn biased(x: &Tensor<f32>, bias: &Tensor<f32>, i: usize, #[comptime] has_bias: bool) -> f32 {
+    if has_bias {
+        x[i] + bias[i % bias.len()]
+    } else {
+        x[i]
+    }
+}
+
 /// Softmax of each row of `x [rows, c]`, one cube of one plane per row (see
 /// [`layer_norm_plane_kernel`]): `exp(x − max) / Σ exp(x − max)`, as Burn's composite.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn softmax_plane_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, #[comptime] c: usize) {
+fn softmax_plane_kernel(
+    x: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    rows: usize,
+    #[comptime] c: usize,
+    #[comptime] has_bias: bool,
+) {
     let row = cube_index();
     if row >= rows {
         terminate!();
@@ -160,27 +178,34 @@ fn softmax_plane_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, #[c
     let mut m = f32::new(-3.402_823_5e38);
     let mut i = t;
     while i < c {
-        m = max(m, x[base + i]);
+        m = max(m, biased(x, bias, base + i, has_bias));
         i += units;
     }
     let m = plane_max(m);
     let mut sum = 0.0f32;
     let mut i = t;
     while i < c {
-        sum += (x[base + i] - m).exp();
+        sum += (biased(x, bias, base + i, has_bias) - m).exp();
         i += units;
     }
     let sum = plane_sum(sum);
     let mut i = t;
     while i < c {
-        out[base + i] = (x[base + i] - m).exp() / sum;
+        out[base + i] = (biased(x, bias, base + i, has_bias) - m).exp() / sum;
         i += units;
     }
 }
 
 /// Softmax of each row of `x [rows, c]`, one unit per row (devices without plane operations).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn softmax_row_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, #[comptime] c: usize) {
+fn softmax_row_kernel(
+    x: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    rows: usize,
+    #[comptime] c: usize,
+    #[comptime] has_bias: bool,
+) {
     let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if row >= rows {
         terminate!();
@@ -189,14 +214,14 @@ fn softmax_row_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, #[com
     // the smallest finite float32 starts the running maximum (WGSL has no infinity literal)
     let mut m = f32::new(-3.402_823_5e38);
     for k in 0..c {
-        m = max(m, x[base + k]);
+        m = max(m, biased(x, bias, base + k, has_bias));
     }
     let mut sum = 0.0f32;
     for k in 0..c {
-        sum += (x[base + k] - m).exp();
+        sum += (biased(x, bias, base + k, has_bias) - m).exp();
     }
     for k in 0..c {
-        out[base + k] = (x[base + k] - m).exp() / sum;
+        out[base + k] = (biased(x, bias, base + k, has_bias) - m).exp() / sum;
     }
 }
 
@@ -285,7 +310,13 @@ fn channel_affine_kernel(
 /// `x2 = max(1 − x, 1e-5)`) and Burn's sigmoid (`exp(−log(exp(−v) + 1))`), op for op.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::manual_clamp)] // comparisons as Burn's clamp: NaN passes through
-fn refine_boxes_kernel(delta: &Tensor<f32>, reference: &Tensor<f32>, out: &mut Tensor<f32>) {
+fn refine_boxes_kernel(
+    delta: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    reference: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    #[comptime] has_bias: bool,
+) {
     if ABSOLUTE_POS >= out.len() {
         terminate!();
     }
@@ -300,7 +331,7 @@ fn refine_boxes_kernel(delta: &Tensor<f32>, reference: &Tensor<f32>, out: &mut T
     let x1 = if x < 1.0e-5f32 { 1.0e-5f32 } else { x };
     let t = -x + 1.0f32;
     let x2 = if t < 1.0e-5f32 { 1.0e-5f32 } else { t };
-    let v = delta[ABSOLUTE_POS] + (x1 / x2).ln();
+    let v = biased(delta, bias, ABSOLUTE_POS, has_bias) + (x1 / x2).ln();
     out[ABSOLUTE_POS] = (-((-v).exp() + 1.0f32).ln()).exp();
 }
 
@@ -394,6 +425,20 @@ fn empty_same_layout(t: &CubeTensor) -> CubeTensor {
         t.device.clone(),
         DType::F32,
     )
+}
+
+/// `bias` checked as a repeating bias of `x` (float32, its size dividing `x`'s) and made dense.
+fn repeating_bias(bias: CubeTensor, x: &CubeTensor, op: &str) -> CubeTensor {
+    check_f32(&[&bias], op);
+    let (len, n) = (
+        bias.meta.shape().num_elements(),
+        x.meta.shape().num_elements(),
+    );
+    assert!(
+        len > 0 && n % len == 0,
+        "fused {op}: a bias of {len} does not repeat over {n} elements"
+    );
+    into_contiguous(bias)
 }
 
 fn check_f32(ts: &[&CubeTensor], op: &str) {
@@ -589,7 +634,11 @@ pub fn channel_affine(
 }
 
 /// `sigmoid(delta + inverse_sigmoid(reference))`, elementwise (same shapes).
-pub fn refine_boxes(delta: CubeTensor, reference: CubeTensor) -> CubeTensor {
+pub fn refine_boxes(
+    delta: CubeTensor,
+    bias: Option<CubeTensor>,
+    reference: CubeTensor,
+) -> CubeTensor {
     check_f32(&[&delta, &reference], "box refinement");
     assert_eq!(
         delta.meta.shape(),
@@ -597,6 +646,9 @@ pub fn refine_boxes(delta: CubeTensor, reference: CubeTensor) -> CubeTensor {
         "fused box refinement: shapes"
     );
     let [delta, reference] = [delta, reference].map(into_contiguous);
+    let bias = bias.map(|b| repeating_bias(b, &delta, "box refinement"));
+    let has_bias = bias.is_some();
+    let bias = bias.unwrap_or_else(|| delta.clone());
     let out = empty_dense(&delta);
     let n = delta.meta.shape().num_elements();
     if n == 0 {
@@ -604,7 +656,8 @@ pub fn refine_boxes(delta: CubeTensor, reference: CubeTensor) -> CubeTensor {
     }
     let (count, dim) = elementwise(&delta, n);
     let addr = address_type(&[&delta, &reference, &out]);
-    // SAFETY: units past the output return first; the three tensors are dense and of one size.
+    // SAFETY: units past the output return first; the three tensors are dense and of one size,
+    // and the bias index is taken modulo its size.
     unsafe {
         refine_boxes_kernel::launch_unchecked(
             &out.client,
@@ -612,8 +665,10 @@ pub fn refine_boxes(delta: CubeTensor, reference: CubeTensor) -> CubeTensor {
             dim,
             addr,
             delta.into_tensor_arg(),
+            bias.into_tensor_arg(),
             reference.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+            has_bias,
         );
     }
     out
@@ -708,9 +763,12 @@ fn row_plan(t: &CubeTensor, c: usize) -> Option<usize> {
 }
 
 /// Softmax over the last dimension of `x [R, C]`.
-pub fn softmax(x: CubeTensor) -> CubeTensor {
+pub fn softmax(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
     check_f32(&[&x], "softmax");
     let x = into_contiguous(x);
+    let bias = bias.map(|b| repeating_bias(b, &x, "softmax"));
+    let has_bias = bias.is_some();
+    let bias = bias.unwrap_or_else(|| x.clone());
     let [rows, c] = x.meta.shape().dims::<2>();
     let out = empty_dense(&x);
     if rows == 0 || c == 0 {
@@ -719,7 +777,7 @@ pub fn softmax(x: CubeTensor) -> CubeTensor {
     let addr = address_type(&[&x, &out]);
     let plan = row_plan(&x, c);
     // SAFETY: cubes and units past the last row return before reading; every index is below
-    // `row·c + c` for a row below `rows`.
+    // `row·c + c` for a row below `rows`, and the bias index is taken modulo its size.
     unsafe {
         match plan {
             Some(units) => softmax_plane_kernel::launch_unchecked(
@@ -728,9 +786,11 @@ pub fn softmax(x: CubeTensor) -> CubeTensor {
                 CubeDim::new_1d(units as u32),
                 addr,
                 x.into_tensor_arg(),
+                bias.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 rows,
                 c,
+                has_bias,
             ),
             None => softmax_row_kernel::launch_unchecked(
                 &out.client,
@@ -738,9 +798,11 @@ pub fn softmax(x: CubeTensor) -> CubeTensor {
                 CubeDim::new_1d(ROWS_PER_CUBE as u32),
                 addr,
                 x.into_tensor_arg(),
+                bias.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 rows,
                 c,
+                has_bias,
             ),
         }
     }

@@ -66,6 +66,11 @@ pub trait FusedOps: Backend {
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// Softmax over the last dimension of `x [R, C]` plus a repeating `bias` (element `i` of the
+    /// flattened `x` gets `bias[i mod len(bias)]`).
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_softmax(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]`.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -92,6 +97,15 @@ pub trait FusedOps: Backend {
     #[fusion(dtype = delta, shape = same_shape(delta))]
     fn fused_refine_boxes(
         delta: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `sigmoid((delta + bias) + inverse_sigmoid(reference))` with a repeating `bias` (element
+    /// `i` gets `bias[i mod len(bias)]`).
+    #[fusion(dtype = delta, shape = same_shape(delta))]
+    fn fused_bias_refine_boxes(
+        delta: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         reference: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
@@ -182,7 +196,11 @@ impl FusedOps for burn_cubecl::CubeBackend {
     }
 
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        cube::softmax(x)
+        cube::softmax(x, None)
+    }
+
+    fn fused_bias_softmax(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::softmax(x, Some(bias))
     }
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -223,7 +241,15 @@ impl FusedOps for burn_cubecl::CubeBackend {
         delta: FloatTensor<Self>,
         reference: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        cube::refine_boxes(delta, reference)
+        cube::refine_boxes(delta, None, reference)
+    }
+
+    fn fused_bias_refine_boxes(
+        delta: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::refine_boxes(delta, Some(bias), reference)
     }
 
     fn fused_sine_embed(
@@ -409,10 +435,43 @@ impl<B: FusedOps> Backward<B, 1> for SoftmaxBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let y = ops.state;
         if let Some(node) = node_x {
-            let dot = B::float_sum_dim(B::float_mul(grad.clone(), y.clone()), 1);
-            grads.register::<B>(node.id, B::float_mul(y, B::float_sub(grad, dot)));
+            grads.register::<B>(node.id, softmax_grad::<B>(ops.state, grad));
+        }
+    }
+}
+
+/// The softmax's input gradient from its output `y [R, C]`: `y · (g − Σ_row g·y)`.
+fn softmax_grad<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let dot = B::float_sum_dim(B::float_mul(grad.clone(), y.clone()), 1);
+    B::float_mul(y, B::float_sub(grad, dot))
+}
+
+/// The gradient of a repeating bias of `len` elements: the input gradient `g` summed over the
+/// repeats.
+fn repeating_bias_grad<B: Backend>(g: FloatTensor<B>, len: usize) -> FloatTensor<B> {
+    let n = g.shape().num_elements();
+    let rows = B::float_reshape(g, [n / len, len].into());
+    B::float_reshape(B::float_sum_dim(rows, 0), [len].into())
+}
+
+/// Autodiff node of the softmax of `x` plus a repeating bias.
+#[derive(Debug)]
+struct BiasSoftmaxBackward;
+
+impl<B: FusedOps> Backward<B, 2> for BiasSoftmaxBackward {
+    type State = (FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (y, len) = ops.state;
+        let g = softmax_grad::<B>(y, grad);
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, repeating_bias_grad::<B>(g.clone(), len));
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, g);
         }
     }
 }
@@ -542,28 +601,65 @@ impl<B: FusedOps> Backward<B, 2> for RefineBackward {
         let [node_delta, node_ref] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (output, r) = ops.state;
-        let g = B::sigmoid_backward(output, grad);
-        if let Some(node) = node_ref {
-            let bool_dtype =
-                burn::backend::get_or_init_device_settings::<B>(&r.device()).bool_dtype;
-            let zero_where = |t: FloatTensor<B>, mask| B::float_mask_fill(t, mask, 0f32.into());
-            let x = B::float_clamp(r.clone(), 0f32.into(), 1f32.into());
-            let x1 = B::float_clamp_min(x.clone(), 1e-5f32.into());
-            let t = B::float_add_scalar(B::float_neg(x.clone()), 1f32.into());
-            let x2 = B::float_clamp_min(t.clone(), 1e-5f32.into());
-            let d_log = B::float_div(g.clone(), B::float_div(x1.clone(), x2.clone()));
-            let d_x1 = B::float_div(d_log.clone(), x2.clone());
-            let d_x2 = B::float_neg(B::float_div(
-                B::float_mul(d_log, x1),
-                B::float_mul(x2.clone(), x2),
-            ));
-            let d_x1 = zero_where(d_x1, B::float_lower_elem(x, 1e-5f32.into(), bool_dtype));
-            let d_x2 = zero_where(d_x2, B::float_lower_elem(t, 1e-5f32.into(), bool_dtype));
-            // t = 1 − x
-            let d_x = B::float_sub(d_x1, d_x2);
-            let d_r = zero_where(d_x, B::float_lower_elem(r.clone(), 0f32.into(), bool_dtype));
-            let d_r = zero_where(d_r, B::float_greater_elem(r, 1f32.into(), bool_dtype));
+        let (g, d_r) = refine_grads::<B>(output, r, grad, node_ref.is_some());
+        if let (Some(node), Some(d_r)) = (node_ref, d_r) {
             grads.register::<B>(node.id, d_r);
+        }
+        if let Some(node) = node_delta {
+            grads.register::<B>(node.id, g);
+        }
+    }
+}
+
+/// The box refinement's gradients from its `output`, the reference `r` and the output gradient:
+/// `(∂delta, ∂reference)`, the latter only when `want_reference`.
+fn refine_grads<B: Backend>(
+    output: FloatTensor<B>,
+    r: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    want_reference: bool,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    let g = B::sigmoid_backward(output, grad);
+    let d_r = want_reference.then(|| {
+        let bool_dtype = burn::backend::get_or_init_device_settings::<B>(&r.device()).bool_dtype;
+        let zero_where = |t: FloatTensor<B>, mask| B::float_mask_fill(t, mask, 0f32.into());
+        let x = B::float_clamp(r.clone(), 0f32.into(), 1f32.into());
+        let x1 = B::float_clamp_min(x.clone(), 1e-5f32.into());
+        let t = B::float_add_scalar(B::float_neg(x.clone()), 1f32.into());
+        let x2 = B::float_clamp_min(t.clone(), 1e-5f32.into());
+        let d_log = B::float_div(g.clone(), B::float_div(x1.clone(), x2.clone()));
+        let d_x1 = B::float_div(d_log.clone(), x2.clone());
+        let d_x2 = B::float_neg(B::float_div(
+            B::float_mul(d_log, x1),
+            B::float_mul(x2.clone(), x2),
+        ));
+        let d_x1 = zero_where(d_x1, B::float_lower_elem(x, 1e-5f32.into(), bool_dtype));
+        let d_x2 = zero_where(d_x2, B::float_lower_elem(t, 1e-5f32.into(), bool_dtype));
+        // t = 1 − x
+        let d_x = B::float_sub(d_x1, d_x2);
+        let d_r = zero_where(d_x, B::float_lower_elem(r.clone(), 0f32.into(), bool_dtype));
+        zero_where(d_r, B::float_greater_elem(r, 1f32.into(), bool_dtype))
+    });
+    (g, d_r)
+}
+
+/// Autodiff node of the box refinement with a repeating bias on `delta`.
+#[derive(Debug)]
+struct BiasRefineBackward;
+
+impl<B: FusedOps> Backward<B, 3> for BiasRefineBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_delta, node_bias, node_ref] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (output, r, len) = ops.state;
+        let (g, d_r) = refine_grads::<B>(output, r, grad, node_ref.is_some());
+        if let (Some(node), Some(d_r)) = (node_ref, d_r) {
+            grads.register::<B>(node.id, d_r);
+        }
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, repeating_bias_grad::<B>(g.clone(), len));
         }
         if let Some(node) = node_delta {
             grads.register::<B>(node.id, g);
@@ -756,6 +852,52 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(out.clone(), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.into_primitive())),
+        }
+    }
+
+    fn fused_bias_softmax(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let len = bias.shape().num_elements();
+        match BiasSoftmaxBackward
+            .prepare::<C>([x.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_bias_softmax(x.into_primitive(), bias.into_primitive());
+                prep.finish((out.clone(), len), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_softmax(
+                x.into_primitive(),
+                bias.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_bias_refine_boxes(
+        delta: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let len = bias.shape().num_elements();
+        match BiasRefineBackward
+            .prepare::<C>([delta.node(), bias.node(), reference.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let r = reference.into_primitive();
+                let out = B::fused_bias_refine_boxes(
+                    delta.into_primitive(),
+                    bias.into_primitive(),
+                    r.clone(),
+                );
+                prep.finish((out.clone(), r, len), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_refine_boxes(
+                delta.into_primitive(),
+                bias.into_primitive(),
+                reference.into_primitive(),
+            )),
         }
     }
 
@@ -980,11 +1122,15 @@ impl FusedKernel for FusedCube {
         })
     }
 
-    fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
-        accepts(&x.device(), &[x.dtype()]).then(|| {
-            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(
-                x.clone().into_dispatch(),
-            ))
+    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+        let mut dtypes = vec![x.dtype()];
+        dtypes.extend(bias.map(|b| b.dtype()));
+        accepts(&x.device(), &dtypes).then(|| {
+            let x = x.clone().into_dispatch();
+            Tensor::from_dispatch(match bias {
+                None => <Dispatch as FusedOps>::fused_softmax(x),
+                Some(b) => <Dispatch as FusedOps>::fused_bias_softmax(x, b.clone().into_dispatch()),
+            })
         })
     }
 
@@ -1027,12 +1173,27 @@ impl FusedKernel for FusedCube {
         }))
     }
 
-    fn refine_boxes(&self, delta: &Tensor<1>, reference: &Tensor<1>) -> Option<Tensor<1>> {
-        accepts(&delta.device(), &[delta.dtype(), reference.dtype()]).then(|| {
-            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_refine_boxes(
+    fn refine_boxes(
+        &self,
+        delta: &Tensor<1>,
+        bias: Option<&Tensor<1>>,
+        reference: &Tensor<1>,
+    ) -> Option<Tensor<1>> {
+        let mut dtypes = vec![delta.dtype(), reference.dtype()];
+        dtypes.extend(bias.map(|b| b.dtype()));
+        accepts(&delta.device(), &dtypes).then(|| {
+            let (delta, reference) = (
                 delta.clone().into_dispatch(),
                 reference.clone().into_dispatch(),
-            ))
+            );
+            Tensor::from_dispatch(match bias {
+                None => <Dispatch as FusedOps>::fused_refine_boxes(delta, reference),
+                Some(b) => <Dispatch as FusedOps>::fused_bias_refine_boxes(
+                    delta,
+                    b.clone().into_dispatch(),
+                    reference,
+                ),
+            })
         })
     }
 

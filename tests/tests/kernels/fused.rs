@@ -90,9 +90,20 @@ impl FusedKernel for Recorder {
             .swap_dims(1, 2);
         Some(if transposed { y.swap_dims(2, 3) } else { y })
     }
-    fn softmax(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
-        self.push(format!("softmax {:?}", x.dims()));
-        Some(burn::tensor::activation::softmax(x.clone(), 1))
+    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+        let x = match bias {
+            Some(b) => {
+                let len = b.dims()[0];
+                self.push(format!("softmax {:?} bias {len}", x.dims()));
+                let [r, c] = x.dims();
+                (x.clone().reshape([r * c / len, len]) + b.clone().unsqueeze()).reshape([r, c])
+            }
+            None => {
+                self.push(format!("softmax {:?}", x.dims()));
+                x.clone()
+            }
+        };
+        Some(burn::tensor::activation::softmax(x, 1))
     }
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>> {
         self.push(format!("relu {:?} (declined)", x.dims()));
@@ -124,10 +135,25 @@ impl FusedKernel for Recorder {
             y
         })
     }
-    fn refine_boxes(&self, delta: &Tensor<1>, reference: &Tensor<1>) -> Option<Tensor<1>> {
-        self.push(format!("refine {:?}", delta.dims()));
+    fn refine_boxes(
+        &self,
+        delta: &Tensor<1>,
+        bias: Option<&Tensor<1>>,
+        reference: &Tensor<1>,
+    ) -> Option<Tensor<1>> {
+        let delta = match bias {
+            Some(b) => {
+                let (n, len) = (delta.dims()[0], b.dims()[0]);
+                self.push(format!("refine [{n}] bias {len}"));
+                (delta.clone().reshape([n / len, len]) + b.clone().unsqueeze()).reshape([n])
+            }
+            None => {
+                self.push(format!("refine {:?}", delta.dims()));
+                delta.clone()
+            }
+        };
         Some(burn::tensor::activation::sigmoid(
-            delta.clone() + rlip_model::parse_decoder::inverse_sigmoid(reference.clone()),
+            delta + rlip_model::parse_decoder::inverse_sigmoid(reference.clone()),
         ))
     }
     fn sine_embed_boxes(
@@ -207,6 +233,15 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         bias: Some(burn::module::Param::from_tensor(tensor([6], 15, &dev))),
     };
     let ln_biased = ln.forward_add_biased(res3.clone(), lin6.forward_biased(x3.clone()));
+    let soft_biased =
+        rlip_model::norm::softmax_biased(lin6.forward_biased(x3.clone()).reshape([2, 5, 2, 3]));
+    let lin4 = rlip_model::dense::Linear {
+        weight: burn::module::Param::from_tensor(tensor([6, 4], 16, &dev)),
+        bias: Some(burn::module::Param::from_tensor(tensor([4], 17, &dev))),
+    };
+    let boxes5 = tensor([2, 5, 4], 18, &dev).abs();
+    let refined_biased =
+        rlip_model::norm::refine_boxes_biased(lin4.forward_biased(x3.clone()), boxes5.clone());
     let soft_last = rlip_model::fused::softmax(x3.clone(), 2);
     // another dimension is not asked for
     let soft_mid = rlip_model::fused::softmax(x3.clone(), 1);
@@ -224,6 +259,13 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     let want_biased = ln.forward(res3.clone() + lin6.forward(x3.clone()));
     assert!(max_diff(ln_biased, want_biased.clone()) == 0.0);
     assert!(max_diff(ln.forward_add_biased(res3, unfused), want_biased) == 0.0);
+    let want_soft =
+        burn::tensor::activation::softmax(lin6.forward(x3.clone()).reshape([2, 5, 2, 3]), 3);
+    assert!(max_diff(soft_biased, want_soft) < 1e-6);
+    let want_refined_biased = burn::tensor::activation::sigmoid(
+        lin4.forward(x3.clone()) + rlip_model::parse_decoder::inverse_sigmoid(boxes5),
+    );
+    assert!(max_diff(refined_biased, want_refined_biased) < 1e-6);
     // without a kernel: Burn's ops on strided views, the same values
     let split = |y: Tensor<3>, h: usize| y.reshape([2, 5, h, 7 / h]).swap_dims(1, 2);
     let want_q = split(lin.forward(x3.clone()).mul_scalar(0.5), 7);
@@ -277,6 +319,9 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "add_layer_norm [10, 6]",
             // and a linear layer's bias before it
             "bias_add_layer_norm [10, 6]",
+            // a bias of 6 repeating over rows of 3
+            "softmax [20, 3] bias 6",
+            "refine [40] bias 4",
             "softmax [10, 6]",
         ]
     );
@@ -423,7 +468,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         v[1] = f32::NEG_INFINITY;
         let x = Tensor::<2>::from_data(TensorData::new(v, [rows, c]), &ad).require_grad();
         let y = if gpu {
-            FusedCube.softmax(&x).expect("fused")
+            FusedCube.softmax(&x, None).expect("fused")
         } else {
             burn::tensor::activation::softmax(x.clone(), 1)
         };
@@ -431,6 +476,25 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         out.push(name, y);
         out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
     }
+
+    // softmax with a repeating bias longer than a row (the deformable attention's weights:
+    // one bias per head and row position), rows of 12 in groups of 3 heads
+    let x = (tensor([2, 5, 3, 12], 83, &ad) * 4.0).require_grad();
+    let bias = (tensor([36], 84, &ad) * 2.0).require_grad();
+    let y = if gpu {
+        FusedCube
+            .softmax(&x.clone().reshape([30, 12]), Some(&bias))
+            .expect("fused")
+            .reshape([2, 5, 3, 12])
+    } else {
+        burn::tensor::activation::softmax(x.clone() + bias.clone().reshape([1, 1, 3, 12]), 3)
+    };
+    let g = (y.clone() * tensor([2, 5, 3, 12], 85, &ad))
+        .sum()
+        .backward();
+    out.push("bias_softmax", y);
+    out.push("bias_softmax_d_x", x.grad(&g).expect("grad"));
+    out.push("bias_softmax_d_bias", bias.grad(&g).expect("grad"));
 
     // a linear layer's bias with ReLU, with exact zeros after the add
     let x = (tensor([13, 9], 91, &ad) * 4.0).round().require_grad();
@@ -468,6 +532,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         FusedCube
             .refine_boxes(
                 &delta.clone().reshape([60]),
+                None,
                 &reference.clone().reshape([60]),
             )
             .expect("fused")
@@ -481,6 +546,28 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("refine", y);
     out.push("refine_d_delta", delta.grad(&g).expect("grad"));
     out.push("refine_d_reference", reference.grad(&g).expect("grad"));
+    // with a box head's last bias (one per coordinate)
+    let bias = tensor([4], 64, &ad).require_grad();
+    let y = if gpu {
+        FusedCube
+            .refine_boxes(
+                &delta.clone().reshape([60]),
+                Some(&bias),
+                &reference.clone().reshape([60]),
+            )
+            .expect("fused")
+            .reshape([15, 4])
+    } else {
+        burn::tensor::activation::sigmoid(
+            (delta.clone() + bias.clone().unsqueeze())
+                + rlip_model::parse_decoder::inverse_sigmoid(reference.clone()),
+        )
+    };
+    let g = (y.clone() * tensor([15, 4], 65, &ad)).sum().backward();
+    out.push("bias_refine", y);
+    out.push("bias_refine_d_delta", delta.grad(&g).expect("grad"));
+    out.push("bias_refine_d_bias", bias.grad(&g).expect("grad"));
+    out.push("bias_refine_d_reference", reference.grad(&g).expect("grad"));
 
     // sine embedding of boxes (n = 16 channels per coordinate)
     let pos = tensor([2, 5, 4], 71, &ad).abs().require_grad();
