@@ -128,12 +128,19 @@ impl<const D: usize> Biased<D> {
         }
     }
 
-    /// `product + bias` (Burn's add), or the product when no bias is due.
+    /// `product + bias` (Burn's add; the bias repeats along the flattened product, so it still
+    /// applies after [`Biased::reshape`]), or the product when no bias is due.
     pub fn resolve(self) -> Tensor<D> {
-        match self.bias {
-            Some(b) => self.product + b.unsqueeze(),
-            None => self.product,
+        let Some(b) = self.bias else {
+            return self.product;
+        };
+        let dims = self.product.dims();
+        let len = b.dims()[0];
+        if dims[D - 1] == len {
+            return self.product + b.unsqueeze();
         }
+        let n = dims.iter().product::<usize>();
+        (self.product.reshape([n / len, len]) + b.unsqueeze()).reshape(dims)
     }
 }
 

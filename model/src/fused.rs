@@ -45,6 +45,18 @@ pub trait FusedKernel: Send + Sync {
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]` (a linear layer's bias and the ReLU after
     /// it), or `None` to decline.
     fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>>;
+    /// The deformable attention's sampling locations `[N, Lq, M, L, P, 2]` from the offsets'
+    /// product `offsets` (that shape) plus their repeating `bias` (`v`, see
+    /// [`FusedKernel::softmax`]) around `reference [N, Lq, L, R]`: for points (`R = 2`)
+    /// `ref + v / normalizer[level]` (`normalizer [L·2]`, each level's width and height), for
+    /// boxes (`R = 4`) `ref.xy + v / P · ref.wh · 0.5` (official order of operations); or `None`.
+    fn sampling_locations(
+        &self,
+        offsets: &Tensor<6>,
+        bias: &Tensor<1>,
+        reference: &Tensor<4>,
+        normalizer: &Tensor<1>,
+    ) -> Option<Tensor<6>>;
     /// Softmax of each row of `v = x [R, C] + bias` (`exp(v − max) / Σ exp(v − max)`), or
     /// `None`. A `bias` repeats along the flattened `x`: element `i` gets `bias[i mod len]` (a
     /// per-column bias when `len = C`, one per row group when longer).

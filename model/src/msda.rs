@@ -226,7 +226,7 @@ impl MsDeformAttn {
         let value = value.reshape([n, s, m, c / m]);
         let offsets = self
             .sampling_offsets
-            .forward(query.clone())
+            .forward_biased(query.clone())
             .reshape([n, lq, m, l, p, 2]);
         let weights =
             softmax_biased(
@@ -235,10 +235,42 @@ impl MsDeformAttn {
                     .reshape([n, lq, m, l * p]),
             )
             .reshape([n, lq, m, l, p]);
-        let locations = sampling_locations(reference, offsets, shapes, p);
+        let locations = sampling_locations_biased(reference, offsets, shapes, p);
         self.output_proj
             .forward_biased(ms_deform_attn_core(value, shapes, locations, weights))
     }
+}
+
+/// [`sampling_locations`] of offsets whose bias may still be due
+/// ([`crate::dense::Linear::forward_biased`]): the bias add and the placement around the
+/// references in one launch where a [`crate::fused::FusedKernel`] takes them.
+pub fn sampling_locations_biased(
+    reference: Tensor<4>,
+    offsets: crate::dense::Biased<6>,
+    shapes: &SpatialShapes,
+    n_points: usize,
+) -> Tensor<6> {
+    if let (Some(bias), Some(k)) = (offsets.bias.as_ref(), crate::fused::kernel()) {
+        let r = reference.dims()[3];
+        let normalizer = match r {
+            2 => level_normalizer(shapes, &reference.device()),
+            _ => bias.clone(),
+        };
+        if let Some(loc) = k.sampling_locations(&offsets.product, bias, &reference, &normalizer) {
+            return loc;
+        }
+    }
+    sampling_locations(reference, offsets.resolve(), shapes, n_points)
+}
+
+/// Each level's `(width, height)`, `[L·2]`: what point offsets are divided by.
+fn level_normalizer(shapes: &SpatialShapes, device: &Device) -> Tensor<1> {
+    let norm: Vec<f32> = shapes
+        .iter()
+        .flat_map(|&[h, w]| [w as f32, h as f32])
+        .collect();
+    let l = norm.len();
+    Tensor::<1>::from_data(TensorData::new(norm, [l]), device)
 }
 
 /// Sampling locations `[N, Lq, M, L, P, 2]` from reference points or boxes and raw offsets, as the
@@ -254,12 +286,7 @@ pub fn sampling_locations(
     let device = reference.device();
     match r {
         2 => {
-            let norm: Vec<f32> = shapes
-                .iter()
-                .flat_map(|&[h, w]| [w as f32, h as f32])
-                .collect();
-            let norm = Tensor::<1>::from_data(TensorData::new(norm, [l * 2]), &device)
-                .reshape([1, 1, 1, l, 1, 2]);
+            let norm = level_normalizer(shapes, &device).reshape([1, 1, 1, l, 1, 2]);
             reference.reshape([n, lq, 1, l, 1, 2]) + offsets / norm
         }
         4 => {

@@ -274,6 +274,41 @@ fn heads_kernel(
     out[p] = (x[(batch * n + token) * h * e + col] + bias[col]) * scale;
 }
 
+/// One unit per element of the sampling locations `[N, Lq, M, L, P, 2]`: the offsets `off`
+/// (same shape, row-major) plus their repeating `bias` (`M·L·P·2`), placed around the reference
+/// `ref [N, Lq, L, R]`: for points (`R = 2`) `ref + (off + bias) / normalizer[level]`
+/// (`normalizer [L·2]`: each level's width and height), for boxes (`R = 4`)
+/// `ref.xy + (off + bias) / P · ref.wh · 0.5`, in the official order of operations.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn sampling_locations_kernel(
+    off: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    reference: &Tensor<f32>,
+    normalizer: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    m: usize,
+    l: usize,
+    p: usize,
+    #[comptime] boxes: bool,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    let xy = i % 2;
+    let level = (i / (2 * p)) % l;
+    // over N·Lq: the batch folded into the queries
+    let query = i / (2 * p * l * m);
+    let v = off[i] + bias[i % bias.len()];
+    if boxes {
+        let r = (query * l + level) * 4 + xy;
+        out[i] = reference[r] + v / f32::cast_from(p) * reference[r + 2] * 0.5f32;
+    } else {
+        let r = (query * l + level) * 2 + xy;
+        out[i] = reference[r] + v / normalizer[level * 2 + xy];
+    }
+}
+
 /// One unit per buffer position of `x [N, C, H, W]` (any dense layout; `residual` and `out` have
 /// the same): position `p` holds channel `(p / channel_stride) % channels`. `residual` is read
 /// only when `has_residual` (otherwise any tensor, e.g. `x`).
@@ -854,6 +889,60 @@ pub fn heads(x: CubeTensor, bias: CubeTensor, scale: f32, transposed: bool) -> C
             e,
             scale,
             transposed,
+        );
+    }
+    out
+}
+
+/// The deformable attention's sampling locations `[N, Lq, M, L, P, 2]` from the offsets' product
+/// `off` (that shape), their repeating `bias`, the reference points or boxes
+/// `reference [N, Lq, L, R]` and, for points, each level's `normalizer [L·2]` (width, height).
+pub fn sampling_locations(
+    off: CubeTensor,
+    bias: CubeTensor,
+    reference: CubeTensor,
+    normalizer: CubeTensor,
+) -> CubeTensor {
+    check_f32(&[&off, &reference, &normalizer], "sampling locations");
+    let [off, reference, normalizer] = [off, reference, normalizer].map(into_contiguous);
+    let bias = repeating_bias(bias, &off, "sampling locations");
+    let [n, lq, m, l, p, two] = off.meta.shape().dims::<6>();
+    let [rn, rq, rl, r] = reference.meta.shape().dims::<4>();
+    assert!(
+        two == 2 && [rn, rq, rl] == [n, lq, l] && (r == 2 || r == 4),
+        "fused sampling locations: offsets {:?} and reference {:?}",
+        off.meta.shape(),
+        reference.meta.shape()
+    );
+    assert!(
+        r == 4 || normalizer.meta.shape().num_elements() == 2 * l,
+        "fused sampling locations: normalizer size"
+    );
+    let out = empty_dense(&off);
+    let total = off.meta.shape().num_elements();
+    if total == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&off, total);
+    let addr = address_type(&[&off, &out]);
+    // SAFETY: units past the output return first; `off` and `out` are dense of one size; the
+    // reference index is that of (query, level, coordinate) of the dense `[N·Lq, L, R]`
+    // reference, the normalizer index below `2L` and the bias index taken modulo its size.
+    unsafe {
+        sampling_locations_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            off.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            reference.into_tensor_arg(),
+            normalizer.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            m,
+            l,
+            p,
+            r == 4,
         );
     }
     out

@@ -109,6 +109,18 @@ pub trait FusedOps: Backend {
         reference: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// The deformable attention's sampling locations `[N, Lq, M, L, P, 2]` from the offsets'
+    /// product `off` (that shape), their repeating `bias`, the reference points or boxes
+    /// `reference [N, Lq, L, R]` and, for points, the levels' `normalizer [L·2]` (see
+    /// [`rlip_model::fused::FusedKernel::sampling_locations`]).
+    #[fusion(dtype = off, shape = same_shape(off))]
+    fn fused_sampling_locations(
+        off: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+        normalizer: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// `(x + bias) · scale` of `x [B, N, H, E]` (`bias [H·E]`) as `[B, H, N, E]`.
     #[fusion(dtype = x, shape = heads_shape(x))]
     fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
@@ -205,6 +217,15 @@ impl FusedOps for burn_cubecl::CubeBackend {
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         cube::bias_relu(x, bias)
+    }
+
+    fn fused_sampling_locations(
+        off: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+        normalizer: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::sampling_locations(off, bias, reference, normalizer)
     }
 
     fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
@@ -495,6 +516,78 @@ impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
         }
         if let Some(node) = node_x {
             grads.register::<B>(node.id, g);
+        }
+    }
+}
+
+/// Autodiff node of the sampling locations: with `v = off + bias` and `g` the output gradient,
+/// for points `∂v = g / normalizer` and `∂ref = Σ_{M,P} g`; for boxes
+/// `∂v = g / P · wh · 0.5`, `∂xy = Σ_{M,P} g` and `∂wh = Σ_{M,P} g · v / P · 0.5`; the bias
+/// gets `∂v` summed over its repeats (Burn's ops).
+#[derive(Debug)]
+struct SamplingLocationsBackward;
+
+impl<B: FusedOps> Backward<B, 3> for SamplingLocationsBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_off, node_bias, node_ref] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (off, bias, reference, normalizer) = ops.state;
+        let shape = off.shape();
+        let [n, lq, _, l, p, _] = shape.dims::<6>();
+        let r = reference.shape()[3];
+        let len = bias.shape().num_elements();
+        let total = shape.num_elements();
+        // [N, Lq, 1, L, 1, 2] views of the reference's parts
+        let part = |from: usize| {
+            let s = [
+                burn::tensor::Slice::from(..),
+                burn::tensor::Slice::from(..),
+                burn::tensor::Slice::from(..),
+                burn::tensor::Slice::from(from..from + 2),
+            ];
+            let t = B::float_slice(reference.clone(), &s);
+            B::float_reshape(t, [n, lq, 1, l, 1, 2].into())
+        };
+        // the sum over heads and points, as the reference's [N, Lq, L, 2]
+        let over_heads_points = |t: FloatTensor<B>| {
+            let t = B::float_sum_dim(B::float_sum_dim(t, 4), 2);
+            B::float_reshape(t, [n, lq, l, 2].into())
+        };
+        let (d_v, d_ref) = if r == 4 {
+            let wh = part(2);
+            let scaled = B::float_mul_scalar(
+                B::float_div_scalar(grad.clone(), (p as f32).into()),
+                0.5f32.into(),
+            );
+            let d_v = B::float_mul(scaled.clone(), wh);
+            let d_ref = node_ref.is_some().then(|| {
+                let rows = B::float_reshape(off, [total / len, len].into());
+                let v = B::float_add(rows, B::float_reshape(bias, [1, len].into()));
+                let v = B::float_reshape(v, shape.clone());
+                let d_wh = over_heads_points(B::float_mul(scaled, v));
+                B::float_cat(vec![over_heads_points(grad), d_wh], 3)
+            });
+            (d_v, d_ref)
+        } else {
+            let norm = B::float_reshape(normalizer, [1, 1, 1, l, 1, 2].into());
+            let d_v = B::float_div(grad.clone(), norm);
+            (d_v, node_ref.is_some().then(|| over_heads_points(grad)))
+        };
+        if let (Some(node), Some(d)) = (node_ref, d_ref) {
+            grads.register::<B>(node.id, d);
+        }
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, repeating_bias_grad::<B>(d_v.clone(), len));
+        }
+        if let Some(node) = node_off {
+            grads.register::<B>(node.id, d_v);
         }
     }
 }
@@ -829,6 +922,37 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_sampling_locations(
+        off: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        reference: FloatTensor<Self>,
+        normalizer: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match SamplingLocationsBackward
+            .prepare::<C>([off.node(), bias.node(), reference.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (off, bias, r, norm) = (
+                    off.into_primitive(),
+                    bias.into_primitive(),
+                    reference.into_primitive(),
+                    normalizer.into_primitive(),
+                );
+                let out =
+                    B::fused_sampling_locations(off.clone(), bias.clone(), r.clone(), norm.clone());
+                prep.finish((off, bias, r, norm), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_sampling_locations(
+                off.into_primitive(),
+                bias.into_primitive(),
+                reference.into_primitive(),
+                normalizer.into_primitive(),
+            )),
+        }
+    }
+
     fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         heads_autodiff::<B, C>(x, bias, scale, false)
     }
@@ -1119,6 +1243,29 @@ impl FusedKernel for FusedCube {
             } else {
                 <Dispatch as FusedOps>::fused_heads(x, bias, scale)
             })
+        })
+    }
+
+    fn sampling_locations(
+        &self,
+        offsets: &Tensor<6>,
+        bias: &Tensor<1>,
+        reference: &Tensor<4>,
+        normalizer: &Tensor<1>,
+    ) -> Option<Tensor<6>> {
+        let dtypes = [
+            offsets.dtype(),
+            bias.dtype(),
+            reference.dtype(),
+            normalizer.dtype(),
+        ];
+        accepts(&offsets.device(), &dtypes).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_sampling_locations(
+                offsets.clone().into_dispatch(),
+                bias.clone().into_dispatch(),
+                reference.clone().into_dispatch(),
+                normalizer.clone().into_dispatch(),
+            ))
         })
     }
 

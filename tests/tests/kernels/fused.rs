@@ -90,6 +90,21 @@ impl FusedKernel for Recorder {
             .swap_dims(1, 2);
         Some(if transposed { y.swap_dims(2, 3) } else { y })
     }
+    fn sampling_locations(
+        &self,
+        offsets: &Tensor<6>,
+        bias: &Tensor<1>,
+        reference: &Tensor<4>,
+        _normalizer: &Tensor<1>,
+    ) -> Option<Tensor<6>> {
+        self.push(format!(
+            "sampling_locations {:?} bias {} reference {:?} (declined)",
+            offsets.dims(),
+            bias.dims()[0],
+            reference.dims()
+        ));
+        None
+    }
     fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
         let x = match bias {
             Some(b) => {
@@ -242,6 +257,14 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     let boxes5 = tensor([2, 5, 4], 18, &dev).abs();
     let refined_biased =
         rlip_model::norm::refine_boxes_biased(lin4.forward_biased(x3.clone()), boxes5.clone());
+    // [2, 5, 1, 1, 2, 2] offsets from a [6 → 4] layer around one level of points
+    let pts = tensor([2, 5, 1, 2], 19, &dev).abs();
+    let loc_declined = rlip_model::msda::sampling_locations_biased(
+        pts.clone(),
+        lin4.forward_biased(x3.clone()).reshape([2, 5, 1, 1, 2, 2]),
+        &[[3, 4]],
+        2,
+    );
     let soft_last = rlip_model::fused::softmax(x3.clone(), 2);
     // another dimension is not asked for
     let soft_mid = rlip_model::fused::softmax(x3.clone(), 1);
@@ -266,6 +289,13 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         lin4.forward(x3.clone()) + rlip_model::parse_decoder::inverse_sigmoid(boxes5),
     );
     assert!(max_diff(refined_biased, want_refined_biased) < 1e-6);
+    let want_loc = rlip_model::msda::sampling_locations(
+        pts,
+        lin4.forward(x3.clone()).reshape([2, 5, 1, 1, 2, 2]),
+        &[[3, 4]],
+        2,
+    );
+    assert!(max_diff(loc_declined, want_loc) < 1e-6);
     // without a kernel: Burn's ops on strided views, the same values
     let split = |y: Tensor<3>, h: usize| y.reshape([2, 5, h, 7 / h]).swap_dims(1, 2);
     let want_q = split(lin.forward(x3.clone()).mul_scalar(0.5), 7);
@@ -322,6 +352,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             // a bias of 6 repeating over rows of 3
             "softmax [20, 3] bias 6",
             "refine [40] bias 4",
+            // declined: the bias is added and Burn's ops place the points
+            "sampling_locations [2, 5, 1, 1, 2, 2] bias 4 reference [2, 5, 1, 2] (declined)",
             "softmax [10, 6]",
         ]
     );
@@ -495,6 +527,39 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("bias_softmax", y);
     out.push("bias_softmax_d_x", x.grad(&g).expect("grad"));
     out.push("bias_softmax_d_bias", bias.grad(&g).expect("grad"));
+
+    // the deformable attention's sampling locations around points and around boxes: offsets
+    // [N, Lq, M, L, P, 2] = [2, 3, 2, 3, 2, 2], their bias per head, level, point and coordinate
+    let shapes = [[5, 7], [3, 4], [2, 2]];
+    for (name, r) in [("locations_points", 2), ("locations_boxes", 4)] {
+        let off = (tensor([2, 3, 2, 3, 2, 2], 111, &ad) * 3.0).require_grad();
+        let bias = tensor([24], 112, &ad).require_grad();
+        let reference = tensor([2, 3, 3, r], 113, &ad).abs().require_grad();
+        let y = if gpu {
+            let norm: Vec<f32> = shapes
+                .iter()
+                .flat_map(|&[h, w]| [w as f32, h as f32])
+                .collect();
+            let norm = Tensor::<1>::from_data(TensorData::new(norm, [6]), &ad);
+            let norm = if r == 2 { norm } else { bias.clone() };
+            FusedCube
+                .sampling_locations(&off, &bias, &reference, &norm)
+                .expect("fused")
+        } else {
+            let v = off.clone() + bias.clone().reshape([1, 1, 2, 3, 2, 2]);
+            rlip_model::msda::sampling_locations(reference.clone(), v, &shapes, 2)
+        };
+        let g = (y.clone() * tensor([2, 3, 2, 3, 2, 2], 114, &ad))
+            .sum()
+            .backward();
+        out.push(name, y);
+        out.push(&format!("{name}_d_off"), off.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_bias"), bias.grad(&g).expect("grad"));
+        out.push(
+            &format!("{name}_d_reference"),
+            reference.grad(&g).expect("grad"),
+        );
+    }
 
     // a linear layer's bias with ReLU, with exact zeros after the add
     let x = (tensor([13, 9], 91, &ad) * 4.0).round().require_grad();
