@@ -1,7 +1,9 @@
 //! Fused kernels for the short elementwise and row chains of the forward: layer norm (of a
 //! residual sum too), softmax, ReLU (alone or after a linear layer's bias), the backbone's frozen
-//! batch norm (with its residual add and ReLU), the decoders' box refinement and the sine
-//! embedding of their anchors.
+//! batch norm (with its residual add and ReLU), the decoders' box refinement, the sine
+//! embedding of their anchors, the split of attention projections into heads and the deformable
+//! attention's sampling locations. Layer norm, softmax and box refinement also take the bias of
+//! the linear layer whose product they consume ([`crate::dense::Linear::forward_biased`]).
 //!
 //! Written with Burn's tensor ops, a layer norm is nine kernel launches, a ReLU two and a
 //! bottleneck's `relu(bn(conv(x)) + identity)` four after the convolution. On a GPU at batch 1 the

@@ -1,14 +1,16 @@
 //! The fused kernels as CubeCL kernels (wgpu and CUDA), float32 only.
 //!
-//! - layer norm (of `x` or of `x + residual`): one cube of one plane per row, a strided pass of
+//! - layer norm (of `x`, `x + residual` or `(x + bias) + residual`): one cube of one plane per row, a strided pass of
 //!   each unit over the row and a plane sum for the mean, then the same for the variance (two
 //!   passes, as Burn's composite does), and a third pass that writes
 //!   `(x − mean) / sqrt(var + eps) · gamma + beta`; on devices without plane operations one unit
 //!   per row;
-//! - softmax over rows: the same layout, a plane maximum, then a plane sum of the exponentials;
+//! - softmax over rows (optionally of `x + bias`): the same layout, a plane maximum, then a plane
+//!   sum of the exponentials;
 //! - ReLU, a linear layer's bias add with ReLU, the per-channel affine map (with optional
-//!   residual and ReLU) and the box refinement `sigmoid(delta + inverse_sigmoid(reference))`:
-//!   one unit per element;
+//!   residual and ReLU), the box refinement `sigmoid(delta + inverse_sigmoid(reference))`
+//!   (optionally with a bias on `delta`), the split of a projection into attention heads and the
+//!   deformable attention's sampling locations: one unit per output element;
 //! - the sine embedding of boxes: one unit per output element, and for its gradient one unit per
 //!   box coordinate.
 

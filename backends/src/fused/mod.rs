@@ -1,6 +1,8 @@
-//! One-launch layer norm (alone or of a residual sum), softmax, ReLU (alone or after a linear layer's bias), frozen-batch-norm affine map, box refinement and box sine
-//! embedding on the cubecl backends (wgpu, cuda), plugged into the model through
-//! [`rlip_model::fused::set_kernel`].
+//! One-launch layer norm (alone, of a residual sum, or with a linear layer's bias before it),
+//! softmax (optionally with a bias), ReLU (alone or after a linear layer's bias),
+//! frozen-batch-norm affine map, box refinement (optionally with a bias), box sine embedding,
+//! attention head split and deformable-attention sampling locations on the cubecl backends
+//! (wgpu, cuda), plugged into the model through [`rlip_model::fused::set_kernel`].
 //!
 //! A Burn backend extension ([`FusedOps`]) with CubeCL kernels ([`cube`]) for the forward and
 //! hand-written autodiff nodes whose backward is built from Burn's ops (training runs these
