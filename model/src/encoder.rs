@@ -42,11 +42,13 @@ impl Projection {
 pub fn group_norm_blocked(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     let g = norm.num_groups;
+    if let (Some(k), Some(gm), Some(bt)) = (crate::fused::kernel(), &norm.gamma, &norm.beta)
+        && let Some(y) = k.group_norm(&x, &gm.val(), &bt.val(), g, norm.epsilon)
+    {
+        return y;
+    }
     let n = c / g * h * w;
-    let block = (1..=n)
-        .filter(|d| n.is_multiple_of(*d) && d * d <= n)
-        .max()
-        .unwrap_or(1);
+    let block = sum_block(n);
     // the statistics are a float32 island in the reduced-precision modes
     let y = crate::norm::in_f32(x, |x| {
         let blocked = x.reshape([b, g, n / block, block]);
@@ -63,6 +65,15 @@ pub fn group_norm_blocked(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
         Some(bt) => y + bt.val().reshape([1, c, 1, 1]),
         None => y,
     }
+}
+
+/// The block length of [`group_norm_blocked`]'s sums over `n` values: the largest divisor of
+/// `n` at most `√n`.
+pub fn sum_block(n: usize) -> usize {
+    (1..=n)
+        .filter(|d| n.is_multiple_of(*d) && d * d <= n)
+        .max()
+        .unwrap_or(1)
 }
 
 /// The input projections of all levels plus the learned level embeddings.

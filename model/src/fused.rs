@@ -47,6 +47,18 @@ pub trait FusedKernel: Send + Sync {
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]` (a linear layer's bias and the ReLU after
     /// it), or `None` to decline.
     fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>>;
+    /// Group norm of `x [B, C, H, W]` in `groups` groups of `n = C/G·H·W` values with
+    /// per-channel `gamma` and `beta`: `(x − mean) / sqrt(var + epsilon) · gamma + beta`, the
+    /// statistics summed in blocks of [`crate::encoder::sum_block`]`(n)` values first (two
+    /// passes: mean, then mean squared deviation); or `None` to decline.
+    fn group_norm(
+        &self,
+        x: &Tensor<4>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        groups: usize,
+        epsilon: f64,
+    ) -> Option<Tensor<4>>;
     /// The deformable attention's sampling locations `[N, Lq, M, L, P, 2]` from the offsets'
     /// product `offsets` (that shape) plus their repeating `bias` (`v`, see
     /// [`FusedKernel::softmax`]) around `reference [N, Lq, L, R]`: for points (`R = 2`)

@@ -311,6 +311,45 @@ fn sampling_locations_kernel(
     }
 }
 
+/// One unit per element of `x [R·n]` (rows of `n`): `(x − sum[row] / n)²`, the squared deviation
+/// from the row mean given the row sums.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn squared_deviation_kernel(x: &Tensor<f32>, sum: &Tensor<f32>, out: &mut Tensor<f32>, n: usize) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let mean = sum[ABSOLUTE_POS / n] / f32::cast_from(n);
+    let d = x[ABSOLUTE_POS] - mean;
+    out[ABSOLUTE_POS] = d * d;
+}
+
+/// One unit per element of a row-major `x [B, C, H, W]` in `G` groups of `n = C/G·H·W`
+/// values: `(x − mean) / sqrt(var + epsilon) · gamma[c] + beta[c]` with the group's
+/// `mean = sum / n` and `var = sq_sum / n`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn group_norm_apply_kernel(
+    x: &Tensor<f32>,
+    sum: &Tensor<f32>,
+    sq_sum: &Tensor<f32>,
+    gamma: &Tensor<f32>,
+    beta: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    n: usize,
+    hw: usize,
+    c: usize,
+    epsilon: f32,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let row = ABSOLUTE_POS / n;
+    let count = f32::cast_from(n);
+    let mean = sum[row] / count;
+    let var = sq_sum[row] / count;
+    let ch = (ABSOLUTE_POS / hw) % c;
+    out[ABSOLUTE_POS] = (x[ABSOLUTE_POS] - mean) / (var + epsilon).sqrt() * gamma[ch] + beta[ch];
+}
+
 /// One unit per buffer position of `x [N, C, H, W]` (any dense layout; `residual` and `out` have
 /// the same): position `p` holds channel `(p / channel_stride) % channels`. `residual` is read
 /// only when `has_residual` (otherwise any tensor, e.g. `x`).
@@ -945,6 +984,91 @@ pub fn sampling_locations(
             l,
             p,
             r == 4,
+        );
+    }
+    out
+}
+
+/// `(x − sum[row] / n)²` for a dense row-major `x` in rows of `n` and the row sums `sum`.
+pub fn squared_deviation(x: CubeTensor, sum: CubeTensor, n: usize) -> CubeTensor {
+    check_f32(&[&x, &sum], "group norm");
+    let [x, sum] = [x, sum].map(into_contiguous);
+    let total = x.meta.shape().num_elements();
+    assert_eq!(
+        sum.meta.shape().num_elements() * n,
+        total,
+        "fused group norm: row sums"
+    );
+    let out = empty_dense(&x);
+    if total == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&x, total);
+    let addr = address_type(&[&x, &out]);
+    // SAFETY: units past the output return first; `x` and `out` are dense of one size and the
+    // row index is below the number of rows, the size of `sum`.
+    unsafe {
+        squared_deviation_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            sum.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            n,
+        );
+    }
+    out
+}
+
+/// The group norm of `x [B, C, H, W]` in `groups` groups from the groups' sums `sum` and sums
+/// of squared deviations `sq_sum` (`B·G` each), with the per-channel `gamma` and `beta`.
+pub fn group_norm_apply(
+    x: CubeTensor,
+    sum: CubeTensor,
+    sq_sum: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    groups: usize,
+    epsilon: f64,
+) -> CubeTensor {
+    check_f32(&[&x, &sum, &sq_sum, &gamma, &beta], "group norm");
+    let [x, sum, sq_sum, gamma, beta] = [x, sum, sq_sum, gamma, beta].map(into_contiguous);
+    let [b, c, h, w] = x.meta.shape().dims::<4>();
+    assert!(
+        c % groups == 0
+            && sum.meta.shape().num_elements() == b * groups
+            && sq_sum.meta.shape().num_elements() == b * groups
+            && gamma.meta.shape().num_elements() == c
+            && beta.meta.shape().num_elements() == c,
+        "fused group norm: shapes"
+    );
+    let out = empty_dense(&x);
+    let total = b * c * h * w;
+    if total == 0 {
+        return out;
+    }
+    let (count, dim) = elementwise(&x, total);
+    let addr = address_type(&[&x, &out]);
+    // SAFETY: units past the output return first; `x` and `out` are dense of one size, the
+    // group index is below `B·G` (the size of the sums) and the channel index below `C`.
+    unsafe {
+        group_norm_apply_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            sum.into_tensor_arg(),
+            sq_sum.into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            beta.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            c / groups * h * w,
+            h * w,
+            c,
+            epsilon as f32,
         );
     }
     out

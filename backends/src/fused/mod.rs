@@ -123,6 +123,17 @@ pub trait FusedOps: Backend {
         normalizer: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
+    /// Group norm of `x [B, C, H, W]` in `groups` groups with per-channel `gamma` and `beta`
+    /// (see [`rlip_model::fused::FusedKernel::group_norm`]).
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
     /// `(x + bias) · scale` of `x [B, N, H, E]` (`bias [H·E]`) as `[B, H, N, E]`.
     #[fusion(dtype = x, shape = heads_shape(x))]
     fn fused_heads(x: FloatTensor<Self>, bias: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
@@ -219,6 +230,28 @@ impl FusedOps for burn_cubecl::CubeBackend {
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         cube::bias_relu(x, bias)
+    }
+
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        let x = burn_cubecl::kernel::into_contiguous(x);
+        let [b, c, h, w] = x.shape().dims::<4>();
+        let n = c / groups * h * w;
+        // sums of blocks of about √n values, then of the block sums (as the portable path)
+        let block = blocked(n);
+        let group_sums = |t: FloatTensor<Self>| {
+            let t = Self::float_reshape(t, [b, groups, n / block, block].into());
+            Self::float_sum_dim(Self::float_sum_dim(t, 3), 2)
+        };
+        let sum = group_sums(x.clone());
+        let sq_sum = group_sums(cube::squared_deviation(x.clone(), sum.clone(), n));
+        cube::group_norm_apply(x, sum, sq_sum, gamma, beta, groups, epsilon)
     }
 
     fn fused_sampling_locations(
@@ -594,6 +627,57 @@ impl<B: FusedOps> Backward<B, 3> for SamplingLocationsBackward {
     }
 }
 
+/// The block length of the blocked group sums: the largest divisor of `n` at most `√n`
+/// ([`rlip_model::encoder::group_norm_blocked`]'s).
+fn blocked(n: usize) -> usize {
+    rlip_model::encoder::sum_block(n)
+}
+
+/// Autodiff node of the group norm: with `x̂` the normalised input (statistics recomputed with
+/// Burn's ops) and `g` the output gradient, `∂β = Σ g`, `∂γ = Σ g·x̂` (over batch and space)
+/// and, per group, `∂x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`.
+#[derive(Debug)]
+struct GroupNormBackward;
+
+impl<B: FusedOps> Backward<B, 3> for GroupNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, usize, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, groups, epsilon) = ops.state;
+        let [b, c, h, w] = x.shape().dims::<4>();
+        let n = c / groups * h * w;
+        let rows = |t: FloatTensor<B>| B::float_reshape(t, [b, groups, n].into());
+        let xr = rows(x);
+        let mean = B::float_mean_dim(xr.clone(), 2);
+        let centred = B::float_sub(xr, mean);
+        let var = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), 2);
+        let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
+        let x_hat = B::float_reshape(B::float_div(centred, sigma.clone()), [b, c, h * w].into());
+        let g = B::float_reshape(grad, [b, c, h * w].into());
+        // per channel: sum over batch and space
+        let per_channel = |t: FloatTensor<B>| {
+            B::float_reshape(B::float_sum_dim(B::float_sum_dim(t, 2), 0), [c].into())
+        };
+        if let Some(node) = node_beta {
+            grads.register::<B>(node.id, per_channel(g.clone()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<B>(node.id, per_channel(B::float_mul(g.clone(), x_hat.clone())));
+        }
+        if let Some(node) = node_x {
+            let g_gamma = B::float_mul(g, B::float_reshape(gamma, [1, c, 1].into()));
+            let (gg, xh) = (rows(g_gamma), rows(x_hat));
+            let a = B::float_mean_dim(gg.clone(), 2);
+            let m = B::float_mean_dim(B::float_mul(gg.clone(), xh.clone()), 2);
+            let inner = B::float_sub(B::float_sub(gg, a), B::float_mul(xh, m));
+            let d_x = B::float_reshape(B::float_div(inner, sigma), [b, c, h, w].into());
+            grads.register::<B>(node.id, d_x);
+        }
+    }
+}
+
 /// Autodiff node of the head split (`transposed`, `scale`): the output gradient moved back to
 /// `[B, N, H, E]` and scaled, and its sum over `B·N` for the bias.
 #[derive(Debug)]
@@ -924,6 +1008,39 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match GroupNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+                let out = B::fused_group_norm(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.into_primitive(),
+                    groups,
+                    epsilon,
+                );
+                prep.finish((x, gamma, groups, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_group_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                epsilon,
+            )),
+        }
+    }
+
     fn fused_sampling_locations(
         off: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -1245,6 +1362,25 @@ impl FusedKernel for FusedCube {
             } else {
                 <Dispatch as FusedOps>::fused_heads(x, bias, scale)
             })
+        })
+    }
+
+    fn group_norm(
+        &self,
+        x: &Tensor<4>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        groups: usize,
+        epsilon: f64,
+    ) -> Option<Tensor<4>> {
+        accepts(&x.device(), &[x.dtype(), gamma.dtype(), beta.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_group_norm(
+                x.clone().into_dispatch(),
+                gamma.clone().into_dispatch(),
+                beta.clone().into_dispatch(),
+                groups,
+                epsilon,
+            ))
         })
     }
 

@@ -90,6 +90,20 @@ impl FusedKernel for Recorder {
             .swap_dims(1, 2);
         Some(if transposed { y.swap_dims(2, 3) } else { y })
     }
+    fn group_norm(
+        &self,
+        x: &Tensor<4>,
+        _gamma: &Tensor<1>,
+        _beta: &Tensor<1>,
+        groups: usize,
+        _epsilon: f64,
+    ) -> Option<Tensor<4>> {
+        self.push(format!(
+            "group_norm {:?} groups {groups} (declined)",
+            x.dims()
+        ));
+        None
+    }
     fn sampling_locations(
         &self,
         offsets: &Tensor<6>,
@@ -257,6 +271,9 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     let boxes5 = tensor([2, 5, 4], 18, &dev).abs();
     let refined_biased =
         rlip_model::norm::refine_boxes_biased(lin4.forward_biased(x3.clone()), boxes5.clone());
+    let gn = burn::nn::GroupNormConfig::new(2, 4).init(&dev);
+    let gn_in = tensor([1, 4, 3, 5], 20, &dev);
+    let gn_declined = rlip_model::encoder::group_norm_blocked(&gn, gn_in.clone());
     // [2, 5, 1, 1, 2, 2] offsets from a [6 → 4] layer around one level of points
     let pts = tensor([2, 5, 1, 2], 19, &dev).abs();
     let loc_declined = rlip_model::msda::sampling_locations_biased(
@@ -296,6 +313,12 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         2,
     );
     assert!(max_diff(loc_declined, want_loc) < 1e-6);
+    assert!(
+        max_diff(
+            gn_declined,
+            rlip_model::encoder::group_norm_blocked(&gn, gn_in)
+        ) == 0.0
+    );
     // without a kernel: Burn's ops on strided views, the same values
     let split = |y: Tensor<3>, h: usize| y.reshape([2, 5, h, 7 / h]).swap_dims(1, 2);
     let want_q = split(lin.forward(x3.clone()).mul_scalar(0.5), 7);
@@ -352,6 +375,7 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             // a bias of 6 repeating over rows of 3
             "softmax [20, 3] bias 6",
             "refine [40] bias 4",
+            "group_norm [1, 4, 3, 5] groups 2 (declined)",
             // declined: the bias is added and Burn's ops place the points
             "sampling_locations [2, 5, 1, 1, 2, 2] bias 4 reference [2, 5, 1, 2] (declined)",
             "softmax [10, 6]",
@@ -559,6 +583,39 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
             &format!("{name}_d_reference"),
             reference.grad(&g).expect("grad"),
         );
+    }
+
+    // group norm (3 groups of 2 channels), on a row-major input and on a channels-last view
+    // (a convolution's output layout on the cubecl backends)
+    for (name, channels_last) in [("group_norm", false), ("group_norm_channels_last", true)] {
+        let x = if channels_last {
+            (tensor([2, 5, 7, 6], 121, &ad) * 3.0 + 1.0)
+                .permute([0, 3, 1, 2])
+                .require_grad()
+        } else {
+            (tensor([2, 6, 5, 7], 121, &ad) * 3.0 + 1.0).require_grad()
+        };
+        let gamma = tensor([6], 122, &ad).require_grad();
+        let beta = tensor([6], 123, &ad).require_grad();
+        let y = if gpu {
+            FusedCube
+                .group_norm(&x, &gamma, &beta, 3, 1e-5)
+                .expect("fused")
+        } else {
+            let rows = x.clone().reshape([2, 3, 70]);
+            let mean = rows.clone().mean_dim(2);
+            let centred = rows - mean;
+            let var = centred.clone().powi_scalar(2).mean_dim(2);
+            let y = (centred / (var + 1e-5).sqrt()).reshape([2, 6, 5, 7]);
+            y * gamma.clone().reshape([1, 6, 1, 1]) + beta.clone().reshape([1, 6, 1, 1])
+        };
+        let g = (y.clone() * tensor([2, 6, 5, 7], 124, &ad))
+            .sum()
+            .backward();
+        out.push(name, y);
+        out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_gamma"), gamma.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_beta"), beta.grad(&g).expect("grad"));
     }
 
     // a linear layer's bias with ReLU, with exact zeros after the add
