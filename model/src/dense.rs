@@ -71,9 +71,7 @@ impl Linear {
             None => crate::fused::relu(self.forward(x)),
         }
     }
-}
 
-impl Linear {
     /// `self.forward(x)` for `x [B, N, d_in]`, times `scale` when given, split into `heads`
     /// attention heads: `[B, H, N, d_out / H]`, or the keys' `[B, H, d_out / H, N]` when
     /// `transposed`. Where a [`crate::fused::FusedKernel`] takes it, the bias add, the scaling
@@ -105,6 +103,24 @@ impl Linear {
         };
         let y = y.reshape([b, n, heads, e]).swap_dims(1, 2);
         if transposed { y.swap_dims(2, 3) } else { y }
+    }
+
+    /// [`Linear::forward`], with the bias left out of the product where a
+    /// [`crate::fused::FusedKernel`] takes unbiased products (so the consumer adds it in its
+    /// own launch); otherwise the full output and no bias.
+    pub fn forward_biased<const D: usize>(&self, x: Tensor<D>) -> Biased<D> {
+        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
+            && k.takes_unbiased(&x.device(), x.dtype())
+        {
+            return Biased {
+                product: linear(x, self.weight.val(), None),
+                bias: Some(bias.val()),
+            };
+        }
+        Biased {
+            product: self.forward(x),
+            bias: None,
+        }
     }
 }
 
@@ -141,26 +157,6 @@ impl<const D: usize> Biased<D> {
         }
         let n = dims.iter().product::<usize>();
         (self.product.reshape([n / len, len]) + b.unsqueeze()).reshape(dims)
-    }
-}
-
-impl Linear {
-    /// [`Linear::forward`], with the bias left out of the product where a
-    /// [`crate::fused::FusedKernel`] takes unbiased products (so the consumer adds it in its
-    /// own launch); otherwise the full output and no bias.
-    pub fn forward_biased<const D: usize>(&self, x: Tensor<D>) -> Biased<D> {
-        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
-            && k.takes_unbiased(&x.device(), x.dtype())
-        {
-            return Biased {
-                product: linear(x, self.weight.val(), None),
-                bias: Some(bias.val()),
-            };
-        }
-        Biased {
-            product: self.forward(x),
-            bias: None,
-        }
     }
 }
 
