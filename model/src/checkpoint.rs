@@ -83,25 +83,39 @@ pub fn params_to_bytes<M: Module>(
         META_PARAM_IDS.to_string(),
         serde_json::to_string(&ids).expect("a map of numbers serialises"),
     );
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
+    metadata.insert(META_FORMAT.into(), FORMAT.into());
+    serialize_f32(&params, metadata)
+        .map_err(|e| WeightError::format(Path::new("<memory>"), e.to_string()))
+}
+
+/// Safetensors bytes of float32 tensors `(name, shape, values)` with `metadata`.
+pub fn serialize_f32<'a, I>(
+    tensors: I,
+    metadata: BTreeMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError>
+where
+    I: IntoIterator<Item = &'a (String, Vec<usize>, Vec<f32>)>,
+{
+    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+    let views = bytes
         .iter()
         .map(|(k, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
+                .map(|v| (k.to_string(), v))
         })
-        .collect::<Result<_, _>>()
-        .map_err(|e| WeightError::format(Path::new("<memory>"), e.to_string()))?;
-    let mut meta: std::collections::HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    meta.insert(META_FORMAT.into(), FORMAT.into());
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
     safetensors::serialize(views, Some(meta))
-        .map_err(|e| WeightError::format(Path::new("<memory>"), e.to_string()))
+}
+
+/// The values of little-endian float32 tensor data (a safetensors view's bytes).
+pub fn f32_from_le(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Writes the float parameters of `module` to `path` atomically (see [`params_to_bytes`]).
@@ -295,12 +309,7 @@ fn load<M: Module>(
                 format!("{name}: expected F32, found {:?}", view.dtype()),
             ));
         }
-        let v: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        values.insert(name, (view.shape().to_vec(), v));
+        values.insert(name, (view.shape().to_vec(), f32_from_le(view.data())));
     }
     for (new, old) in stack_branch_tensors(&mut values) {
         tracing::info!(

@@ -87,16 +87,15 @@ impl Linear {
         let [b, n, _] = x.dims();
         let d_out = self.weight.dims()[1];
         let e = d_out / heads;
-        if let (Some(bias), Some(k)) = (&self.bias, crate::fused::kernel())
-            && k.takes_unbiased(&x.device(), x.dtype())
-        {
-            let product = linear(x.clone(), self.weight.val(), None).reshape([b, n, heads, e]);
+        let y = self.forward_biased(x);
+        if let (Some(bias), Some(k)) = (&y.bias, crate::fused::kernel()) {
+            let product = y.product.clone().reshape([b, n, heads, e]);
             let s = scale.unwrap_or(1.0) as f32;
-            if let Some(y) = k.heads(&product, &bias.val(), s, transposed) {
-                return y;
+            if let Some(t) = k.heads(&product, bias, s, transposed) {
+                return t;
             }
         }
-        let y = self.forward(x);
+        let y = y.resolve();
         let y = match scale {
             Some(s) => y.mul_scalar(s),
             None => y,

@@ -9,6 +9,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
 
+use crate::dense::Biased;
+
 /// Runs `f` on `x` in float32 when `x` is bf16 or f16 and casts the result back to `x`'s type;
 /// in any other type `f` runs on `x` unchanged.
 pub fn in_f32<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<D>) -> Tensor<D>) -> Tensor<D> {
@@ -27,41 +29,28 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 
 /// [`softmax`] over the last dimension of a linear layer's output whose bias may still be due
 /// ([`crate::dense::Linear::forward_biased`]; the bias add in the softmax's launch).
-pub fn softmax_biased<const D: usize>(y: crate::dense::Biased<D>) -> Tensor<D> {
-    match y.bias {
-        Some(bias) if y.product.dtype() == DType::F32 => {
-            crate::fused::bias_softmax(y.product, bias)
-        }
-        bias => softmax(
-            crate::dense::Biased {
-                product: y.product,
-                bias,
-            }
-            .resolve(),
-            D - 1,
-        ),
+pub fn softmax_biased<const D: usize>(y: Biased<D>) -> Tensor<D> {
+    match y {
+        Biased {
+            product,
+            bias: Some(bias),
+        } if product.dtype() == DType::F32 => crate::fused::bias_softmax(product, bias),
+        y => softmax(y.resolve(), D - 1),
     }
 }
 
 /// [`refine_boxes`] of a box head's output whose last bias may still be due (the bias add in
 /// the refinement's launch).
-pub fn refine_boxes_biased<const D: usize>(
-    delta: crate::dense::Biased<D>,
-    reference: Tensor<D>,
-) -> Tensor<D> {
-    match delta.bias {
-        Some(bias) if delta.product.dtype() == DType::F32 => {
+pub fn refine_boxes_biased<const D: usize>(delta: Biased<D>, reference: Tensor<D>) -> Tensor<D> {
+    match delta {
+        Biased {
+            product,
+            bias: Some(bias),
+        } if product.dtype() == DType::F32 => {
             let reference = reference.cast(FloatDType::F32);
-            crate::fused::bias_refine_boxes(delta.product, bias, reference)
+            crate::fused::bias_refine_boxes(product, bias, reference)
         }
-        bias => refine_boxes(
-            crate::dense::Biased {
-                product: delta.product,
-                bias,
-            }
-            .resolve(),
-            reference,
-        ),
+        delta => refine_boxes(delta.resolve(), reference),
     }
 }
 
@@ -111,16 +100,15 @@ impl LayerNorm {
     /// `self.forward(x + y)` for a linear layer's output `y` whose bias may still be due
     /// ([`crate::dense::Linear::forward_biased`]): the bias add and the residual add inside the
     /// norm's launch where a fused kernel takes them.
-    pub fn forward_add_biased<const D: usize>(
-        &self,
-        x: Tensor<D>,
-        y: crate::dense::Biased<D>,
-    ) -> Tensor<D> {
-        match y.bias {
-            Some(bias) if !matches!(x.dtype(), DType::BF16 | DType::F16) => {
+    pub fn forward_add_biased<const D: usize>(&self, x: Tensor<D>, y: Biased<D>) -> Tensor<D> {
+        match y {
+            Biased {
+                product,
+                bias: Some(bias),
+            } if !matches!(x.dtype(), DType::BF16 | DType::F16) => {
                 let dtype = FloatDType::from(x.dtype());
                 crate::fused::bias_add_layer_norm(
-                    y.product,
+                    product,
                     bias.cast(dtype),
                     x,
                     self.gamma.val().cast(dtype),
@@ -128,14 +116,7 @@ impl LayerNorm {
                     self.epsilon,
                 )
             }
-            bias => self.forward_add(
-                x,
-                crate::dense::Biased {
-                    product: y.product,
-                    bias,
-                }
-                .resolve(),
-            ),
+            y => self.forward_add(x, y.resolve()),
         }
     }
 

@@ -128,9 +128,8 @@ impl AdamW {
     /// the parameter's shape, step counts and hyper-parameters in the metadata, and `extra`
     /// (other training state, e.g. a loss scale) stored beside them.
     pub fn to_bytes(&self, extra: &BTreeMap<String, f64>) -> Result<Vec<u8>, String> {
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         let mut steps = BTreeMap::new();
-        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         for (path, m) in &self.state {
             let (n, shape, avg, sq) = match m {
                 Moments::Live {
@@ -156,18 +155,10 @@ impl AdamW {
                 } => (*steps, shape.clone(), exp_avg.clone(), exp_avg_sq.clone()),
             };
             steps.insert(path.clone(), n);
-            tensors.push((format!("{path}.exp_avg"), shape.clone(), le(&avg)));
-            tensors.push((format!("{path}.exp_avg_sq"), shape, le(&sq)));
+            tensors.push((format!("{path}.exp_avg"), shape.clone(), avg));
+            tensors.push((format!("{path}.exp_avg_sq"), shape, sq));
         }
-        let views = tensors
-            .iter()
-            .map(|(k, s, b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .map(|v| (k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let meta: std::collections::HashMap<String, String> = [
+        let meta: BTreeMap<String, String> = [
             (META_FORMAT.to_string(), FORMAT.to_string()),
             (
                 META_STEPS.to_string(),
@@ -184,7 +175,7 @@ impl AdamW {
         ]
         .into_iter()
         .collect();
-        safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+        rlip_model::checkpoint::serialize_f32(&tensors, meta).map_err(|e| e.to_string())
     }
 
     /// Replaces the state with the one in `bytes` (written by [`AdamW::to_bytes`]; `path` names
@@ -232,11 +223,7 @@ impl AdamW {
                     view.dtype()
                 )));
             }
-            let v = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let v = rlip_model::checkpoint::f32_from_le(view.data());
             Ok((view.shape().to_vec(), v))
         };
         let (mut avg, mut sq) = (BTreeMap::new(), BTreeMap::new());
@@ -570,29 +557,20 @@ mod tests {
             ("fc_3.{c}.weight", vec![1, 2]),
             ("fc_3.{c}.bias", vec![2]),
         ];
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         let mut steps = std::collections::BTreeMap::new();
         for (pattern, shape) in &shapes {
             for c in 0..2 {
                 let name = format!("m.{}", pattern.replace("{c}", &c.to_string()));
                 let n: usize = shape.iter().product();
                 for (suffix, scale) in [("exp_avg", 1.0f32), ("exp_avg_sq", 100.0)] {
-                    let v: Vec<u8> = (0..n)
-                        .flat_map(|i| ((c * 10 + i + 1) as f32 * scale).to_le_bytes())
-                        .collect();
+                    let v: Vec<f32> = (0..n).map(|i| (c * 10 + i + 1) as f32 * scale).collect();
                     tensors.push((format!("{name}.{suffix}"), shape.clone(), v));
                 }
                 steps.insert(name, 3u64);
             }
         }
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-            .iter()
-            .map(|(k, s, b)| {
-                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
-                (k.clone(), v.unwrap())
-            })
-            .collect();
-        let meta: std::collections::HashMap<String, String> = [
+        let meta: std::collections::BTreeMap<String, String> = [
             ("format", super::FORMAT.to_string()),
             ("steps", serde_json::to_string(&steps).unwrap()),
             ("hyper", "{}".to_string()),
@@ -601,7 +579,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let bytes = safetensors::serialize(views, Some(meta)).unwrap();
+        let bytes = rlip_model::checkpoint::serialize_f32(&tensors, meta).unwrap();
         let mut opt = AdamW::new(AdamWConfig::default());
         opt.load_bytes(&bytes, std::path::Path::new("old")).unwrap();
         let dev = rlip_backends::default_device().unwrap();
@@ -615,11 +593,7 @@ mod tests {
         let st = safetensors::SafeTensors::deserialize(&saved).unwrap();
         let read = |k: &str| -> (Vec<usize>, Vec<f32>) {
             let t = st.tensor(k).unwrap();
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let v = rlip_model::checkpoint::f32_from_le(t.data());
             (t.shape().to_vec(), v)
         };
         // side by side: row i holds the branches' rows i in turn

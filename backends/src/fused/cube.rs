@@ -523,6 +523,22 @@ fn check_f32(ts: &[&CubeTensor], op: &str) {
     }
 }
 
+/// The launch of one unit per element of `out` (cubes, cube size and the address type for
+/// `out` and `inputs`), or `None` when `out` is empty.
+fn per_output_element(
+    out: &CubeTensor,
+    inputs: &[&CubeTensor],
+) -> Option<(CubeCount, CubeDim, AddressType)> {
+    let n = out.meta.shape().num_elements();
+    if n == 0 {
+        return None;
+    }
+    let (count, dim) = elementwise(out, n);
+    let mut all = inputs.to_vec();
+    all.push(out);
+    Some((count, dim, address_type(&all)))
+}
+
 /// A grid of `cubes` cubes over two axes.
 fn grid(cubes: usize) -> CubeCount {
     let x = cubes.clamp(1, MAX_CUBES_X);
@@ -629,12 +645,9 @@ pub fn relu(x: CubeTensor) -> CubeTensor {
     check_f32(&[&x], "relu");
     let x = densify(x);
     let out = empty_same_layout(&x);
-    let n = x.meta.shape().num_elements();
-    if n == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&x, n);
-    let addr = address_type(&[&x, &out]);
+    };
     // SAFETY: units past the output return first; `x` and `out` are dense buffers of one size.
     unsafe {
         relu_kernel::launch_unchecked(
@@ -679,12 +692,9 @@ pub fn channel_affine(
     let c = x.meta.shape()[1];
     let channel_stride = x.meta.strides()[1];
     let out = empty_same_layout(&x);
-    let n = x.meta.shape().num_elements();
-    if n == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&x, n);
-    let addr = address_type(&[&x, &out]);
+    };
     let has_residual = residual.is_some();
     let residual = residual.unwrap_or_else(|| x.clone());
     // SAFETY: units past the output return first; `x`, `residual` and `out` are dense buffers of
@@ -726,12 +736,9 @@ pub fn refine_boxes(
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| delta.clone());
     let out = empty_dense(&delta);
-    let n = delta.meta.shape().num_elements();
-    if n == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&delta, &reference]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&delta, n);
-    let addr = address_type(&[&delta, &reference, &out]);
+    };
     // SAFETY: units past the output return first; the three tensors are dense and of one size,
     // and the bias index is taken modulo its size.
     unsafe {
@@ -763,12 +770,9 @@ pub fn sine_embed(pos: CubeTensor, dim_t: CubeTensor, scale: f32) -> CubeTensor 
         burn::tensor::Shape::new([b, q, 4 * n]),
         DType::F32,
     );
-    let total = b * q * 4 * n;
-    if total == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&pos]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&pos, total);
-    let addr = address_type(&[&pos, &out]);
+    };
     // SAFETY: units past the output return first; reads are of box `bq` (below B·Q) and
     // frequency `i` (below n).
     unsafe {
@@ -804,11 +808,9 @@ pub fn sine_embed_backward(
         total * n,
         "fused sine embedding gradient: shapes"
     );
-    if total == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&pos, &grad]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&pos, total);
-    let addr = address_type(&[&pos, &grad, &out]);
+    };
     // SAFETY: units past the output return first; unit `p` reads `grad` in its box's block,
     // below `(p / 4 + 1) · 4n`, and frequencies below n.
     unsafe {
@@ -907,12 +909,9 @@ pub fn heads(x: CubeTensor, bias: CubeTensor, scale: f32, transposed: bool) -> C
         burn::tensor::Shape::from(shape),
         DType::F32,
     );
-    let total = b * n * h * e;
-    if total == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&out, total);
-    let addr = address_type(&[&x, &out]);
+    };
     // SAFETY: units past the output return first; the input index is that of element
     // (batch, token, head, channel) of the dense `[B, N, H, E]` input, and the bias index is
     // below `H·E`, its size.
@@ -960,12 +959,9 @@ pub fn sampling_locations(
         "fused sampling locations: normalizer size"
     );
     let out = empty_dense(&off);
-    let total = off.meta.shape().num_elements();
-    if total == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&off]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&off, total);
-    let addr = address_type(&[&off, &out]);
+    };
     // SAFETY: units past the output return first; `off` and `out` are dense of one size; the
     // reference index is that of (query, level, coordinate) of the dense `[N·Lq, L, R]`
     // reference, the normalizer index below `2L` and the bias index taken modulo its size.
@@ -1000,11 +996,9 @@ pub fn squared_deviation(x: CubeTensor, sum: CubeTensor, n: usize) -> CubeTensor
         "fused group norm: row sums"
     );
     let out = empty_dense(&x);
-    if total == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&x, total);
-    let addr = address_type(&[&x, &out]);
+    };
     // SAFETY: units past the output return first; `x` and `out` are dense of one size and the
     // row index is below the number of rows, the size of `sum`.
     unsafe {
@@ -1045,12 +1039,9 @@ pub fn group_norm_apply(
         "fused group norm: shapes"
     );
     let out = empty_dense(&x);
-    let total = b * c * h * w;
-    if total == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&x, total);
-    let addr = address_type(&[&x, &out]);
+    };
     // SAFETY: units past the output return first; `x` and `out` are dense of one size, the
     // group index is below `B·G` (the size of the sums) and the channel index below `C`.
     unsafe {
@@ -1085,12 +1076,9 @@ pub fn bias_relu(x: CubeTensor, bias: CubeTensor) -> CubeTensor {
         "fused bias + relu: bias size"
     );
     let out = empty_dense(&x);
-    let n = x.meta.shape().num_elements();
-    if n == 0 {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
         return out;
-    }
-    let (count, dim) = elementwise(&x, n);
-    let addr = address_type(&[&x, &out]);
+    };
     // SAFETY: units past the output return first; `x` and `out` are dense of one size and the
     // bias index is below `c`, its size.
     unsafe {

@@ -15,6 +15,7 @@ pub mod cube;
 
 use std::sync::Arc;
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -244,7 +245,7 @@ impl FusedOps for burn_cubecl::CubeBackend {
         let [b, c, h, w] = x.shape().dims::<4>();
         let n = c / groups * h * w;
         // sums of blocks of about √n values, then of the block sums (as the portable path)
-        let block = blocked(n);
+        let block = rlip_model::encoder::sum_block(n);
         let group_sums = |t: FloatTensor<Self>| {
             let t = Self::float_reshape(t, [b, groups, n / block, block].into());
             Self::float_sum_dim(Self::float_sum_dim(t, 3), 2)
@@ -392,29 +393,18 @@ impl<B: FusedOps> Backward<B, 4> for AddLayerNormBackward {
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_r, node_gamma, node_beta] = ops.parents;
+        let [x, r, gamma, beta] = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
-        let (x, residual, gamma, epsilon) = ops.state;
-        let want = [
-            node_x.is_some() || node_r.is_some(),
-            node_gamma.is_some(),
-            node_beta.is_some(),
-        ];
-        let sum = B::float_add(x, residual);
-        let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
-        if let Some(d) = d_sum {
-            if let Some(node) = node_r {
-                grads.register::<B>(node.id, d.clone());
-            }
-            if let Some(node) = node_x {
-                grads.register::<B>(node.id, d);
-            }
-        }
-        for (node, g) in [(node_gamma, d_gamma), (node_beta, d_beta)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        let (x_t, residual, gamma_t, epsilon) = ops.state;
+        let sum = B::float_add(x_t, residual);
+        sum_layer_norm_backward::<B>(
+            grads,
+            grad,
+            sum,
+            gamma_t,
+            epsilon,
+            [x, None, r, gamma, beta],
+        );
     }
 }
 
@@ -433,34 +423,48 @@ impl<B: FusedOps> Backward<B, 5> for BiasAddLayerNormBackward {
     );
 
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_bias, node_r, node_gamma, node_beta] = ops.parents;
+        let nodes = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
         let (x, bias, residual, gamma, epsilon) = ops.state;
-        let want = [
-            node_x.is_some() || node_r.is_some() || node_bias.is_some(),
-            node_gamma.is_some(),
-            node_beta.is_some(),
-        ];
         let c = x.shape()[1];
         let biased = B::float_add(x, B::float_reshape(bias, [1, c].into()));
         let sum = B::float_add(biased, residual);
-        let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
-        if let Some(d) = d_sum {
-            if let Some(node) = node_bias {
-                let db = B::float_reshape(B::float_sum_dim(d.clone(), 0), [c].into());
-                grads.register::<B>(node.id, db);
-            }
-            if let Some(node) = node_r {
-                grads.register::<B>(node.id, d.clone());
-            }
-            if let Some(node) = node_x {
-                grads.register::<B>(node.id, d);
-            }
+        sum_layer_norm_backward::<B>(grads, grad, sum, gamma, epsilon, nodes);
+    }
+}
+
+/// The backward of a layer norm of the sum `sum [R, C]` of `x` (with a `[C]` bias when there is
+/// one) and a residual, for the nodes `[x, bias, residual, gamma, beta]`: both addends get the
+/// input gradient, the bias its sum over rows.
+fn sum_layer_norm_backward<B: Backend>(
+    grads: &mut Gradients,
+    grad: FloatTensor<B>,
+    sum: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    epsilon: f64,
+    [x, bias, residual, node_gamma, node_beta]: [Option<NodeId>; 5],
+) {
+    let c = sum.shape()[1];
+    let want = [
+        x.is_some() || residual.is_some() || bias.is_some(),
+        node_gamma.is_some(),
+        node_beta.is_some(),
+    ];
+    let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
+    if let Some(d) = d_sum {
+        if let Some(node) = bias {
+            grads.register::<B>(node, repeating_bias_grad::<B>(d.clone(), c));
         }
-        for (node, g) in [(node_gamma, d_gamma), (node_beta, d_beta)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<B>(node.id, g);
-            }
+        if let Some(node) = residual {
+            grads.register::<B>(node, d.clone());
+        }
+        if let Some(node) = x {
+            grads.register::<B>(node, d);
+        }
+    }
+    for (node, g) in [(node_gamma, d_gamma), (node_beta, d_beta)] {
+        if let (Some(node), Some(g)) = (node, g) {
+            grads.register::<B>(node, g);
         }
     }
 }
@@ -546,8 +550,7 @@ impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
         let g = B::relu_backward(ops.state, grad);
         if let Some(node) = node_bias {
             let c = g.shape()[1];
-            let gb = B::float_reshape(B::float_sum_dim(g.clone(), 0), [c].into());
-            grads.register::<B>(node.id, gb);
+            grads.register::<B>(node.id, repeating_bias_grad::<B>(g.clone(), c));
         }
         if let Some(node) = node_x {
             grads.register::<B>(node.id, g);
@@ -625,12 +628,6 @@ impl<B: FusedOps> Backward<B, 3> for SamplingLocationsBackward {
             grads.register::<B>(node.id, d_v);
         }
     }
-}
-
-/// The block length of the blocked group sums: the largest divisor of `n` at most `√n`
-/// ([`rlip_model::encoder::group_norm_blocked`]'s).
-fn blocked(n: usize) -> usize {
-    rlip_model::encoder::sum_block(n)
 }
 
 /// Autodiff node of the group norm: with `x̂` the normalised input (statistics recomputed with

@@ -504,25 +504,11 @@ fn checkpoints_with_per_branch_fusion_tensors_load() {
         }
     }
     assert_eq!(split, 6, "fc_1, fc_2, fc_3: weight and bias each");
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = old
-        .into_iter()
-        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
-            (k.clone(), view.unwrap())
-        })
-        .collect();
-    let mut st_meta: std::collections::HashMap<String, String> = meta.into_iter().collect();
+    let mut st_meta = meta;
     st_meta.insert(META_FORMAT.into(), rlip_model::checkpoint::FORMAT.into());
     let old_path = dir.join("old.safetensors");
-    std::fs::write(
-        &old_path,
-        safetensors::serialize(views, Some(st_meta)).unwrap(),
-    )
-    .unwrap();
+    let bytes = rlip_model::checkpoint::serialize_f32(&old, st_meta).unwrap();
+    std::fs::write(&old_path, bytes).unwrap();
     let (back, _) = load_model(&cfg, &old_path, &dev, false).unwrap();
     let (a, b) = (collect_params(&model), collect_params(&back));
     assert_eq!(a.len(), b.len());
