@@ -140,7 +140,9 @@ pub fn precision_label() -> &'static str {
     }
 }
 
-/// Prints one benchmark table row and returns the median seconds.
+/// Prints one benchmark table row and returns the median seconds. `host` is the median time the
+/// host spent issuing the work (inference only: a training step reads the matching back).
+#[allow(clippy::too_many_arguments)]
 fn print_row(
     backend: &str,
     config: &str,
@@ -148,11 +150,13 @@ fn print_row(
     (h, w): (usize, usize),
     first: f64,
     times: &[f64],
+    host: Option<f64>,
     device: &Device,
 ) -> f64 {
     let m = median(times.to_vec());
+    let host = host.map_or("-".to_string(), |t| format!("{:.1}", t * 1e3));
     println!(
-        "| {backend} | {config} | {b} | {h}x{w} | {:.1} | {:.2} | {first:.1} | {} | {} |",
+        "| {backend} | {config} | {b} | {h}x{w} | {:.1} | {host} | {:.2} | {first:.1} | {} | {} |",
         m * 1e3,
         b as f64 / m,
         rss_cell(),
@@ -198,10 +202,10 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
         median(text_times.clone()) * 1e3
     );
     println!(
-        "| backend | config | batch | input | ms/batch (median of {}) | images/s | first call s | peak RSS MiB | device MiB |",
+        "| backend | config | batch | input | ms/batch (median of {}) | host ms | images/s | first call s | peak RSS MiB | device MiB |",
         a.iters
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &b in &a.batch {
         let n = b * 3 * h * w;
         let data: Vec<f32> = (0..n)
@@ -209,17 +213,33 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(data, [b, 3, h, w]), device);
         let pm = PaddingMask::from_sizes(&vec![(h, w); b], h, w);
+        // the time until `forward` returns: the host's share (issuing the kernels), since the
+        // forward itself never waits for the device
+        let mut host = Vec::new();
         let (first, times) = time_runs(device, a.warmup, a.iters, || {
+            let t = Instant::now();
             let out = model.forward(x.clone(), &pm, &labels);
+            host.push(t.elapsed().as_secs_f64());
             let last = out.layers.last().expect("layers");
             let _ = last.verb_logits.clone().into_data();
             let _ = last.obj_boxes.clone().into_data();
             Ok(())
         })?;
-        let m = print_row(backend, &a.config, b, (h, w), first, &times, device);
+        let host = median(host[a.warmup..].to_vec());
+        let m = print_row(
+            backend,
+            &a.config,
+            b,
+            (h, w),
+            first,
+            &times,
+            Some(host),
+            device,
+        );
         if let Some(p) = &a.json {
             let line = serde_json::json!({
                 "device_reserved_mib": device_reserved_mib(device),
+                "host_ms_median": host * 1e3,
                 "bench": "infer", "backend": backend, "config": a.config, "batch": b,
                 "precision": precision_label(),
                 "height": h, "width": w, "labels": a.labels, "ms_median": m * 1e3,
@@ -308,10 +328,10 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
         a.pairs
     );
     println!(
-        "| backend | config | batch | input | ms/step (median of {}) | images/s | first step s | peak RSS MiB | device MiB |",
+        "| backend | config | batch | input | ms/step (median of {}) | host ms | images/s | first step s | peak RSS MiB | device MiB |",
         a.iters
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = rlip_data::rng::Rng::new(11);
     for &b in &a.batch {
         let images: Vec<(Vec<f32>, usize, usize)> = (0..b)
@@ -343,7 +363,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
             trainer.step(&images, &targets, &texts, 1.0).map(|_| ())?;
             Ok(())
         })?;
-        let m = print_row(backend, &a.config, b, (h, w), first, &times, device);
+        let m = print_row(backend, &a.config, b, (h, w), first, &times, None, device);
         if let Some(p) = &a.json {
             let line = serde_json::json!({
                 "device_reserved_mib": device_reserved_mib(device),

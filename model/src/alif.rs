@@ -190,6 +190,20 @@ impl BiMultiHeadAttention {
         v_bias: Tensor<4>,
         l_bias: Tensor<4>,
     ) -> (Tensor<3>, Tensor<3>) {
+        let (dv, dl) = self.forward_biased(v, v_pos, l, v_bias, l_bias);
+        (dv.resolve(), dl.resolve())
+    }
+
+    /// [`BiMultiHeadAttention::forward`] with the output projections' biases possibly still due
+    /// ([`crate::dense::Linear::forward_biased`]).
+    pub fn forward_biased(
+        &self,
+        v: Tensor<3>,
+        v_pos: Tensor<3>,
+        l: Tensor<3>,
+        v_bias: Tensor<4>,
+        l_bias: Tensor<4>,
+    ) -> (crate::dense::Biased<3>, crate::dense::Biased<3>) {
         let [b, n, _] = v.dims();
         let [_, len, _] = l.dims();
         let dim = self.dim;
@@ -213,8 +227,8 @@ impl BiMultiHeadAttention {
             .swap_dims(1, 2)
             .reshape([b, len, dim]);
         (
-            self.out_v_proj.forward(out_v),
-            self.out_l_proj.forward(out_l),
+            self.out_v_proj.forward_biased(out_v),
+            self.out_l_proj.forward_biased(out_l),
         )
     }
 }
@@ -273,15 +287,17 @@ impl VlFuse {
     ) -> (Tensor<3>, Tensor<3>) {
         let v = self.norm_v.forward(v);
         let l = self.norm_l.forward(l);
-        let (dv, dl) = self.attn.forward(
+        let (dv, dl) = self.attn.forward_biased(
             v.clone(),
             v_pos,
             l.clone(),
             self.fusion_bias(v_pad),
             self.fusion_bias(l_pad),
         );
-        let g = |p: &Param<Tensor<1>>| p.val().slice(s![0..1]).reshape([1, 1, 1]);
-        (v + dv * g(&self.gamma_v), l + dl * g(&self.gamma_l))
+        (
+            dv.gate(v, self.gamma_v.val()),
+            dl.gate(l, self.gamma_l.val()),
+        )
     }
 
     /// The logit bias `[B, 1, 1, T]` of a padding mask: `+1` everywhere (official), or `+1` on
@@ -408,7 +424,7 @@ impl AlifEncoder {
         let [_, s_total, _] = ms.src.dims();
         let last = ms.level_start.last().copied().unwrap_or(0);
         let pos_last = ms.pos.clone().slice(s![.., last..s_total]);
-        let pad_last = ms.mask_flat.clone().slice(s![.., last..s_total]);
+        let pad_last = ms.padding.mask.clone().slice(s![.., last..s_total]);
         let reference = ms.reference_points(&device);
         let text_bias = padding_bias(text_mask.clone());
 
@@ -440,7 +456,7 @@ impl AlifEncoder {
                 ms.pos.clone(),
                 reference.clone(),
                 &ms.shapes,
-                ms.mask_flat.clone(),
+                &ms.padding,
             );
             if let Some(t) = trace.as_deref_mut() {
                 t.layer_out.push(src.clone());

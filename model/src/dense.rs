@@ -15,6 +15,8 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
+use crate::fused::Epilogue;
+
 /// A replacement for the dense products on some devices.
 pub trait DenseKernel: Send + Sync {
     /// Name shown in logs and benchmarks.
@@ -70,6 +72,12 @@ impl Linear {
             Some(b) => linear_relu(x, self.weight.val(), b.val()),
             None => crate::fused::relu(self.forward(x)),
         }
+    }
+
+    /// `gelu(self.forward(x))` (Burn's exact GELU); the bias add and the GELU in one launch after
+    /// the product where a [`crate::fused::FusedKernel`] takes them.
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_biased(x).gelu()
     }
 
     /// `self.forward(x)` for `x [B, N, d_in]`, times `scale` when given, split into `heads`
@@ -143,6 +151,100 @@ impl<const D: usize> Biased<D> {
         }
     }
 
+    /// `fused(rows, bias)` on the product as rows `[R, C]` when a bias of the row width is due
+    /// and the kernel takes it; otherwise `fallback` of the resolved output.
+    fn epilogue(
+        self,
+        fused: impl FnOnce(&Tensor<2>, &Tensor<1>) -> Option<Tensor<2>>,
+        fallback: impl FnOnce(Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
+        let dims = self.product.dims();
+        if let Some(bias) = &self.bias
+            && bias.dims()[0] == dims[D - 1]
+            && let Some(y) = fused(&crate::fused::as_rows(&self.product), bias)
+        {
+            return y.reshape(dims);
+        }
+        fallback(self.resolve())
+    }
+
+    /// `gelu(product + bias)` (Burn's exact GELU), in one launch where a
+    /// [`crate::fused::FusedKernel`] takes it.
+    pub fn gelu(self) -> Tensor<D> {
+        let k = crate::fused::kernel();
+        self.epilogue(
+            |x, b| k.as_ref()?.bias_epilogue(x, b, Epilogue::Gelu),
+            burn::tensor::activation::gelu,
+        )
+    }
+
+    /// `residual + (product + bias) · gate[0]` (a residual plus a delta scaled by the first
+    /// element of `gate`), in one launch where a [`crate::fused::FusedKernel`] takes it.
+    pub fn gate(self, residual: Tensor<D>, gate: Tensor<1>) -> Tensor<D> {
+        let k = crate::fused::kernel();
+        let rows = crate::fused::as_rows(&residual);
+        self.epilogue(
+            |x, b| {
+                k.as_ref()?.bias_epilogue(
+                    x,
+                    b,
+                    Epilogue::Gate {
+                        residual: &rows,
+                        gate: &gate,
+                    },
+                )
+            },
+            |y| {
+                let g = gate.clone().slice(s![0..1]).reshape([1; D]);
+                residual + y * g
+            },
+        )
+    }
+
+    /// `product + bias` with zeros on the rows `r` (of the output as rows `[R, C]`) where
+    /// `padding[r] ≠ 0` (`padding [R]`), in one launch where a [`crate::fused::FusedKernel`]
+    /// takes it; otherwise `fallback` of the resolved output, which zeroes the same rows.
+    pub fn zero_rows(
+        self,
+        padding: &Tensor<1>,
+        fallback: impl FnOnce(Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
+        let k = crate::fused::kernel();
+        self.epilogue(
+            |x, b| {
+                k.as_ref()?
+                    .bias_epilogue(x, b, Epilogue::ZeroRows { padding })
+            },
+            fallback,
+        )
+    }
+
+    /// `(product + bias) · other`, in one launch where a [`crate::fused::FusedKernel`] takes
+    /// both biases.
+    pub fn product(self, other: Biased<D>) -> Tensor<D> {
+        let dims = other.product.dims();
+        match other.bias.clone() {
+            Some(other_bias) if other_bias.dims()[0] == dims[D - 1] => {
+                let k = crate::fused::kernel();
+                let rows = crate::fused::as_rows(&other.product);
+                self.epilogue(
+                    |x, b| {
+                        k.as_ref()?.bias_epilogue(
+                            x,
+                            b,
+                            Epilogue::Product {
+                                other: &rows,
+                                other_bias: &other_bias,
+                            },
+                        )
+                    },
+                    |y| y * other.resolve(),
+                )
+            }
+            _ => self.resolve() * other.resolve(),
+        }
+    }
+
     /// `product + bias` (Burn's add; the bias repeats along the flattened product, so it still
     /// applies after [`Biased::reshape`]), or the product when no bias is due.
     pub fn resolve(self) -> Tensor<D> {
@@ -190,11 +292,14 @@ pub fn linear_relu<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor
     if let Some(k) = crate::fused::kernel()
         && k.takes_unbiased(&x.device(), x.dtype())
     {
-        let product = linear(x, weight, None);
-        if let Some(y) = k.bias_relu(&crate::fused::as_rows(&product), &bias) {
-            return y.reshape(product.dims());
-        }
-        return crate::fused::relu(product + bias.unsqueeze());
+        let y = Biased {
+            product: linear(x, weight, None),
+            bias: Some(bias),
+        };
+        return y.epilogue(
+            |x, b| k.bias_epilogue(x, b, Epilogue::Relu),
+            crate::fused::relu,
+        );
     }
     crate::fused::relu(linear(x, weight, Some(bias)))
 }

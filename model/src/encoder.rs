@@ -14,7 +14,7 @@ use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
-use crate::msda::{MsDeformAttn, MsdaConfig};
+use crate::msda::{MsDeformAttn, MsdaConfig, TokenPadding};
 use crate::position::{PaddingMask, encoder_reference_points, sine_coordinates, sine_embed};
 use crate::weights::layers::{ConvSpec, conv2d, group_norm, layer_norm, linear};
 use crate::weights::{Init, Loader};
@@ -98,8 +98,8 @@ pub struct MultiScale {
     pub src: Tensor<3>,
     /// `[B, S, d]` sine encoding plus level embedding.
     pub pos: Tensor<3>,
-    /// `[B, S]` flattened mask (true = padding).
-    pub mask_flat: Tensor<2, Bool>,
+    /// `[B, S]` flattened padding (true / 1 on padded tokens).
+    pub padding: TokenPadding,
     /// `(H_l, W_l)` per level.
     pub shapes: Vec<[usize; 2]>,
     /// First token of each level.
@@ -212,7 +212,7 @@ impl InputProjections {
                 })
             })
             .collect();
-        let mask_flat = Tensor::<2, Bool>::from_data(TensorData::new(flat, [b, start]), &device);
+        let padding = TokenPadding::from_flags(flat, [b, start], &device);
         let per_level: Vec<Vec<[f32; 2]>> = masks.iter().map(PaddingMask::valid_ratios).collect();
         let valid_ratios = (0..b)
             .map(|i| per_level.iter().map(|v| v[i]).collect())
@@ -222,7 +222,7 @@ impl InputProjections {
             masks,
             src: Tensor::cat(srcs, 1),
             pos,
-            mask_flat,
+            padding,
             shapes,
             level_start,
             valid_ratios,
@@ -278,7 +278,7 @@ impl EncoderLayer {
         pos: Tensor<3>,
         reference: Tensor<4>,
         shapes: &[[usize; 2]],
-        padding: Tensor<2, Bool>,
+        padding: &TokenPadding,
     ) -> Tensor<3> {
         let attn = self.self_attn.forward_biased(
             src.clone() + pos,

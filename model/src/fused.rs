@@ -1,5 +1,6 @@
 //! Fused kernels for the short elementwise and row chains of the forward: layer norm (of a
-//! residual sum too), softmax, ReLU (alone or after a linear layer's bias), the backbone's frozen
+//! residual sum too), softmax, ReLU, a linear layer's bias with what follows it (ReLU, GELU, a
+//! gated residual, zeroed padding rows, a product with another layer's output), the backbone's frozen
 //! batch norm (with its residual add and ReLU), the decoders' box refinement, the sine
 //! embedding of their anchors, the split of attention projections into heads and the deformable
 //! attention's sampling locations. Layer norm, softmax and box refinement also take the bias of
@@ -31,8 +32,13 @@ pub trait FusedKernel: Send + Sync {
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>>;
-    /// Whether [`FusedKernel::bias_relu`] and [`FusedKernel::heads`] take tensors of `dtype` on
-    /// `device` (asked before a linear layer's product is computed without its bias).
+    /// Whether convolution weights `[O, I, kH, kW]` should be stored channels-last on `device`
+    /// (`[O, kH, kW, I]` in memory, the layout the device's convolutions read, so they need no
+    /// copy of their weights per call). Asked when a convolution is loaded.
+    fn channels_last_weights(&self, device: &Device) -> bool;
+    /// Whether [`FusedKernel::bias_epilogue`] and [`FusedKernel::heads`] take tensors of
+    /// `dtype` on `device` (asked before a linear layer's product is computed without its
+    /// bias).
     fn takes_unbiased(&self, device: &Device, dtype: burn::tensor::DType) -> bool;
     /// `(x + bias) · scale` for `x [B, N, H, E]` (a linear layer's product split into `H`
     /// attention heads) and `bias [H·E]`, with the heads first: a row-major `[B, H, N, E]`, or
@@ -44,9 +50,14 @@ pub trait FusedKernel: Send + Sync {
         scale: f32,
         transposed: bool,
     ) -> Option<Tensor<4>>;
-    /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]` (a linear layer's bias and the ReLU after
-    /// it), or `None` to decline.
-    fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>>;
+    /// `v = x + bias` for `x [R, C]`, `bias [C]` (a linear layer's product and its bias), then
+    /// the [`Epilogue`] that follows it; or `None` to decline.
+    fn bias_epilogue(
+        &self,
+        x: &Tensor<2>,
+        bias: &Tensor<1>,
+        epilogue: Epilogue<'_>,
+    ) -> Option<Tensor<2>>;
     /// Group norm of `x [B, C, H, W]` in `groups` groups of `n = C/G·H·W` values with
     /// per-channel `gamma` and `beta`: `(x − mean) / sqrt(var + epsilon) · gamma + beta`, the
     /// statistics summed in blocks of [`crate::encoder::sum_block`]`(n)` values first (two
@@ -102,6 +113,36 @@ pub trait FusedKernel: Send + Sync {
     /// `sin` (even `i`) or `cos` (odd `i`) of `coordinate · scale / dim_t[i]`; or `None`.
     fn sine_embed_boxes(&self, pos: &Tensor<3>, dim_t: &Tensor<1>, scale: f32)
     -> Option<Tensor<3>>;
+}
+
+/// What follows a linear layer's bias add `v = x + bias` (`x [R, C]`) in
+/// [`FusedKernel::bias_epilogue`].
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `max(v, 0)`.
+    Relu,
+    /// Burn's exact GELU, `v · (erf(v / √2) + 1) / 2`.
+    Gelu,
+    /// `residual + v · gate[0]` (`residual [R, C]`): a residual plus a delta scaled by the first
+    /// element of a gate.
+    Gate {
+        /// `[R, C]`.
+        residual: &'a Tensor<2>,
+        /// Only element 0 is read.
+        gate: &'a Tensor<1>,
+    },
+    /// `v` with zeros on the rows `r` where `padding[r] ≠ 0` (`padding [R]`, 1 on padded rows).
+    ZeroRows {
+        /// `[R]`.
+        padding: &'a Tensor<1>,
+    },
+    /// `v · (other + other_bias)`: the product of two linear layers' outputs.
+    Product {
+        /// The other layer's product, `[R, C]`.
+        other: &'a Tensor<2>,
+        /// Its bias, `[C]`.
+        other_bias: &'a Tensor<1>,
+    },
 }
 
 static KERNEL: RwLock<Option<Arc<dyn FusedKernel>>> = RwLock::new(None);

@@ -128,6 +128,41 @@ pub struct MsdaConfig {
     pub n_points: usize,
 }
 
+/// Which value tokens are padding, `[N, S]`: as a mask (true = padded) and as floats (1 on
+/// padded tokens, the form the fused kernels read).
+#[derive(Debug, Clone)]
+pub struct TokenPadding {
+    /// `[N, S]`, true on padded tokens.
+    pub mask: Tensor<2, Bool>,
+    /// `[N, S]`, 1 on padded tokens and 0 elsewhere.
+    pub flags: Tensor<2>,
+}
+
+impl TokenPadding {
+    /// From a mask (its float form is computed on the device).
+    pub fn from_mask(mask: Tensor<2, Bool>) -> Self {
+        let flags = mask.clone().float();
+        Self { mask, flags }
+    }
+
+    /// From per-token flags in row-major `[n, s]` order, both forms uploaded (no kernel).
+    pub fn from_flags(flags: Vec<bool>, [n, s]: [usize; 2], device: &Device) -> Self {
+        let floats: Vec<f32> = flags.iter().map(|&p| f32::from(u8::from(p))).collect();
+        Self {
+            mask: Tensor::from_data(TensorData::new(flags, [n, s]), device),
+            flags: Tensor::from_data(TensorData::new(floats, [n, s]), device),
+        }
+    }
+
+    /// The tokens `range` of every row.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            mask: self.mask.clone().slice(s![.., range.clone()]),
+            flags: self.flags.clone().slice(s![.., range]),
+        }
+    }
+}
+
 /// The `MSDeformAttn` module.
 #[derive(Module, Debug)]
 pub struct MsDeformAttn {
@@ -202,7 +237,8 @@ impl MsDeformAttn {
         shapes: &SpatialShapes,
         padding: Option<Tensor<2, Bool>>,
     ) -> Tensor<3> {
-        self.forward_biased(query, reference, input, shapes, padding)
+        let padding = padding.map(TokenPadding::from_mask);
+        self.forward_biased(query, reference, input, shapes, padding.as_ref())
             .resolve()
     }
 
@@ -214,15 +250,21 @@ impl MsDeformAttn {
         reference: Tensor<4>,
         input: Tensor<3>,
         shapes: &SpatialShapes,
-        padding: Option<Tensor<2, Bool>>,
+        padding: Option<&TokenPadding>,
     ) -> crate::dense::Biased<3> {
         let [n, lq, _] = query.dims();
         let [_, s, c] = input.dims();
         let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
-        let mut value = self.value_proj.forward(input);
-        if let Some(mask) = padding {
-            value = value.mask_fill(mask.unsqueeze_dim::<3>(2).expand([n, s, c]), 0.0);
-        }
+        let value = self.value_proj.forward_biased(input);
+        let value = match padding {
+            Some(pad) => value.zero_rows(&pad.flags.clone().reshape([n * s]), |v| {
+                v.mask_fill(
+                    pad.mask.clone().unsqueeze_dim::<3>(2).expand([n, s, c]),
+                    0.0,
+                )
+            }),
+            None => value.resolve(),
+        };
         let value = value.reshape([n, s, m, c / m]);
         let offsets = self
             .sampling_offsets

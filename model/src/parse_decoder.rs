@@ -187,7 +187,7 @@ impl DecoderLayer {
             reference,
             mem.src.clone(),
             mem.shapes,
-            Some(mem.padding.clone()),
+            Some(&mem.padding),
         );
         let tgt = self.norm1.forward_add_biased(tgt, ca);
         let ffn = self
@@ -204,8 +204,8 @@ pub struct Memory<'a> {
     pub src: Tensor<3>,
     /// Level sizes.
     pub shapes: &'a [[usize; 2]],
-    /// `[B, S]` padding mask (true = padded).
-    pub padding: Tensor<2, Bool>,
+    /// `[B, S]` padding (true / 1 on padded tokens).
+    pub padding: crate::msda::TokenPadding,
     /// `[B, L, 2]` valid ratios `(w, h)`.
     pub valid_ratios: Tensor<3>,
 }
@@ -272,8 +272,12 @@ pub struct ParseDecoder {
 pub struct DecoderOutput {
     /// Query features after each layer, `[B, Q, d]`.
     pub hs: Vec<Tensor<3>>,
-    /// Refined (subject, object) anchors after each layer, each `[B, P, 4]` (sigmoid space).
+    /// Refined (subject, object) anchors after each layer, each `[B, P, 4]` (sigmoid space),
+    /// detached: the next layer's anchors.
     pub refs: Vec<(Tensor<3>, Tensor<3>)>,
+    /// The same boxes before the detach: each layer's box predictions, with their gradient
+    /// through the layer's features and box heads.
+    pub boxes: Vec<(Tensor<3>, Tensor<3>)>,
     /// Positional queries fed to each layer, `[B, Q, d]`.
     pub query_pos: Vec<Tensor<3>>,
     /// Reference boxes fed to each layer (anchors × valid ratios), `[B, Q, L, 4]`.
@@ -311,6 +315,7 @@ impl ParseDecoder {
         let mut out = DecoderOutput {
             hs: Vec::new(),
             refs: Vec::new(),
+            boxes: Vec::new(),
             query_pos: Vec::new(),
             ref_input: Vec::new(),
         };
@@ -325,11 +330,13 @@ impl ParseDecoder {
             let d = output.dims()[2];
             let raw_pos = self
                 .ref_point_head
-                .forward(sine_embed_boxes(first_level, d / 2));
+                .forward_biased(sine_embed_boxes(first_level, d / 2));
             let pos = if lid == 0 {
-                raw_pos
+                raw_pos.resolve()
             } else {
-                self.query_scale.forward(output.clone()) * raw_pos
+                self.query_scale
+                    .forward_biased(output.clone())
+                    .product(raw_pos)
             };
             output = layer.forward(output, pos.clone(), ref_input.clone(), mem);
             let p = sub.dims()[1];
@@ -341,8 +348,11 @@ impl ParseDecoder {
                 DecoderKind::Relation => (output.clone(), output.clone()),
             };
             let (sub_head, obj_head) = box_heads[lid];
-            sub = refine_boxes_biased(sub_head.forward_biased(hs_sub), sub).detach();
-            obj = refine_boxes_biased(obj_head.forward_biased(hs_obj), obj).detach();
+            let new_sub = refine_boxes_biased(sub_head.forward_biased(hs_sub), sub);
+            let new_obj = refine_boxes_biased(obj_head.forward_biased(hs_obj), obj);
+            sub = new_sub.clone().detach();
+            obj = new_obj.clone().detach();
+            out.boxes.push((new_sub, new_obj));
             out.hs.push(output.clone());
             out.refs.push((sub.clone(), obj.clone()));
             out.query_pos.push(pos);

@@ -9,7 +9,6 @@ use crate::dense::{Linear, matmul};
 use burn::module::Param;
 use burn::prelude::*;
 
-use crate::norm::refine_boxes_biased;
 use crate::parse_decoder::Mlp;
 use crate::weights::layers::linear;
 use crate::weights::{Init, Loader};
@@ -88,34 +87,36 @@ impl Heads {
 
     /// Predictions of one decoder layer.
     ///
-    /// `hs_sub`, `hs_obj`, `hs_verb`: `[B, P, d]` features; `anchor_{sub,obj}`: the anchors the
-    /// layer started from `[B, P, 4]`; `text`: `[B, L, d]` this round's resized text, the first
-    /// `n_obj` entries object texts, the rest relation texts; `layer`: decoder layer index.
-    #[allow(clippy::too_many_arguments)]
+    /// `hs_pairs`: `[B, 2P, d]` the subject/object decoder's features (subjects, then objects);
+    /// `hs_verb`: `[B, P, d]` the relation decoder's; `boxes`: the (subject, object) boxes the
+    /// subject/object decoder's layer refined with this layer's box heads
+    /// ([`crate::parse_decoder::DecoderOutput::boxes`], the official
+    /// `sigmoid(bbox_embed(h) + inverse_sigmoid(anchor))`); `cls`: this round's
+    /// [`Heads::text_classifiers`], the first `n_obj` entries object texts, the rest relation
+    /// texts.
     pub fn predict(
         &self,
-        layer: usize,
-        hs_sub: Tensor<3>,
-        hs_obj: Tensor<3>,
+        hs_pairs: Tensor<3>,
         hs_verb: Tensor<3>,
-        anchor_sub: Tensor<3>,
-        anchor_obj: Tensor<3>,
-        text: Tensor<3>,
+        boxes: (Tensor<3>, Tensor<3>),
+        cls: Tensor<3>,
         n_obj: usize,
     ) -> LayerPredictions {
-        let [_, l, d] = text.dims();
-        let cls = self.text_classifiers(text);
+        let [_, l, d] = cls.dims();
+        let p = hs_verb.dims()[1];
         let obj_text = cls.clone().slice(s![.., 0..n_obj]).swap_dims(1, 2);
         let rel_text = cls.slice(s![.., n_obj..l]).swap_dims(1, 2);
         let bo = self.bias_obj.val().reshape([1, 1, d]);
         let bp = self.bias_pred.val().reshape([1, 1, d]);
         let bias = prior_bias();
+        // subjects and objects share the object texts and their bias: one product for both
+        let pair_logits = matmul(hs_pairs + bo, obj_text) + bias;
         LayerPredictions {
-            sub_logits: matmul(hs_sub.clone() + bo.clone(), obj_text.clone()) + bias,
-            obj_logits: matmul(hs_obj.clone() + bo, obj_text) + bias,
+            sub_logits: pair_logits.clone().slice(s![.., 0..p]),
+            obj_logits: pair_logits.slice(s![.., p..2 * p]),
             verb_logits: matmul(hs_verb + bp, rel_text) + bias,
-            sub_boxes: refine_boxes_biased(self.sub_bbox[layer].forward_biased(hs_sub), anchor_sub),
-            obj_boxes: refine_boxes_biased(self.obj_bbox[layer].forward_biased(hs_obj), anchor_obj),
+            sub_boxes: boxes.0,
+            obj_boxes: boxes.1,
         }
     }
 }

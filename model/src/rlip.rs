@@ -392,7 +392,7 @@ impl RlipParSeDa {
         let mem = Memory {
             src: enc.memory.clone(),
             shapes: &ms.shapes,
-            padding: ms.mask_flat.clone(),
+            padding: ms.padding.clone(),
             valid_ratios: Tensor::from_data(TensorData::new(ratios, [b, n_levels, 2]), &device),
         };
         let q = self.num_queries;
@@ -431,29 +431,27 @@ impl RlipParSeDa {
         );
 
         let [rounds, n_text, _, d_text] = enc.text_resized.dims();
+        // layers past the last fusion round share its text: one classifier per round
+        let mut classifiers: Vec<Option<Tensor<3>>> = vec![None; rounds];
         let layers = (0..n)
             .map(|lvl| {
-                let (a_sub, a_obj) = if lvl == 0 {
-                    (sub0.clone(), obj0.clone())
-                } else {
-                    ho.refs[lvl - 1].clone()
-                };
                 let r = lvl.min(rounds - 1);
-                let text = enc
-                    .text_resized
-                    .clone()
-                    .slice(s![r..r + 1])
-                    .reshape([n_text, b, d_text])
-                    .swap_dims(0, 1);
-                let hs = ho.hs[lvl].clone();
+                let cls = classifiers[r]
+                    .get_or_insert_with(|| {
+                        let text = enc
+                            .text_resized
+                            .clone()
+                            .slice(s![r..r + 1])
+                            .reshape([n_text, b, d_text])
+                            .swap_dims(0, 1);
+                        self.heads.text_classifiers(text)
+                    })
+                    .clone();
                 self.heads.predict(
-                    lvl,
-                    hs.clone().slice(s![.., 0..p]),
-                    hs.slice(s![.., p..q]),
+                    ho.hs[lvl].clone(),
                     verb.hs[lvl].clone(),
-                    a_sub,
-                    a_obj,
-                    text,
+                    ho.boxes[lvl].clone(),
+                    cls,
                     labels.n_obj,
                 )
             })

@@ -26,6 +26,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// [`dropout`] of a linear layer's output whose bias may still be due
+/// ([`crate::dense::Linear::forward_biased`]): resolved first where dropout applies, unchanged
+/// otherwise.
+pub fn dropout_biased<const D: usize>(
+    y: crate::dense::Biased<D>,
+    p: f64,
+) -> crate::dense::Biased<D> {
+    if p <= 0.0 || !y.product.device().is_autodiff() {
+        return y;
+    }
+    crate::dense::Biased {
+        product: dropout(y.resolve(), p),
+        bias: None,
+    }
+}
+
 /// Training-time dropout: on an autodiff device, zeroes each element with probability `p` and
 /// scales the others by `1 / (1 − p)`; the identity for `p = 0` and on inference devices
 /// (evaluation runs on `.valid()` models), as PyTorch's `F.dropout(x, p, training)`. The mask

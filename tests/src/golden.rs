@@ -170,7 +170,7 @@ pub fn encoder_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsup
             ms.pos.clone(),
             reference.clone(),
             &ms.shapes,
-            ms.mask_flat.clone(),
+            &ms.padding,
         );
         if fx.has(&format!("encoder.layer_out{i}")) {
             checks.push(fx.check(&format!("encoder.layer_out{i}"), src.clone()));

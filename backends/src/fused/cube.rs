@@ -7,7 +7,8 @@
 //!   per row;
 //! - softmax over rows (optionally of `x + bias`): the same layout, a plane maximum, then a plane
 //!   sum of the exponentials;
-//! - ReLU, a linear layer's bias add with ReLU, the per-channel affine map (with optional
+//! - ReLU, a linear layer's bias add with what follows it (ReLU, GELU, a gated residual, zeroed
+//!   padding rows, a product with another biased output), the per-channel affine map (with optional
 //!   residual and ReLU), the box refinement `sigmoid(delta + inverse_sigmoid(reference))`
 //!   (optionally with a bias on `delta`), the split of a projection into attention heads and the
 //!   deformable attention's sampling locations: one unit per output element;
@@ -238,14 +239,54 @@ fn relu_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>) {
     out[ABSOLUTE_POS] = if v <= 0.0f32 { 0.0f32 } else { v };
 }
 
-/// One unit per element of `x [R, C]` (row-major): `max(x + bias[c], 0)`.
+/// [`bias_epilogue_kernel`]: `max(v, 0)`.
+pub const RELU: u32 = 0;
+/// [`bias_epilogue_kernel`]: `v · (erf(v / √2) + 1) / 2` (Burn's exact GELU, its order of
+/// operations).
+pub const GELU: u32 = 1;
+/// [`bias_epilogue_kernel`]: `a + v · b[0]` (a residual plus a gated delta).
+pub const GATE: u32 = 2;
+/// [`bias_epilogue_kernel`]: `0` on rows `r` with `b[r] ≠ 0` (padding), else `v`.
+pub const ZERO_ROWS: u32 = 3;
+/// [`bias_epilogue_kernel`]: `v · (a + b[col])` (the product of two biased outputs).
+pub const PRODUCT: u32 = 4;
+
+/// One unit per element of `x [R, C]` (row-major): `v = x + bias[col]`, then what `kind` says
+/// ([`RELU`], [`GELU`], [`GATE`], [`ZERO_ROWS`], [`PRODUCT`]) with the operands `a` and `b`
+/// (any tensor where `kind` reads none).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn bias_relu_kernel(x: &Tensor<f32>, bias: &Tensor<f32>, out: &mut Tensor<f32>, c: usize) {
+fn bias_epilogue_kernel(
+    x: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    c: usize,
+    #[comptime] kind: u32,
+) {
     if ABSOLUTE_POS >= out.len() {
         terminate!();
     }
-    let v = x[ABSOLUTE_POS] + bias[ABSOLUTE_POS % c];
-    out[ABSOLUTE_POS] = if v <= 0.0f32 { 0.0f32 } else { v };
+    let col = ABSOLUTE_POS % c;
+    let v = x[ABSOLUTE_POS] + bias[col];
+    let mut y = v;
+    if comptime![kind == RELU] {
+        // `v <= 0` is false for NaN, which passes through as in `max(v, 0)`'s Burn form
+        y = if v <= 0.0f32 { 0.0f32 } else { v };
+    } else if comptime![kind == GELU] {
+        y = (v * (Erf::erf(v / core::f32::consts::SQRT_2) + 1.0f32)) / 2.0f32;
+    } else if comptime![kind == GATE] {
+        y = a[ABSOLUTE_POS] + v * b[0];
+    } else if comptime![kind == ZERO_ROWS] {
+        y = if b[ABSOLUTE_POS / c] != 0.0f32 {
+            0.0f32
+        } else {
+            v
+        };
+    } else if comptime![kind == PRODUCT] {
+        y = v * (a[ABSOLUTE_POS] + b[col]);
+    }
+    out[ABSOLUTE_POS] = y;
 }
 
 /// One unit per element of the output: `(x + bias) · scale` for `x [B, N, H, E]` (row-major,
@@ -1065,32 +1106,65 @@ pub fn group_norm_apply(
     out
 }
 
-/// `max(x + bias, 0)` for `x [R, C]` and `bias [C]`.
-pub fn bias_relu(x: CubeTensor, bias: CubeTensor) -> CubeTensor {
-    check_f32(&[&x, &bias], "bias + relu");
+/// `v = x + bias` for `x [R, C]` and `bias [C]`, then what `kind` says (see
+/// [`bias_epilogue_kernel`]) with `a` (`x`'s shape; [`GATE`], [`PRODUCT`]) and `b` (`[1]` or
+/// longer for [`GATE`], `[R]` for [`ZERO_ROWS`], `[C]` for [`PRODUCT`]).
+pub fn bias_epilogue(
+    x: CubeTensor,
+    bias: CubeTensor,
+    a: Option<CubeTensor>,
+    b: Option<CubeTensor>,
+    kind: u32,
+) -> CubeTensor {
+    let op = "bias epilogue";
+    check_f32(&[&x, &bias], op);
     let [x, bias] = [x, bias].map(into_contiguous);
-    let [_, c] = x.meta.shape().dims::<2>();
-    assert_eq!(
-        bias.meta.shape().num_elements(),
-        c,
-        "fused bias + relu: bias size"
-    );
+    let [r, c] = x.meta.shape().dims::<2>();
+    assert_eq!(bias.meta.shape().num_elements(), c, "fused {op}: bias size");
+    let (a_len, b_len) = match kind {
+        RELU | GELU => (None, None),
+        GATE => (Some(r * c), None),
+        ZERO_ROWS => (None, Some(r)),
+        PRODUCT => (Some(r * c), Some(c)),
+        _ => panic!("fused {op}: unknown kind {kind}"),
+    };
+    let operand = |t: Option<CubeTensor>, len: Option<usize>, name: &str| match len {
+        Some(len) => {
+            let t = t.unwrap_or_else(|| panic!("fused {op}: operand {name} missing"));
+            check_f32(&[&t], op);
+            let n = t.meta.shape().num_elements();
+            // the gate reads only its first element
+            let fits = if kind == GATE { n >= 1 } else { n == len };
+            assert!(
+                fits,
+                "fused {op}: operand {name} has {n} elements, not {len}"
+            );
+            into_contiguous(t)
+        }
+        None => x.clone(),
+    };
+    let a = operand(a, a_len, "a");
+    let b = operand(b, if kind == GATE { Some(1) } else { b_len }, "b");
     let out = empty_dense(&x);
-    let Some((count, dim, addr)) = per_output_element(&out, &[&x]) else {
+    let Some((count, dim, addr)) = per_output_element(&out, &[&x, &a]) else {
         return out;
     };
-    // SAFETY: units past the output return first; `x` and `out` are dense of one size and the
-    // bias index is below `c`, its size.
+    // SAFETY: units past the output return first; `x`, `out` and a read `a` are dense of one
+    // size, the bias and a per-column `b` are read below `c`, a per-row `b` below `R` and a gate
+    // at 0.
     unsafe {
-        bias_relu_kernel::launch_unchecked(
+        bias_epilogue_kernel::launch_unchecked(
             &out.client,
             count,
             dim,
             addr,
             x.into_tensor_arg(),
             bias.into_tensor_arg(),
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             c,
+            kind,
         );
     }
     out

@@ -24,7 +24,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
-use rlip_model::fused::FusedKernel;
+use rlip_model::fused::{Epilogue, FusedKernel};
 
 use crate::cube_util::on_cube;
 
@@ -77,6 +77,37 @@ pub trait FusedOps: Backend {
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]`.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `gelu(x + bias)` (Burn's exact GELU) for `x [R, C]`, `bias [C]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `residual + (x + bias) · gate[0]` for `x`, `residual` `[R, C]`, `bias [C]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_gate(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `x + bias` for `x [R, C]`, `bias [C]`, with zeros on the rows `r` where
+    /// `padding[r] ≠ 0` (`padding [R]`, 1 on padded rows).
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_zero_rows(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `(x + bias) · (y + y_bias)` for `x`, `y` `[R, C]` and biases `[C]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_product(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        y_bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
     /// `x · scale[c] + shift[c]`, then ReLU when `relu`, on `x [N, C, H, W]`.
     #[fusion(dtype = x, shape = same_shape(x))]
@@ -230,7 +261,37 @@ impl FusedOps for burn_cubecl::CubeBackend {
     }
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        cube::bias_relu(x, bias)
+        cube::bias_epilogue(x, bias, None, None, cube::RELU)
+    }
+
+    fn fused_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::bias_epilogue(x, bias, None, None, cube::GELU)
+    }
+
+    fn fused_bias_gate(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::bias_epilogue(x, bias, Some(residual), Some(gate), cube::GATE)
+    }
+
+    fn fused_bias_zero_rows(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::bias_epilogue(x, bias, None, Some(padding), cube::ZERO_ROWS)
+    }
+
+    fn fused_bias_product(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        y_bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::bias_epilogue(x, bias, Some(y), Some(y_bias), cube::PRODUCT)
     }
 
     fn fused_group_norm(
@@ -554,6 +615,151 @@ impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
         }
         if let Some(node) = node_x {
             grads.register::<B>(node.id, g);
+        }
+    }
+}
+
+/// `x [R, C] + bias [C]` (Burn's broadcast add).
+fn plus_bias<B: Backend>(x: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let c = x.shape()[1];
+    B::float_add(x, B::float_reshape(bias, [1, c].into()))
+}
+
+/// Registers `g` (the gradient of `x + bias`) for `x` and, summed over rows, for the bias.
+fn register_biased<B: Backend>(
+    grads: &mut Gradients,
+    [node_x, node_bias]: [Option<NodeId>; 2],
+    g: FloatTensor<B>,
+) {
+    if let Some(node) = node_bias {
+        let c = g.shape()[1];
+        grads.register::<B>(node, repeating_bias_grad::<B>(g.clone(), c));
+    }
+    if let Some(node) = node_x {
+        grads.register::<B>(node, g);
+    }
+}
+
+/// The exact GELU derivative at `v` times `grad`:
+/// `grad · (0.5 · (1 + erf(v / √2)) + v · exp(−v² / 2) / √(2π))` (PyTorch's and flex's; Burn's
+/// default `gelu_backward`, which the cubecl backends keep, differentiates the tanh
+/// approximation instead).
+fn gelu_grad<B: Backend>(v: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let erf = B::float_erf(B::float_div_scalar(
+        v.clone(),
+        core::f32::consts::SQRT_2.into(),
+    ));
+    let cdf = B::float_mul_scalar(B::float_add_scalar(erf, 1f32.into()), 0.5f32.into());
+    let sq = B::float_mul(v.clone(), v.clone());
+    let inv_sqrt_2pi = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
+    let pdf = B::float_mul_scalar(
+        B::float_exp(B::float_mul_scalar(sq, (-0.5f32).into())),
+        inv_sqrt_2pi.into(),
+    );
+    B::float_mul(grad, B::float_add(cdf, B::float_mul(v, pdf)))
+}
+
+/// Autodiff node of the bias add with GELU: the exact GELU derivative at `x + bias`.
+#[derive(Debug)]
+struct BiasGeluBackward;
+
+impl<B: FusedOps> Backward<B, 2> for BiasGeluBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let nodes = ops.parents.map(|n| n.map(|n| n.id));
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, bias) = ops.state;
+        let g = gelu_grad::<B>(plus_bias::<B>(x, bias), grad);
+        register_biased::<B>(grads, nodes, g);
+    }
+}
+
+/// Autodiff node of `residual + (x + bias) · gate[0]`: the residual gets the output gradient
+/// `g`, `x + bias` gets `g · gate[0]`, and `gate[0]` gets `Σ g · (x + bias)` (its other elements
+/// are not read: zero).
+#[derive(Debug)]
+struct BiasGateBackward;
+
+impl<B: FusedOps> Backward<B, 4> for BiasGateBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_bias, node_residual, node_gate] = ops.parents.map(|n| n.map(|n| n.id));
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, bias, gate) = ops.state;
+        let len = gate.shape().num_elements();
+        if let Some(node) = node_gate {
+            let v = plus_bias::<B>(x, bias);
+            let first = B::float_reshape(B::float_sum(B::float_mul(grad.clone(), v)), [1].into());
+            let d_gate = if len > 1 {
+                let rest = B::float_zeros([len - 1].into(), &first.device(), first.dtype().into());
+                B::float_cat(vec![first, rest], 0)
+            } else {
+                first
+            };
+            grads.register::<B>(node, d_gate);
+        }
+        if node_x.is_some() || node_bias.is_some() {
+            let g0 = B::float_reshape(
+                B::float_slice(gate, &[burn::tensor::Slice::from(0..1)]),
+                [1, 1].into(),
+            );
+            register_biased::<B>(grads, [node_x, node_bias], B::float_mul(grad.clone(), g0));
+        }
+        if let Some(node) = node_residual {
+            grads.register::<B>(node, grad);
+        }
+    }
+}
+
+/// Autodiff node of `x + bias` with zeroed padding rows: the output gradient with those rows
+/// zeroed (the padding mask gets none).
+#[derive(Debug)]
+struct BiasZeroRowsBackward;
+
+impl<B: FusedOps> Backward<B, 2> for BiasZeroRowsBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let nodes = ops.parents.map(|n| n.map(|n| n.id));
+        let grad = grads.consume::<B>(&ops.node);
+        let shape = grad.shape();
+        let padding = B::float_reshape(ops.state, [shape[0], 1].into());
+        let bool_dtype =
+            burn::backend::get_or_init_device_settings::<B>(&padding.device()).bool_dtype;
+        let padded = B::bool_expand(
+            B::float_not_equal_elem(padding, 0f32.into(), bool_dtype),
+            shape,
+        );
+        register_biased::<B>(grads, nodes, B::float_mask_fill(grad, padded, 0f32.into()));
+    }
+}
+
+/// Autodiff node of `(x + bias) · (y + y_bias)`: each factor gets the output gradient times the
+/// other, each bias its factor's gradient summed over rows.
+#[derive(Debug)]
+struct BiasProductBackward;
+
+impl<B: FusedOps> Backward<B, 4> for BiasProductBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_bias, node_y, node_y_bias] = ops.parents.map(|n| n.map(|n| n.id));
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, bias, y, y_bias) = ops.state;
+        let u = plus_bias::<B>(x, bias);
+        let w = plus_bias::<B>(y, y_bias);
+        if node_y.is_some() || node_y_bias.is_some() {
+            register_biased::<B>(grads, [node_y, node_y_bias], B::float_mul(grad.clone(), u));
+        }
+        if node_x.is_some() || node_bias.is_some() {
+            register_biased::<B>(grads, [node_x, node_bias], B::float_mul(grad, w));
         }
     }
 }
@@ -1005,6 +1211,120 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        match BiasGeluBackward
+            .prepare::<C>([x.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, bias) = (x.into_primitive(), bias.into_primitive());
+                let out = B::fused_bias_gelu(x.clone(), bias.clone());
+                prep.finish((x, bias), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_gelu(
+                x.into_primitive(),
+                bias.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_bias_gate(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match BiasGateBackward
+            .prepare::<C>([x.node(), bias.node(), residual.node(), gate.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, bias, gate) = (
+                    x.into_primitive(),
+                    bias.into_primitive(),
+                    gate.into_primitive(),
+                );
+                let out = B::fused_bias_gate(
+                    x.clone(),
+                    bias.clone(),
+                    residual.into_primitive(),
+                    gate.clone(),
+                );
+                prep.finish((x, bias, gate), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_gate(
+                x.into_primitive(),
+                bias.into_primitive(),
+                residual.into_primitive(),
+                gate.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_bias_zero_rows(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match BiasZeroRowsBackward
+            .prepare::<C>([x.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let padding = padding.into_primitive();
+                let out = B::fused_bias_zero_rows(
+                    x.into_primitive(),
+                    bias.into_primitive(),
+                    padding.clone(),
+                );
+                prep.finish(padding, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_zero_rows(
+                x.into_primitive(),
+                bias.into_primitive(),
+                padding.into_primitive(),
+            )),
+        }
+    }
+
+    fn fused_bias_product(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        y_bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match BiasProductBackward
+            .prepare::<C>([x.node(), bias.node(), y.node(), y_bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    x.into_primitive(),
+                    bias.into_primitive(),
+                    y.into_primitive(),
+                    y_bias.into_primitive(),
+                );
+                let out = B::fused_bias_product(
+                    state.0.clone(),
+                    state.1.clone(),
+                    state.2.clone(),
+                    state.3.clone(),
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_product(
+                x.into_primitive(),
+                bias.into_primitive(),
+                y.into_primitive(),
+                y_bias.into_primitive(),
+            )),
+        }
+    }
+
     fn fused_group_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -1332,17 +1652,55 @@ impl FusedKernel for FusedCube {
         }))
     }
 
+    fn channels_last_weights(&self, device: &Device) -> bool {
+        on_cube(device)
+    }
+
     fn takes_unbiased(&self, device: &Device, dtype: DType) -> bool {
         accepts(device, &[dtype])
     }
 
-    fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
-        accepts(&x.device(), &[x.dtype(), bias.dtype()]).then(|| {
-            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_bias_relu(
-                x.clone().into_dispatch(),
-                bias.clone().into_dispatch(),
-            ))
-        })
+    fn bias_epilogue(
+        &self,
+        x: &Tensor<2>,
+        bias: &Tensor<1>,
+        epilogue: Epilogue<'_>,
+    ) -> Option<Tensor<2>> {
+        let mut dtypes = vec![x.dtype(), bias.dtype()];
+        match epilogue {
+            Epilogue::Relu | Epilogue::Gelu => {}
+            Epilogue::Gate { residual, gate } => dtypes.extend([residual.dtype(), gate.dtype()]),
+            Epilogue::ZeroRows { padding } => dtypes.push(padding.dtype()),
+            Epilogue::Product { other, other_bias } => {
+                dtypes.extend([other.dtype(), other_bias.dtype()])
+            }
+        }
+        if !accepts(&x.device(), &dtypes) {
+            return None;
+        }
+        let d = |t: &Tensor<2>| t.clone().into_dispatch();
+        let (x, bias) = (d(x), bias.clone().into_dispatch());
+        Some(Tensor::from_dispatch(match epilogue {
+            Epilogue::Relu => <Dispatch as FusedOps>::fused_bias_relu(x, bias),
+            Epilogue::Gelu => <Dispatch as FusedOps>::fused_bias_gelu(x, bias),
+            Epilogue::Gate { residual, gate } => <Dispatch as FusedOps>::fused_bias_gate(
+                x,
+                bias,
+                d(residual),
+                gate.clone().into_dispatch(),
+            ),
+            Epilogue::ZeroRows { padding } => <Dispatch as FusedOps>::fused_bias_zero_rows(
+                x,
+                bias,
+                padding.clone().into_dispatch(),
+            ),
+            Epilogue::Product { other, other_bias } => <Dispatch as FusedOps>::fused_bias_product(
+                x,
+                bias,
+                d(other),
+                other_bias.clone().into_dispatch(),
+            ),
+        }))
     }
 
     fn heads(

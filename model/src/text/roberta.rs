@@ -13,10 +13,9 @@ use crate::norm::softmax;
 use burn::module::Param;
 use burn::nn::Embedding;
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 
-use crate::util::dropout;
+use crate::util::{dropout, dropout_biased};
 use crate::weights::layers::{layer_norm, linear};
 use crate::weights::{Init, Loader};
 
@@ -292,23 +291,33 @@ impl RobertaLayer {
     pub fn forward(&self, hidden: Tensor<3>, bias: Option<Tensor<4>>) -> Tensor<3> {
         let [b, l, d] = hidden.dims();
         let (h, dh) = (self.n_heads, d / self.n_heads);
-        let q = self.query.forward_heads(hidden.clone(), h, None, false);
+        // `q·kᵀ / sqrt(dh)` as the official code computes it; when sqrt(dh) is a power of two
+        // (roberta-base: 8) scaling q first is the same in floating point and rides in the
+        // head-split launch
+        let root = (dh as f64).sqrt();
+        let exact = root.fract() == 0.0 && (root as u64).is_power_of_two();
+        let q = self
+            .query
+            .forward_heads(hidden.clone(), h, exact.then(|| 1.0 / root), false);
         let k_t = self.key.forward_heads(hidden.clone(), h, None, true);
         let v = self.value.forward_heads(hidden.clone(), h, None, false);
-        let mut scores = matmul(q, k_t).div_scalar((dh as f64).sqrt());
+        let mut scores = matmul(q, k_t);
+        if !exact {
+            scores = scores.div_scalar(root);
+        }
         if let Some(bias) = bias {
             scores = scores + bias;
         }
         let ctx = matmul(dropout(softmax(scores, 3), self.attn_dropout), v)
             .swap_dims(1, 2)
             .reshape([b, l, d]);
-        let attn_out = dropout(self.attn_out.forward(ctx), self.hidden_dropout);
-        let attn = self.attn_norm.forward_add(attn_out, hidden);
+        let attn_out = dropout_biased(self.attn_out.forward_biased(ctx), self.hidden_dropout);
+        let attn = self.attn_norm.forward_add_biased(hidden, attn_out);
         let ffn = self
             .output
-            .forward(gelu(self.intermediate.forward(attn.clone())));
+            .forward_biased(self.intermediate.forward_gelu(attn.clone()));
         self.out_norm
-            .forward_add(dropout(ffn, self.hidden_dropout), attn)
+            .forward_add_biased(attn, dropout_biased(ffn, self.hidden_dropout))
     }
 }
 

@@ -89,11 +89,18 @@ pub fn conv2d(ld: &mut Loader, prefix: &str, s: ConvSpec) -> Conv2d {
         .with_padding(PaddingConfig2d::Explicit(s.pad, s.pad, s.pad, s.pad))
         .with_bias(s.bias)
         .init(ld.device());
-    c.weight = Param::from_tensor(ld.tensor(
+    let weight = ld.tensor(
         &format!("{prefix}.weight"),
         [s.c_out, s.c_in, s.k, s.k],
         Init::KaimingUniform,
-    ));
+    );
+    let channels_last =
+        s.k > 1 && crate::fused::kernel().is_some_and(|k| k.channels_last_weights(ld.device()));
+    c.weight = Param::from_tensor(if channels_last {
+        channels_last_layout(weight)
+    } else {
+        weight
+    });
     if s.bias {
         let b = bound(s.c_in * s.k * s.k);
         c.bias = Some(Param::from_tensor(ld.tensor(
@@ -103,6 +110,14 @@ pub fn conv2d(ld: &mut Loader, prefix: &str, s: ConvSpec) -> Conv2d {
         )));
     }
     c
+}
+
+/// `w [O, I, kH, kW]` with the same shape and values, stored as `[O, kH, kW, I]` in memory (a
+/// copy through the host, once at load).
+pub fn channels_last_layout(w: Tensor<4>) -> Tensor<4> {
+    let device = w.device();
+    let data = w.permute([0, 2, 3, 1]).into_data();
+    Tensor::<4>::from_data(data, &device).permute([0, 3, 1, 2])
 }
 
 /// `nn.LayerNorm(d, eps)` at `prefix` (`weight`/`bias` → `gamma`/`beta`).

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
-use rlip_model::fused::{FusedKernel, channel_affine, layer_norm, relu, set_kernel};
+use rlip_model::fused::{Epilogue, FusedKernel, channel_affine, layer_norm, relu, set_kernel};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use rlip_tests::{Tol, parity_test};
 
@@ -64,14 +64,37 @@ impl FusedKernel for Recorder {
             epsilon,
         ))
     }
+    fn channels_last_weights(&self, _device: &Device) -> bool {
+        false
+    }
     fn takes_unbiased(&self, _device: &Device, _dtype: burn::tensor::DType) -> bool {
         true
     }
-    fn bias_relu(&self, x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
-        self.push(format!("bias_relu {:?}", x.dims()));
-        Some(burn::tensor::activation::relu(
-            x.clone() + bias.clone().unsqueeze(),
-        ))
+    fn bias_epilogue(
+        &self,
+        x: &Tensor<2>,
+        bias: &Tensor<1>,
+        epilogue: Epilogue<'_>,
+    ) -> Option<Tensor<2>> {
+        let v = x.clone() + bias.clone().unsqueeze();
+        let (name, y) = match epilogue {
+            Epilogue::Relu => ("relu", burn::tensor::activation::relu(v)),
+            Epilogue::Gelu => ("gelu", burn::tensor::activation::gelu(v)),
+            Epilogue::Gate { residual, gate } => (
+                "gate",
+                residual.clone() + v * gate.clone().slice(s![0..1]).unsqueeze(),
+            ),
+            Epilogue::ZeroRows { padding } => {
+                let rows = padding.clone().not_equal_elem(0.0).unsqueeze_dim::<2>(1);
+                ("zero_rows", v.mask_fill(rows.expand(x.dims()), 0.0))
+            }
+            Epilogue::Product { other, other_bias } => (
+                "product",
+                v * (other.clone() + other_bias.clone().unsqueeze()),
+            ),
+        };
+        self.push(format!("bias_epilogue {name} {:?}", x.dims()));
+        Some(y)
     }
     fn heads(
         &self,
@@ -285,7 +308,46 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     let soft_last = rlip_model::fused::softmax(x3.clone(), 2);
     // another dimension is not asked for
     let soft_mid = rlip_model::fused::softmax(x3.clone(), 1);
+    // a linear layer's bias with what follows it
+    let lin6b = rlip_model::dense::Linear {
+        weight: burn::module::Param::from_tensor(tensor([6, 6], 21, &dev)),
+        bias: Some(burn::module::Param::from_tensor(tensor([6], 22, &dev))),
+    };
+    let gate = tensor([6], 23, &dev);
+    let flags: Vec<f32> = (0..10).map(|i| f32::from(u8::from(i % 3 == 1))).collect();
+    let padding = Tensor::<1>::from_data(TensorData::new(flags, [10]), &dev);
+    let pad_mask = padding
+        .clone()
+        .equal_elem(1.0)
+        .reshape([2, 5, 1])
+        .expand([2, 5, 6]);
+    let epilogues = || {
+        (
+            lin6.forward_gelu(x3.clone()),
+            lin6.forward_biased(x3.clone())
+                .gate(res3.clone(), gate.clone()),
+            lin6.forward_biased(x3.clone())
+                .zero_rows(&padding, |v| v.mask_fill(pad_mask.clone(), 0.0)),
+            lin6.forward_biased(x3.clone())
+                .product(lin6b.forward_biased(x3.clone())),
+        )
+    };
+    let fused_epilogues = epilogues();
     set_kernel(previous);
+    // without a kernel (flex declines): Burn's ops, the same values
+    let unfused_epilogues = epilogues();
+    let want_epilogues = (
+        burn::tensor::activation::gelu(lin6.forward(x3.clone())),
+        res3.clone() + lin6.forward(x3.clone()) * gate.clone().slice(s![0..1]).reshape([1, 1, 1]),
+        lin6.forward(x3.clone()).mask_fill(pad_mask, 0.0),
+        lin6.forward(x3.clone()) * lin6b.forward(x3.clone()),
+    );
+    for (a, b, c, d) in [fused_epilogues, unfused_epilogues] {
+        assert!(max_diff(a, want_epilogues.0.clone()) == 0.0);
+        assert!(max_diff(b, want_epilogues.1.clone()) == 0.0);
+        assert!(max_diff(c, want_epilogues.2.clone()) == 0.0);
+        assert!(max_diff(d, want_epilogues.3.clone()) == 0.0);
+    }
     assert!(
         max_diff(
             lin_relu,
@@ -364,7 +426,7 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "refine [24]",
             "sine [2, 3, 4] n 8 scale 6.2832 (declined)",
             // a linear layer's product, then its bias with the ReLU
-            "bias_relu [10, 7]",
+            "bias_epilogue relu [10, 7]",
             // the product split into heads, the bias, scale and layout left to the kernel
             "heads [2, 5, 7, 1] scale 0.5 transposed false",
             "heads [2, 5, 1, 7] scale 1 transposed true",
@@ -379,6 +441,10 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             // declined: the bias is added and Burn's ops place the points
             "sampling_locations [2, 5, 1, 1, 2, 2] bias 4 reference [2, 5, 1, 2] (declined)",
             "softmax [10, 6]",
+            "bias_epilogue gelu [10, 6]",
+            "bias_epilogue gate [10, 6]",
+            "bias_epilogue zero_rows [10, 6]",
+            "bias_epilogue product [10, 6]",
         ]
     );
 }
@@ -622,7 +688,9 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     let x = (tensor([13, 9], 91, &ad) * 4.0).round().require_grad();
     let bias = tensor([9], 92, &ad).round().require_grad();
     let y = if gpu {
-        FusedCube.bias_relu(&x, &bias).expect("fused")
+        FusedCube
+            .bias_epilogue(&x, &bias, Epilogue::Relu)
+            .expect("fused")
     } else {
         burn::tensor::activation::relu(x.clone() + bias.clone().unsqueeze())
     };
@@ -630,6 +698,52 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("bias_relu", y);
     out.push("bias_relu_d_x", x.grad(&g).expect("grad"));
     out.push("bias_relu_d_bias", bias.grad(&g).expect("grad"));
+
+    // the other epilogues of a linear layer's bias: GELU, a gated residual, zeroed padding
+    // rows (rows 1, 4, 7, 10) and the product with another biased output
+    let flags: Vec<f32> = (0..13).map(|i| f32::from(u8::from(i % 3 == 1))).collect();
+    let padding = Tensor::<1>::from_data(TensorData::new(flags, [13]), &ad);
+    for kind in ["gelu", "gate", "zero_rows", "product"] {
+        let x = (tensor([13, 9], 94, &ad) * 3.0).require_grad();
+        let bias = tensor([9], 95, &ad).require_grad();
+        let a = tensor([13, 9], 96, &ad).require_grad();
+        let b = tensor([9], 97, &ad).require_grad();
+        let epilogue = match kind {
+            "gelu" => Epilogue::Gelu,
+            "gate" => Epilogue::Gate {
+                residual: &a,
+                gate: &b,
+            },
+            "zero_rows" => Epilogue::ZeroRows { padding: &padding },
+            _ => Epilogue::Product {
+                other: &a,
+                other_bias: &b,
+            },
+        };
+        let y = if gpu {
+            FusedCube.bias_epilogue(&x, &bias, epilogue).expect("fused")
+        } else {
+            let v = x.clone() + bias.clone().unsqueeze();
+            match kind {
+                "gelu" => burn::tensor::activation::gelu(v),
+                "gate" => a.clone() + v * b.clone().slice(s![0..1]).unsqueeze(),
+                "zero_rows" => {
+                    let rows = padding.clone().equal_elem(1.0).unsqueeze_dim::<2>(1);
+                    v.mask_fill(rows.expand([13, 9]), 0.0)
+                }
+                _ => v * (a.clone() + b.clone().unsqueeze()),
+            }
+        };
+        let g = (y.clone() * tensor([13, 9], 98, &ad)).sum().backward();
+        let name = format!("bias_{kind}");
+        out.push(&name, y);
+        out.push(&format!("{name}_d_x"), x.grad(&g).expect("grad"));
+        out.push(&format!("{name}_d_bias"), bias.grad(&g).expect("grad"));
+        if matches!(kind, "gate" | "product") {
+            out.push(&format!("{name}_d_a"), a.grad(&g).expect("grad"));
+            out.push(&format!("{name}_d_b"), b.grad(&g).expect("grad"));
+        }
+    }
 
     // ReLU, with exact zeros in the input
     let x = (tensor([300], 41, &ad) * 4.0).round().require_grad();
