@@ -83,9 +83,12 @@ pub trait FusedKernel: Send + Sync {
         normalizer: &Tensor<1>,
     ) -> Option<Tensor<6>>;
     /// Softmax of each row of `v = x [R, C] + bias` (`exp(v − max) / Σ exp(v − max)`), or
-    /// `None`. A `bias` repeats along the flattened `x`: element `i` gets `bias[i mod len]` (a
-    /// per-column bias when `len = C`, one per row group when longer).
-    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>>;
+    /// `None`. A `bias` is `groups` blocks of `len` values, each repeating along its share of
+    /// the flattened `x` (`n / groups` of its `n` elements): element `i` gets
+    /// `bias[(i / (n / groups)) · len + i mod len]`. With one group that is a bias repeating
+    /// along all of `x` (per column when `len = C`, one per row group when longer); with one
+    /// group per image, a per-image bias over the columns (an attention mask).
+    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>, groups: usize) -> Option<Tensor<2>>;
     /// `max(x, 0)` of a flat tensor (NaN stays NaN), or `None` to decline.
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>>;
     /// `x · scale[c] + shift[c]`, then `+ residual` when given, then ReLU when `relu`, on
@@ -235,7 +238,7 @@ fn norm_rows<const D: usize>(
 pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     if dim + 1 == D
         && let Some(k) = kernel()
-        && let Some(y) = k.softmax(&as_rows(&x), None)
+        && let Some(y) = k.softmax(&as_rows(&x), None, 1)
     {
         return y.reshape(x.dims());
     }
@@ -247,11 +250,28 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
 /// as rows of a fraction of its width). Burn's add and softmax when no kernel accepts it.
 pub fn bias_softmax<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
     if let Some(k) = kernel()
-        && let Some(y) = k.softmax(&as_rows(&x), Some(&bias))
+        && let Some(y) = k.softmax(&as_rows(&x), Some(&bias), 1)
     {
         return y.reshape(x.dims());
     }
     burn::tensor::activation::softmax(add_repeating(x, bias), D - 1)
+}
+
+/// Softmax over the last dimension of `x + bias` for `bias [G, C]` (`C` = the last dimension):
+/// the `i`-th of `G` equal shares of `x`'s rows gets bias row `i` (a per-image attention mask
+/// over keys for `x [B, H, Q, K]` and `bias [B, K]`). Burn's add and softmax when no kernel
+/// accepts it.
+pub fn grouped_bias_softmax<const D: usize>(x: Tensor<D>, bias: Tensor<2>) -> Tensor<D> {
+    let dims = x.dims();
+    let [g, c] = bias.dims();
+    if let Some(k) = kernel()
+        && let Some(y) = k.softmax(&as_rows(&x), Some(&bias.clone().reshape([g * c])), g)
+    {
+        return y.reshape(dims);
+    }
+    let n = dims.iter().product::<usize>();
+    let sum = x.reshape([g, n / (g * c), c]) + bias.unsqueeze_dim::<3>(1);
+    burn::tensor::activation::softmax(sum.reshape(dims), D - 1)
 }
 
 /// `x + bias` with `bias` repeating along the flattened `x` (its length divides `x`'s size).

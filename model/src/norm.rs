@@ -27,6 +27,17 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     in_f32(x, |x| crate::fused::softmax(x, dim))
 }
 
+/// [`softmax`] over the last dimension of `x + mask` for `x [B, H, Q, K]` and an additive mask
+/// `[B, 1, 1, K]` (one launch where a fused kernel takes it; half precision adds in its type,
+/// then normalises as a float32 island).
+pub fn softmax_masked(x: Tensor<4>, mask: Tensor<4>) -> Tensor<4> {
+    if x.dtype() != DType::F32 || mask.dtype() != DType::F32 {
+        return softmax(x + mask, 3);
+    }
+    let [b, _, _, k] = mask.dims();
+    crate::fused::grouped_bias_softmax(x, mask.reshape([b, k]))
+}
+
 /// [`softmax`] over the last dimension of a linear layer's output whose bias may still be due
 /// ([`crate::dense::Linear::forward_biased`]; the bias add in the softmax's launch).
 pub fn softmax_biased<const D: usize>(y: Biased<D>) -> Tensor<D> {

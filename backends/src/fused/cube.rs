@@ -148,12 +148,21 @@ fn layer_norm_row_kernel(
     }
 }
 
-/// `x[i] + bias[i % len(bias)]` when `has_bias`, else `x[i]` (a bias repeating along the
-/// flattened tensor: per column for a bias of the row width, per row group for a longer one).
+/// `x[i] + bias[(i / period) · len + i mod len]` when `has_bias`, else `x[i]`: a bias of `len`
+/// values repeating along the flattened tensor (per column for a bias of the row width, per row
+/// group for a longer one), a block of its own for each `period` elements (one block when
+/// `period` is the tensor's size).
 #[cube]
-fn biased(x: &Tensor<f32>, bias: &Tensor<f32>, i: usize, #[comptime] has_bias: bool) -> f32 {
+fn biased(
+    x: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    i: usize,
+    len: usize,
+    period: usize,
+    #[comptime] has_bias: bool,
+) -> f32 {
     if has_bias {
-        x[i] + bias[i % bias.len()]
+        x[i] + bias[(i / period) * len + i % len]
     } else {
         x[i]
     }
@@ -167,6 +176,8 @@ fn softmax_plane_kernel(
     bias: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
+    len: usize,
+    period: usize,
     #[comptime] c: usize,
     #[comptime] has_bias: bool,
 ) {
@@ -181,20 +192,20 @@ fn softmax_plane_kernel(
     let mut m = f32::new(-3.402_823_5e38);
     let mut i = t;
     while i < c {
-        m = max(m, biased(x, bias, base + i, has_bias));
+        m = max(m, biased(x, bias, base + i, len, period, has_bias));
         i += units;
     }
     let m = plane_max(m);
     let mut sum = 0.0f32;
     let mut i = t;
     while i < c {
-        sum += (biased(x, bias, base + i, has_bias) - m).exp();
+        sum += (biased(x, bias, base + i, len, period, has_bias) - m).exp();
         i += units;
     }
     let sum = plane_sum(sum);
     let mut i = t;
     while i < c {
-        out[base + i] = (biased(x, bias, base + i, has_bias) - m).exp() / sum;
+        out[base + i] = (biased(x, bias, base + i, len, period, has_bias) - m).exp() / sum;
         i += units;
     }
 }
@@ -206,6 +217,8 @@ fn softmax_row_kernel(
     bias: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
+    len: usize,
+    period: usize,
     #[comptime] c: usize,
     #[comptime] has_bias: bool,
 ) {
@@ -217,14 +230,14 @@ fn softmax_row_kernel(
     // the smallest finite float32 starts the running maximum (WGSL has no infinity literal)
     let mut m = f32::new(-3.402_823_5e38);
     for k in 0..c {
-        m = max(m, biased(x, bias, base + k, has_bias));
+        m = max(m, biased(x, bias, base + k, len, period, has_bias));
     }
     let mut sum = 0.0f32;
     for k in 0..c {
-        sum += (biased(x, bias, base + k, has_bias) - m).exp();
+        sum += (biased(x, bias, base + k, len, period, has_bias) - m).exp();
     }
     for k in 0..c {
-        out[base + k] = (biased(x, bias, base + k, has_bias) - m).exp() / sum;
+        out[base + k] = (biased(x, bias, base + k, len, period, has_bias) - m).exp() / sum;
     }
 }
 
@@ -448,7 +461,7 @@ fn refine_boxes_kernel(
     let x1 = if x < 1.0e-5f32 { 1.0e-5f32 } else { x };
     let t = -x + 1.0f32;
     let x2 = if t < 1.0e-5f32 { 1.0e-5f32 } else { t };
-    let v = biased(delta, bias, ABSOLUTE_POS, has_bias) + (x1 / x2).ln();
+    let v = biased(delta, bias, ABSOLUTE_POS, bias.len(), out.len(), has_bias) + (x1 / x2).ln();
     out[ABSOLUTE_POS] = (-((-v).exp() + 1.0f32).ln()).exp();
 }
 
@@ -882,11 +895,30 @@ fn row_plan(t: &CubeTensor, c: usize) -> Option<usize> {
 }
 
 /// Softmax over the last dimension of `x [R, C]`.
-pub fn softmax(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
+pub fn softmax(x: CubeTensor, bias: Option<(CubeTensor, usize)>) -> CubeTensor {
     check_f32(&[&x], "softmax");
     let x = into_contiguous(x);
-    let bias = bias.map(|b| repeating_bias(b, &x, "softmax"));
+    let n = x.meta.shape().num_elements();
+    let (bias, groups) = match bias {
+        Some((b, groups)) => {
+            assert!(
+                groups > 0 && n % groups == 0,
+                "fused softmax: {groups} bias groups over {n} elements"
+            );
+            (Some(repeating_bias(b, &x, "softmax")), groups)
+        }
+        None => (None, 1),
+    };
     let has_bias = bias.is_some();
+    let len = bias
+        .as_ref()
+        .map_or(1, |b| b.meta.shape().num_elements() / groups);
+    let period = n / groups;
+    assert!(
+        bias.as_ref()
+            .is_none_or(|b| b.meta.shape().num_elements() == groups * len && period % len == 0),
+        "fused softmax: a bias of {groups} groups of {len} does not repeat over {period} elements"
+    );
     let bias = bias.unwrap_or_else(|| x.clone());
     let [rows, c] = x.meta.shape().dims::<2>();
     let out = empty_dense(&x);
@@ -896,7 +928,8 @@ pub fn softmax(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
     let addr = address_type(&[&x, &out]);
     let plan = row_plan(&x, c);
     // SAFETY: cubes and units past the last row return before reading; every index is below
-    // `row·c + c` for a row below `rows`, and the bias index is taken modulo its size.
+    // `row·c + c` for a row below `rows`, and the bias index below `groups · len` (its size:
+    // the element index over `period` is below `groups`, its remainder modulo `len` below `len`).
     unsafe {
         match plan {
             Some(units) => softmax_plane_kernel::launch_unchecked(
@@ -908,6 +941,8 @@ pub fn softmax(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
                 bias.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 rows,
+                len,
+                period,
                 c,
                 has_bias,
             ),
@@ -920,6 +955,8 @@ pub fn softmax(x: CubeTensor, bias: Option<CubeTensor>) -> CubeTensor {
                 bias.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 rows,
+                len,
+                period,
                 c,
                 has_bias,
             ),

@@ -69,10 +69,16 @@ pub trait FusedOps: Backend {
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// Softmax over the last dimension of `x [R, C]` plus a repeating `bias` (element `i` of the
-    /// flattened `x` gets `bias[i mod len(bias)]`).
+    /// Softmax over the last dimension of `x [R, C]` plus a `bias` of `groups` blocks of `len`
+    /// values: element `i` of the flattened `x` (of `n` elements) gets
+    /// `bias[(i / (n / groups)) · len + i mod len]` (one block repeating along `x` when
+    /// `groups` is 1).
     #[fusion(dtype = x, shape = same_shape(x))]
-    fn fused_bias_softmax(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_bias_softmax(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        groups: usize,
+    ) -> FloatTensor<Self>;
 
     /// `max(x + bias, 0)` for `x [R, C]`, `bias [C]`.
     #[fusion(dtype = x, shape = same_shape(x))]
@@ -256,8 +262,12 @@ impl FusedOps for burn_cubecl::CubeBackend {
         cube::softmax(x, None)
     }
 
-    fn fused_bias_softmax(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        cube::softmax(x, Some(bias))
+    fn fused_bias_softmax(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        groups: usize,
+    ) -> FloatTensor<Self> {
+        cube::softmax(x, Some((bias, groups)))
     }
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -571,9 +581,16 @@ fn softmax_grad<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTen
 /// The gradient of a repeating bias of `len` elements: the input gradient `g` summed over the
 /// repeats.
 fn repeating_bias_grad<B: Backend>(g: FloatTensor<B>, len: usize) -> FloatTensor<B> {
+    grouped_bias_grad::<B>(g, len, 1)
+}
+
+/// The gradient of a bias of `groups` blocks of `len` values, each block repeating along its
+/// share of the flattened input (see [`FusedOps::fused_bias_softmax`]): the input gradient `g`
+/// summed over each block's repeats.
+fn grouped_bias_grad<B: Backend>(g: FloatTensor<B>, len: usize, groups: usize) -> FloatTensor<B> {
     let n = g.shape().num_elements();
-    let rows = B::float_reshape(g, [n / len, len].into());
-    B::float_reshape(B::float_sum_dim(rows, 0), [len].into())
+    let blocks = B::float_reshape(g, [groups, n / (groups * len), len].into());
+    B::float_reshape(B::float_sum_dim(blocks, 1), [groups * len].into())
 }
 
 /// Autodiff node of the softmax of `x` plus a repeating bias.
@@ -581,15 +598,15 @@ fn repeating_bias_grad<B: Backend>(g: FloatTensor<B>, len: usize) -> FloatTensor
 struct BiasSoftmaxBackward;
 
 impl<B: FusedOps> Backward<B, 2> for BiasSoftmaxBackward {
-    type State = (FloatTensor<B>, usize);
+    type State = (FloatTensor<B>, usize, usize);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (y, len) = ops.state;
+        let (y, len, groups) = ops.state;
         let g = softmax_grad::<B>(y, grad);
         if let Some(node) = node_bias {
-            grads.register::<B>(node.id, repeating_bias_grad::<B>(g.clone(), len));
+            grads.register::<B>(node.id, grouped_bias_grad::<B>(g.clone(), len, groups));
         }
         if let Some(node) = node_x {
             grads.register::<B>(node.id, g);
@@ -1415,20 +1432,25 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn fused_bias_softmax(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
-        let len = bias.shape().num_elements();
+    fn fused_bias_softmax(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        groups: usize,
+    ) -> FloatTensor<Self> {
+        let len = bias.shape().num_elements() / groups;
         match BiasSoftmaxBackward
             .prepare::<C>([x.node(), bias.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::fused_bias_softmax(x.into_primitive(), bias.into_primitive());
-                prep.finish((out.clone(), len), out)
+                let out = B::fused_bias_softmax(x.into_primitive(), bias.into_primitive(), groups);
+                prep.finish((out.clone(), len, groups), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_softmax(
                 x.into_primitive(),
                 bias.into_primitive(),
+                groups,
             )),
         }
     }
@@ -1762,14 +1784,16 @@ impl FusedKernel for FusedCube {
         })
     }
 
-    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>, groups: usize) -> Option<Tensor<2>> {
         let mut dtypes = vec![x.dtype()];
         dtypes.extend(bias.map(|b| b.dtype()));
         accepts(&x.device(), &dtypes).then(|| {
             let x = x.clone().into_dispatch();
             Tensor::from_dispatch(match bias {
                 None => <Dispatch as FusedOps>::fused_softmax(x),
-                Some(b) => <Dispatch as FusedOps>::fused_bias_softmax(x, b.clone().into_dispatch()),
+                Some(b) => {
+                    <Dispatch as FusedOps>::fused_bias_softmax(x, b.clone().into_dispatch(), groups)
+                }
             })
         })
     }

@@ -305,10 +305,11 @@ impl RobertaLayer {
         if !exact {
             scores = scores.div_scalar(root);
         }
-        if let Some(bias) = bias {
-            scores = scores + bias;
-        }
-        let ctx = matmul(dropout(softmax(scores, 3), self.attn_dropout), v)
+        let probs = match bias {
+            Some(bias) => crate::norm::softmax_masked(scores, bias),
+            None => softmax(scores, 3),
+        };
+        let ctx = matmul(dropout(probs, self.attn_dropout), v)
             .swap_dims(1, 2)
             .reshape([b, l, d]);
         let attn_out = dropout_biased(self.attn_out.forward_biased(ctx), self.hidden_dropout);

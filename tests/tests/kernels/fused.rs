@@ -142,13 +142,14 @@ impl FusedKernel for Recorder {
         ));
         None
     }
-    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+    fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>, groups: usize) -> Option<Tensor<2>> {
         let x = match bias {
             Some(b) => {
-                let len = b.dims()[0];
-                self.push(format!("softmax {:?} bias {len}", x.dims()));
+                let len = b.dims()[0] / groups;
+                self.push(format!("softmax {:?} bias {len} groups {groups}", x.dims()));
                 let [r, c] = x.dims();
-                (x.clone().reshape([r * c / len, len]) + b.clone().unsqueeze()).reshape([r, c])
+                let blocks = b.clone().reshape([groups, 1, len]);
+                (x.clone().reshape([groups, r * c / (groups * len), len]) + blocks).reshape([r, c])
             }
             None => {
                 self.push(format!("softmax {:?}", x.dims()));
@@ -333,6 +334,9 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         )
     };
     let fused_epilogues = epilogues();
+    let scores = tensor([2, 3, 5, 6], 24, &dev);
+    let mask = tensor([2, 1, 1, 6], 25, &dev);
+    let masked = rlip_model::norm::softmax_masked(scores.clone(), mask.clone());
     set_kernel(previous);
     // without a kernel (flex declines): Burn's ops, the same values
     let unfused_epilogues = epilogues();
@@ -342,6 +346,9 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         lin6.forward(x3.clone()).mask_fill(pad_mask, 0.0),
         lin6.forward(x3.clone()) * lin6b.forward(x3.clone()),
     );
+    let want_masked = burn::tensor::activation::softmax(scores.clone() + mask.clone(), 3);
+    assert!(max_diff(masked, want_masked.clone()) < 1e-6);
+    assert!(max_diff(rlip_model::norm::softmax_masked(scores, mask), want_masked) < 1e-6);
     for (a, b, c, d) in [fused_epilogues, unfused_epilogues] {
         assert!(max_diff(a, want_epilogues.0.clone()) == 0.0);
         assert!(max_diff(b, want_epilogues.1.clone()) == 0.0);
@@ -435,7 +442,7 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             // and a linear layer's bias before it
             "bias_add_layer_norm [10, 6]",
             // a bias of 6 repeating over rows of 3
-            "softmax [20, 3] bias 6",
+            "softmax [20, 3] bias 6 groups 1",
             "refine [40] bias 4",
             "group_norm [1, 4, 3, 5] groups 2 (declined)",
             // declined: the bias is added and Burn's ops place the points
@@ -445,6 +452,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "bias_epilogue gate [10, 6]",
             "bias_epilogue zero_rows [10, 6]",
             "bias_epilogue product [10, 6]",
+            // one mask row per image over the keys
+            "softmax [30, 6] bias 6 groups 2",
         ]
     );
 }
@@ -590,7 +599,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         v[1] = f32::NEG_INFINITY;
         let x = Tensor::<2>::from_data(TensorData::new(v, [rows, c]), &ad).require_grad();
         let y = if gpu {
-            FusedCube.softmax(&x, None).expect("fused")
+            FusedCube.softmax(&x, None, 1).expect("fused")
         } else {
             burn::tensor::activation::softmax(x.clone(), 1)
         };
@@ -605,7 +614,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     let bias = (tensor([36], 84, &ad) * 2.0).require_grad();
     let y = if gpu {
         FusedCube
-            .softmax(&x.clone().reshape([30, 12]), Some(&bias))
+            .softmax(&x.clone().reshape([30, 12]), Some(&bias), 1)
             .expect("fused")
             .reshape([2, 5, 3, 12])
     } else {
@@ -617,6 +626,29 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("bias_softmax", y);
     out.push("bias_softmax_d_x", x.grad(&g).expect("grad"));
     out.push("bias_softmax_d_bias", bias.grad(&g).expect("grad"));
+
+    // softmax with a per-image mask over the keys (an attention mask `[B, 1, 1, K]` on scores
+    // `[B, H, Q, K]`): 2 images, 3 heads, 4 queries, rows of 70 (wider than a plane)
+    let x = (tensor([2, 3, 4, 70], 86, &ad) * 4.0).require_grad();
+    let mask = (tensor([2, 70], 87, &ad) * 2.0).require_grad();
+    let y = if gpu {
+        FusedCube
+            .softmax(
+                &x.clone().reshape([24, 70]),
+                Some(&mask.clone().reshape([140])),
+                2,
+            )
+            .expect("fused")
+            .reshape([2, 3, 4, 70])
+    } else {
+        burn::tensor::activation::softmax(x.clone() + mask.clone().reshape([2, 1, 1, 70]), 3)
+    };
+    let g = (y.clone() * tensor([2, 3, 4, 70], 88, &ad))
+        .sum()
+        .backward();
+    out.push("masked_softmax", y);
+    out.push("masked_softmax_d_x", x.grad(&g).expect("grad"));
+    out.push("masked_softmax_d_mask", mask.grad(&g).expect("grad"));
 
     // the deformable attention's sampling locations around points and around boxes: offsets
     // [N, Lq, M, L, P, 2] = [2, 3, 2, 3, 2, 2], their bias per head, level, point and coordinate
