@@ -902,7 +902,7 @@ pub fn softmax(x: CubeTensor, bias: Option<(CubeTensor, usize)>) -> CubeTensor {
     let (bias, groups) = match bias {
         Some((b, groups)) => {
             assert!(
-                groups > 0 && n % groups == 0,
+                groups > 0 && n.is_multiple_of(groups),
                 "fused softmax: {groups} bias groups over {n} elements"
             );
             (Some(repeating_bias(b, &x, "softmax")), groups)
@@ -915,8 +915,9 @@ pub fn softmax(x: CubeTensor, bias: Option<(CubeTensor, usize)>) -> CubeTensor {
         .map_or(1, |b| b.meta.shape().num_elements() / groups);
     let period = n / groups;
     assert!(
-        bias.as_ref()
-            .is_none_or(|b| b.meta.shape().num_elements() == groups * len && period % len == 0),
+        bias.as_ref().is_none_or(
+            |b| b.meta.shape().num_elements() == groups * len && period.is_multiple_of(len)
+        ),
         "fused softmax: a bias of {groups} groups of {len} does not repeat over {period} elements"
     );
     let bias = bias.unwrap_or_else(|| x.clone());
