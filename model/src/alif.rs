@@ -27,7 +27,7 @@
 
 use crate::dense::{Linear, matmul};
 use crate::norm::LayerNorm;
-use crate::norm::softmax;
+use crate::norm::softmax_masked;
 use burn::module::Param;
 use burn::prelude::*;
 
@@ -219,9 +219,8 @@ impl BiMultiHeadAttention {
         let logits = matmul(q, k_t); // [B, H, N, L]
         let logits_t = logits.clone().swap_dims(2, 3); // [B, H, L, N]
         let shifted = logits_t.clone() - logits_t.max_dim(3);
-        let attn_l = crate::util::dropout(softmax(shifted + v_bias, 3), self.dropout);
-        let attn_v =
-            crate::util::dropout(crate::norm::softmax_masked(logits, l_bias), self.dropout);
+        let attn_l = crate::util::dropout(softmax_masked(shifted, v_bias), self.dropout);
+        let attn_v = crate::util::dropout(softmax_masked(logits, l_bias), self.dropout);
 
         let out_v = matmul(attn_v, value_l).swap_dims(1, 2).reshape([b, n, dim]);
         let out_l = matmul(attn_l, value_v)

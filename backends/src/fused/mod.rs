@@ -1,6 +1,7 @@
 //! One-launch layer norm (alone, of a residual sum, or with a linear layer's bias before it),
-//! softmax (optionally with a bias), ReLU (alone or after a linear layer's bias),
-//! frozen-batch-norm affine map, box refinement (optionally with a bias), box sine embedding,
+//! softmax (optionally with a bias or a per-image mask), ReLU, a linear layer's bias with what
+//! follows it (ReLU, GELU, gated residual, zeroed padding rows, product with another biased
+//! output), frozen-batch-norm affine map, box refinement (optionally with a bias), box sine embedding,
 //! attention head split and deformable-attention sampling locations on the cubecl backends
 //! (wgpu, cuda), plugged into the model through [`rlip_model::fused::set_kernel`].
 //!
