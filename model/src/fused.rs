@@ -91,6 +91,9 @@ pub trait FusedKernel: Send + Sync {
     fn softmax(&self, x: &Tensor<2>, bias: Option<&Tensor<1>>, groups: usize) -> Option<Tensor<2>>;
     /// `max(x, 0)` of a flat tensor (NaN stays NaN), or `None` to decline.
     fn relu(&self, x: &Tensor<1>) -> Option<Tensor<1>>;
+    /// `x / max(sqrt(Σ x²), 1e-12) / 2` for each row of `x [R, C]` (the prediction heads' text
+    /// before its projection), or `None` to decline.
+    fn l2_halve_rows(&self, x: &Tensor<2>) -> Option<Tensor<2>>;
     /// `x · scale[c] + shift[c]`, then `+ residual` when given, then ReLU when `relu`, on
     /// `x [N, C, H, W]` (`residual` has `x`'s shape), or `None` to decline.
     fn channel_affine(
@@ -279,6 +282,23 @@ fn add_repeating<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
     let dims = x.dims();
     let (len, n) = (bias.dims()[0], dims.iter().product::<usize>());
     (x.reshape([n / len, len]) + bias.unsqueeze()).reshape(dims)
+}
+
+/// `x / max(‖x‖, 1e-12) / 2` along the last dimension: each row L2-normalised (the norm clamped
+/// below at 1e-12), then halved, in that order (Burn's ops when no kernel accepts it).
+pub fn l2_halve_rows<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if let Some(k) = kernel()
+        && let Some(y) = k.l2_halve_rows(&as_rows(&x))
+    {
+        return y.reshape(x.dims());
+    }
+    let norm = x
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(D - 1)
+        .sqrt()
+        .clamp_min(1e-12);
+    x / norm / 2.0
 }
 
 /// ReLU (Burn's when no kernel accepts it).

@@ -76,13 +76,8 @@ impl Heads {
 
     /// Projected text classifiers `[B, L, d]` from per-round text features `[B, L, d]`.
     pub fn text_classifiers(&self, text: Tensor<3>) -> Tensor<3> {
-        let norm = text
-            .clone()
-            .powi_scalar(2)
-            .sum_dim(2)
-            .sqrt()
-            .clamp_min(1e-12);
-        self.projection_text.forward(text / norm / 2.0)
+        self.projection_text
+            .forward(crate::fused::l2_halve_rows(text))
     }
 
     /// Predictions of one decoder layer.

@@ -241,6 +241,30 @@ fn softmax_row_kernel(
     }
 }
 
+/// One unit per row of `x [rows, c]`: `x / max(sqrt(Σ x²), 1e-12) / 2`, in the model's order of
+/// operations (the row's L2 norm clamped, the division, then the halving).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn l2_halve_rows_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>, rows: usize, c: usize) {
+    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * c;
+    let mut sum = 0.0f32;
+    for k in 0..c {
+        let v = x[base + k];
+        sum += v * v;
+    }
+    let mut norm = sum.sqrt();
+    // `clamp_min`: NaN passes through
+    if norm < 1.0e-12f32 {
+        norm = 1.0e-12f32;
+    }
+    for k in 0..c {
+        out[base + k] = x[base + k] / norm / 2.0f32;
+    }
+}
+
 /// One unit per element.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn relu_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>) {
@@ -711,6 +735,33 @@ pub fn relu(x: CubeTensor) -> CubeTensor {
             addr,
             x.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+        );
+    }
+    out
+}
+
+/// `x / max(‖x‖, 1e-12) / 2` for each row of `x [R, C]` (the heads' normalised, halved text).
+pub fn l2_halve_rows(x: CubeTensor) -> CubeTensor {
+    check_f32(&[&x], "l2 rows");
+    let x = into_contiguous(x);
+    let [rows, c] = x.meta.shape().dims::<2>();
+    let out = empty_dense(&x);
+    if rows == 0 || c == 0 {
+        return out;
+    }
+    let addr = address_type(&[&x, &out]);
+    // SAFETY: units past the last row return first; every index is below `row·c + c` for a
+    // row below `rows`.
+    unsafe {
+        l2_halve_rows_kernel::launch_unchecked(
+            &out.client,
+            grid(rows.div_ceil(ROWS_PER_CUBE)),
+            CubeDim::new_1d(ROWS_PER_CUBE as u32),
+            addr,
+            x.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            c,
         );
     }
     out

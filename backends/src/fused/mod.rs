@@ -66,6 +66,10 @@ pub trait FusedOps: Backend {
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// `x / max(‖x‖, 1e-12) / 2` for each row of `x [R, C]`.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_l2_halve_rows(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// Softmax over the last dimension of `x [R, C]`.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -257,6 +261,10 @@ impl FusedOps for burn_cubecl::CubeBackend {
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         cube::relu(x)
+    }
+
+    fn fused_l2_halve_rows(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::l2_halve_rows(x)
     }
 
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -538,6 +546,33 @@ fn sum_layer_norm_backward<B: Backend>(
         if let (Some(node), Some(g)) = (node, g) {
             grads.register::<B>(node, g);
         }
+    }
+}
+
+/// Autodiff node of `y = x / n / 2` with `n = max(‖x‖, 1e-12)` per row:
+/// `∂x = (g − x · (x·g) / ‖x‖²) / (2n)`, the second term only where the norm is not clamped.
+#[derive(Debug)]
+struct L2HalveRowsBackward;
+
+impl<B: FusedOps> Backward<B, 1> for L2HalveRowsBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let Some(node) = node else { return };
+        let x = ops.state;
+        let sq = B::float_sum_dim(B::float_mul(x.clone(), x.clone()), 1);
+        let norm = B::float_sqrt(sq.clone());
+        let bool_dtype = burn::backend::get_or_init_device_settings::<B>(&x.device()).bool_dtype;
+        let clamped = B::float_lower_elem(norm.clone(), 1e-12f32.into(), bool_dtype);
+        let n = B::float_clamp_min(norm, 1e-12f32.into());
+        let dot = B::float_sum_dim(B::float_mul(x.clone(), grad.clone()), 1);
+        // the norm's share, zero on clamped rows (there the clamp passes no gradient)
+        let coef = B::float_mask_fill(B::float_div(dot, sq), clamped, 0f32.into());
+        let d = B::float_sub(grad, B::float_mul(x, coef));
+        let d = B::float_div(d, B::float_mul_scalar(n, 2f32.into()));
+        grads.register::<B>(node.id, d);
     }
 }
 
@@ -1212,6 +1247,21 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_l2_halve_rows(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match L2HalveRowsBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let out = B::fused_l2_halve_rows(x.clone());
+                prep.finish(x, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_l2_halve_rows(x.into_primitive())),
+        }
+    }
+
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         match BiasReluBackward
             .prepare::<C>([x.node(), bias.node()])
@@ -1796,6 +1846,14 @@ impl FusedKernel for FusedCube {
                     <Dispatch as FusedOps>::fused_bias_softmax(x, b.clone().into_dispatch(), groups)
                 }
             })
+        })
+    }
+
+    fn l2_halve_rows(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        accepts(&x.device(), &[x.dtype()]).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_l2_halve_rows(
+                x.clone().into_dispatch(),
+            ))
         })
     }
 

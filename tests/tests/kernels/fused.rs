@@ -162,6 +162,10 @@ impl FusedKernel for Recorder {
         self.push(format!("relu {:?} (declined)", x.dims()));
         None
     }
+    fn l2_halve_rows(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        self.push(format!("l2_halve_rows {:?} (declined)", x.dims()));
+        None
+    }
     fn channel_affine(
         &self,
         x: &Tensor<4>,
@@ -337,6 +341,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     let scores = tensor([2, 3, 5, 6], 24, &dev);
     let mask = tensor([2, 1, 1, 6], 25, &dev);
     let masked = rlip_model::norm::softmax_masked(scores.clone(), mask.clone());
+    // declined: Burn's ops
+    let halved = rlip_model::fused::l2_halve_rows(x3.clone());
     set_kernel(previous);
     // without a kernel (flex declines): Burn's ops, the same values
     let unfused_epilogues = epilogues();
@@ -346,6 +352,8 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
         lin6.forward(x3.clone()).mask_fill(pad_mask, 0.0),
         lin6.forward(x3.clone()) * lin6b.forward(x3.clone()),
     );
+    let norm = x3.clone().powi_scalar(2).sum_dim(2).sqrt().clamp_min(1e-12);
+    assert!(max_diff(halved, x3.clone() / norm / 2.0) == 0.0);
     let want_masked = burn::tensor::activation::softmax(scores.clone() + mask.clone(), 3);
     assert!(max_diff(masked, want_masked.clone()) < 1e-6);
     assert!(max_diff(rlip_model::norm::softmax_masked(scores, mask), want_masked) < 1e-6);
@@ -454,6 +462,7 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "bias_epilogue product [10, 6]",
             // one mask row per image over the keys
             "softmax [30, 6] bias 6 groups 2",
+            "l2_halve_rows [10, 6] (declined)",
         ]
     );
 }
@@ -626,6 +635,18 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("bias_softmax", y);
     out.push("bias_softmax_d_x", x.grad(&g).expect("grad"));
     out.push("bias_softmax_d_bias", bias.grad(&g).expect("grad"));
+
+    // rows L2-normalised and halved (the heads' text)
+    let x = (tensor([7, 33], 89, &ad) * 3.0).require_grad();
+    let y = if gpu {
+        FusedCube.l2_halve_rows(&x).expect("fused")
+    } else {
+        let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+        x.clone() / norm / 2.0
+    };
+    let g = (y.clone() * tensor([7, 33], 90, &ad)).sum().backward();
+    out.push("l2_halve_rows", y);
+    out.push("l2_halve_rows_d_x", x.grad(&g).expect("grad"));
 
     // softmax with a per-image mask over the keys (an attention mask `[B, 1, 1, K]` on scores
     // `[B, H, Q, K]`): 2 images, 3 heads, 4 queries, rows of 70 (wider than a plane)
