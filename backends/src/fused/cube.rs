@@ -1210,20 +1210,20 @@ pub fn bias_epilogue(
     let [x, bias] = [x, bias].map(into_contiguous);
     let [r, c] = x.meta.shape().dims::<2>();
     assert_eq!(bias.meta.shape().num_elements(), c, "fused {op}: bias size");
+    // the elements each operand must have (the gate: at least one, only its first is read)
     let (a_len, b_len) = match kind {
         RELU | GELU => (None, None),
-        GATE => (Some(r * c), None),
+        GATE => (Some(r * c), Some(1)),
         ZERO_ROWS => (None, Some(r)),
         PRODUCT => (Some(r * c), Some(c)),
         _ => panic!("fused {op}: unknown kind {kind}"),
     };
-    let operand = |t: Option<CubeTensor>, len: Option<usize>, name: &str| match len {
+    let operand = |t: Option<CubeTensor>, len: Option<usize>, exact: bool, name: &str| match len {
         Some(len) => {
             let t = t.unwrap_or_else(|| panic!("fused {op}: operand {name} missing"));
             check_f32(&[&t], op);
             let n = t.meta.shape().num_elements();
-            // the gate reads only its first element
-            let fits = if kind == GATE { n >= 1 } else { n == len };
+            let fits = if exact { n == len } else { n >= len };
             assert!(
                 fits,
                 "fused {op}: operand {name} has {n} elements, not {len}"
@@ -1232,8 +1232,8 @@ pub fn bias_epilogue(
         }
         None => x.clone(),
     };
-    let a = operand(a, a_len, "a");
-    let b = operand(b, if kind == GATE { Some(1) } else { b_len }, "b");
+    let a = operand(a, a_len, true, "a");
+    let b = operand(b, b_len, kind != GATE, "b");
     let out = empty_dense(&x);
     let Some((count, dim, addr)) = per_output_element(&out, &[&x, &a]) else {
         return out;

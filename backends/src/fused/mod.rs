@@ -524,7 +524,6 @@ fn sum_layer_norm_backward<B: Backend>(
     epsilon: f64,
     [x, bias, residual, node_gamma, node_beta]: [Option<NodeId>; 5],
 ) {
-    let c = sum.shape()[1];
     let want = [
         x.is_some() || residual.is_some() || bias.is_some(),
         node_gamma.is_some(),
@@ -532,15 +531,10 @@ fn sum_layer_norm_backward<B: Backend>(
     ];
     let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
     if let Some(d) = d_sum {
-        if let Some(node) = bias {
-            grads.register::<B>(node, repeating_bias_grad::<B>(d.clone(), c));
-        }
         if let Some(node) = residual {
             grads.register::<B>(node, d.clone());
         }
-        if let Some(node) = x {
-            grads.register::<B>(node, d);
-        }
+        register_biased::<B>(grads, [x, bias], d);
     }
     for (node, g) in [(node_gamma, d_gamma), (node_beta, d_beta)] {
         if let (Some(node), Some(g)) = (node, g) {
@@ -659,16 +653,10 @@ impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
     type State = FloatTensor<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_bias] = ops.parents;
+        let nodes = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
         let g = B::relu_backward(ops.state, grad);
-        if let Some(node) = node_bias {
-            let c = g.shape()[1];
-            grads.register::<B>(node.id, repeating_bias_grad::<B>(g.clone(), c));
-        }
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, g);
-        }
+        register_biased::<B>(grads, nodes, g);
     }
 }
 
