@@ -16,7 +16,7 @@
 # measurement); when they agree, the cuda suite runs with them (RLIP_MSDA=fused). Then the r50
 # golden fixture on cuda with full-float32 matmuls and convolutions (--f32-precision highest;
 # OUT/golden-cuda-highest.txt): the official outputs at float32 tolerance, or the errors; and
-# the small preset on cuda against flex (OUT/parity-cuda.txt).
+# the small preset on cuda against flex, a forward and two training steps (OUT/parity-cuda.txt).
 set -u
 out=${1:?usage: run.sh OUT [SECONDS]}
 budget=${2:-480}
@@ -56,8 +56,8 @@ fi
 echo "== golden r50 on cuda, full float32"
 timeout 150 "$here/rlip-golden" --backend cuda --f32-precision highest model \
     "$here/golden/rlipv2_parseda_r50" 2>&1 | grep -v ' INFO' | tee "$out/golden-cuda-highest.txt"
-echo "== small preset on cuda vs flex (fused layer norm, softmax, ReLU, affine, boxes)"
-RLIP_PARITY_CUDA=1 RLIP_PARITY_BACKENDS=cuda timeout 90 "$here/rlip-golden" parity 2>&1 |
+echo "== small preset on cuda vs flex: forward, and two training steps (fused backward, AdamW)"
+RLIP_PARITY_CUDA=1 RLIP_PARITY_BACKENDS=cuda timeout 120 "$here/rlip-golden" parity 2>&1 |
     grep -v ' INFO' | tee "$out/parity-cuda.txt"
 suite cuda $((budget * 2 / 3 - ($(date +%s) - start)))
 unset RLIP_MSDA

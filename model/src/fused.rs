@@ -11,6 +11,9 @@
 //! launches, not the arithmetic, set the time of these steps. A [`FusedKernel`] installed with
 //! [`set_kernel`] computes each in one launch where it accepts the operands; otherwise (and by
 //! default, e.g. on the CPU) the functions here run Burn's ops. The model code never changes.
+//!
+//! The training step's optimiser uses two more: [`adamw`] (one launch per parameter instead of
+//! about 16 of Burn's ops) and [`sum_squares`] (the gradient norm, one launch per gradient).
 
 use std::sync::{Arc, RwLock};
 
@@ -119,6 +122,135 @@ pub trait FusedKernel: Send + Sync {
     /// `sin` (even `i`) or `cos` (odd `i`) of `coordinate · scale / dim_t[i]`; or `None`.
     fn sine_embed_boxes(&self, pos: &Tensor<3>, dim_t: &Tensor<1>, scale: f32)
     -> Option<Tensor<3>>;
+    /// One AdamW step of a parameter (see [`adamw`]): `(param', exp_avg', exp_avg_sq')`, the
+    /// parameter in its own memory layout when `keep_layout` (else row-major), the moments flat
+    /// in the parameter's row-major order; or `None` to decline (the default).
+    fn adamw(
+        &self,
+        _param: &Tensor<4>,
+        _grad: &Tensor<4>,
+        _exp_avg: &Tensor<1>,
+        _exp_avg_sq: &Tensor<1>,
+        _scalars: &AdamWScalars,
+        _keep_layout: bool,
+    ) -> Option<(Tensor<4>, Tensor<1>, Tensor<1>)> {
+        None
+    }
+    /// `Σ x²` over every element of every tensor of `xs`, as a `[1]` tensor, or `None` to
+    /// decline (the default).
+    fn sum_squares(&self, _xs: &[Tensor<4>]) -> Option<Tensor<1>> {
+        None
+    }
+}
+
+/// The float32 scalars of one AdamW step ([`adamw`]), each computed in f64 and rounded once, as
+/// Burn's scalar ops round theirs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWScalars {
+    /// Multiplies the gradient first (gradient clipping, loss-scale removal).
+    pub grad_scale: f32,
+    /// First-moment decay `β₁`.
+    pub beta1: f32,
+    /// `1 − β₁`.
+    pub one_minus_beta1: f32,
+    /// Second-moment decay `β₂`.
+    pub beta2: f32,
+    /// `1 − β₂`.
+    pub one_minus_beta2: f32,
+    /// `sqrt(1 − β₂ᵗ)`.
+    pub bias_correction2_sqrt: f32,
+    /// Added to the bias-corrected root of the second moment.
+    pub eps: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f32,
+    /// `1 − lr · weight_decay`.
+    pub decay: f32,
+}
+
+impl AdamWScalars {
+    /// The scalars of step `t` (from 1) with learning rate `lr`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        grad_scale: f64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        t: u64,
+    ) -> Self {
+        let t = t as f64;
+        Self {
+            grad_scale: grad_scale as f32,
+            beta1: beta1 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: (1.0 - beta2.powf(t)).sqrt() as f32,
+            eps: eps as f32,
+            step_size: (lr / (1.0 - beta1.powf(t))) as f32,
+            decay: (1.0 - lr * weight_decay) as f32,
+        }
+    }
+}
+
+/// `t` as a rank-4 tensor with leading unit axes (a view: the layout is kept), or `None` above
+/// rank 4.
+fn to_rank4<const D: usize>(t: Tensor<D>) -> Option<Tensor<4>> {
+    if D > 4 {
+        return None;
+    }
+    let dims = t.dims();
+    let mut d = [1usize; 4];
+    d[4 - D..].copy_from_slice(&dims);
+    Some(t.reshape(d))
+}
+
+/// One AdamW step of `param` (any float layout) with gradient `grad` and the flat float32
+/// moments, in one launch where the installed kernel takes it, else `None` (the caller runs
+/// Burn's ops). A rank-4 parameter keeps its memory layout (a convolution's channels-last
+/// weight); others come back row-major, as from Burn's ops. Per element, in float32 and this
+/// order:
+/// `g = grad · grad_scale`, `m' = m · β₁ + g · (1 − β₁)`, `v' = v · β₂ + g² · (1 − β₂)`,
+/// `p' = p · decay − m' / (sqrt(v') / bias_correction2_sqrt + eps) · step_size`.
+pub fn adamw<const D: usize>(
+    param: &Tensor<D>,
+    grad: &Tensor<D>,
+    exp_avg: &Tensor<1>,
+    exp_avg_sq: &Tensor<1>,
+    scalars: &AdamWScalars,
+) -> Option<(Tensor<D>, Tensor<1>, Tensor<1>)> {
+    let k = kernel()?;
+    let dims = param.dims();
+    let (p4, g4) = (to_rank4(param.clone())?, to_rank4(grad.clone())?);
+    let (p, m, v) = k.adamw(&p4, &g4, exp_avg, exp_avg_sq, scalars, D == 4)?;
+    Some((p.reshape(dims), m, v))
+}
+
+/// `Σ x²` over every element of every tensor of `xs`, as a `[1]` tensor (`None` when `xs` is
+/// empty): one launch per tensor and one sum where the installed kernel takes them, else
+/// Burn's ops (a square, a sum and an add per tensor).
+pub fn sum_squares(xs: Vec<Tensor<4>>) -> Option<Tensor<1>> {
+    if xs.is_empty() {
+        return None;
+    }
+    if let Some(k) = kernel()
+        && let Some(s) = k.sum_squares(&xs)
+    {
+        return Some(s);
+    }
+    xs.into_iter()
+        .map(|t| t.powi_scalar(2).sum())
+        .reduce(|a, b| a + b)
+}
+
+/// `t` viewed as rank 4 for [`sum_squares`] (leading unit axes; flattened above rank 4).
+pub fn rank4<const D: usize>(t: Tensor<D>) -> Tensor<4> {
+    if D <= 4 {
+        return to_rank4(t).expect("rank 4 or less");
+    }
+    let n = t.dims().iter().product::<usize>();
+    t.reshape([1, 1, 1, n])
 }
 
 /// What follows a linear layer's bias add `v = x + bias` (`x [R, C]`) in

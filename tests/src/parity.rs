@@ -178,3 +178,88 @@ pub fn small_model_case(device: &Device, out: &mut Outputs) {
     out.push("sub_boxes", last.sub_boxes.clone());
     out.push("obj_boxes", last.obj_boxes.clone());
 }
+
+/// `(values [3, h, w], h, w)` per image.
+type TrainImages = Vec<(Vec<f32>, usize, usize)>;
+
+fn train_batch() -> (TrainImages, Vec<rlip_train::matcher::PairTargets>) {
+    let sizes = [(72, 96), (64, 80)];
+    let images = sizes
+        .iter()
+        .enumerate()
+        .map(|(b, &(h, w))| {
+            let v = (0..3 * h * w)
+                .map(|i| ((i * 7 + b * 31) % 97) as f32 / 48.0 - 1.0)
+                .collect();
+            (v, h, w)
+        })
+        .collect();
+    let t = |sub: [f32; 4], obj: [f32; 4], o: usize, v: usize| rlip_train::matcher::PairTargets {
+        sub_boxes: vec![sub],
+        obj_boxes: vec![obj],
+        sub_labels: vec![0],
+        obj_labels: vec![o],
+        verb_labels: vec![(0..3).map(|k| f32::from(k == v)).collect()],
+    };
+    let targets = vec![
+        t([0.3, 0.5, 0.3, 0.6], [0.7, 0.6, 0.2, 0.2], 1, 0),
+        t([0.6, 0.4, 0.3, 0.7], [0.25, 0.3, 0.3, 0.25], 2, 2),
+    ];
+    (images, targets)
+}
+
+/// 3 objects + "no objects" + 3 relations, 5 tokens each.
+pub fn train_texts(device: &Device) -> rlip_train::trainer::LabelTexts {
+    let ids: Vec<i64> = (0..7)
+        .flat_map(|i| [0, 10 + 3 * i, 11 + 3 * i, 12 + i, 2])
+        .collect();
+    rlip_train::trainer::LabelTexts {
+        ids: Tensor::from_data(TensorData::new(ids, [7, 5]), device),
+        mask: Tensor::ones([7, 5], device),
+        n_obj: 4,
+    }
+}
+
+/// Two training steps on the small padded batch: records the first step's loss, gradient norm and (with
+/// `terms`) its loss terms, then the loss after the update.
+pub fn two_train_steps(
+    trainer: &mut rlip_train::trainer::Trainer,
+    texts: &rlip_train::trainer::LabelTexts,
+    device: &Device,
+    out: &mut Outputs,
+    terms: bool,
+) {
+    let (images, targets) = train_batch();
+    let first = trainer.step(&images, &targets, texts, 1.0).unwrap();
+    let second = trainer.step(&images, &targets, texts, 1.0).unwrap();
+    let scalar = |v: f64| Tensor::<1>::from_floats([v as f32], device);
+    out.push("loss", scalar(first.loss));
+    out.push("grad_norm", scalar(first.grad_norm));
+    if terms {
+        for (name, v) in &first.terms {
+            out.push(name, scalar(*v));
+        }
+    }
+    out.push("loss_after_update", scalar(second.loss));
+}
+
+/// The small preset's training step on `device`: deterministic weights, two steps of AdamW with
+/// the official criterion on a padded batch of two images; records the first step's loss, terms
+/// and gradient norm and the second step's loss.
+pub fn small_train_step_case(device: &Device, out: &mut Outputs) {
+    use rlip_model::rlip::{RlipConfig, RlipParSeDa};
+    use rlip_train::loss::{Criterion, CriterionConfig};
+    use rlip_train::trainer::{OptimConfig, Trainer};
+    let ad = device.clone().autodiff();
+    let (model, _) = RlipParSeDa::init(&RlipConfig::small(), &ad);
+    let texts = train_texts(&ad);
+    let crit = Criterion::new(CriterionConfig::default()).expect("default criterion");
+    let optim = OptimConfig {
+        lr: 1e-3,
+        lr_backbone: 1e-4,
+        lr_text: 1e-4,
+        ..OptimConfig::default()
+    };
+    let mut trainer = Trainer::new(model, crit, optim, true, &ad);
+    two_train_steps(&mut trainer, &texts, device, out, true);
+}

@@ -1,6 +1,8 @@
 //! AdamW as the official code runs it (`torch.optim.AdamW`: decoupled weight decay, bias-corrected
 //! moments, ε = 1e-8 added outside the square root), with its state kept in float32 whatever
-//! type the device computes in, keyed by module path, and saved as safetensors.
+//! type the device computes in, keyed by module path, and saved as safetensors. Where the
+//! installed fused kernel takes it ([`rlip_model::fused::adamw`]: float32 on wgpu and cuda) a
+//! parameter's update is one launch; elsewhere Burn's ops compute the same float32 formula.
 //!
 //! Burn's own AdamW differs in two ways that matter here: its ε defaults to 1e-5, and its state
 //! restore creates the moments in the device's default float type, so a mixed-precision run
@@ -13,6 +15,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
+use rlip_model::fused::AdamWScalars;
 
 /// Metadata key whose value identifies the format.
 const META_FORMAT: &str = "format";
@@ -114,9 +117,22 @@ impl AdamW {
     /// Updates every parameter of `module` that has a gradient in `grads` with learning rate
     /// `lr`; parameters without one (frozen, or in another group) are left as they are.
     pub fn step<M: Module>(&mut self, lr: f64, module: M, grads: &mut GradientsParams) -> M {
+        self.step_scaled(lr, 1.0, module, grads)
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `grad_scale` first (gradient clipping,
+    /// loss-scale removal), in the same pass.
+    pub fn step_scaled<M: Module>(
+        &mut self,
+        lr: f64,
+        grad_scale: f64,
+        module: M,
+        grads: &mut GradientsParams,
+    ) -> M {
         let mut m = Update {
             path: Vec::new(),
             lr,
+            grad_scale,
             config: self.config,
             state: &mut self.state,
             grads,
@@ -317,6 +333,7 @@ impl ModuleVisitor for Shapes {
 struct Update<'a> {
     path: Vec<String>,
     lr: f64,
+    grad_scale: f64,
     config: AdamWConfig,
     state: &'a mut BTreeMap<String, Moments>,
     grads: &'a mut GradientsParams,
@@ -339,7 +356,7 @@ impl ModuleMapper for Update<'_> {
         let dims = p.dims();
         let n: usize = dims.iter().product();
         let device = grad.device();
-        let p = p.to_device(&device).reshape([n]);
+        let p = p.to_device(&device);
         let key = self.path.join(".");
         let c = self.config;
         let (steps, exp_avg, exp_avg_sq) = match self.state.remove(&key) {
@@ -370,24 +387,43 @@ impl ModuleMapper for Update<'_> {
             }
         };
         let steps = steps + 1;
-        let g32 = grad.reshape([n]).cast(FloatDType::F32);
-        let exp_avg = exp_avg.mul_scalar(c.beta1) + g32.clone().mul_scalar(1.0 - c.beta1);
-        let exp_avg_sq = exp_avg_sq.mul_scalar(c.beta2) + g32.square().mul_scalar(1.0 - c.beta2);
-        let bc1 = 1.0 - c.beta1.powf(steps as f64);
-        let bc2 = 1.0 - c.beta2.powf(steps as f64);
-        let denom = exp_avg_sq
-            .clone()
-            .sqrt()
-            .div_scalar(bc2.sqrt())
-            .add_scalar(c.eps);
-        let update = exp_avg.clone().div(denom).mul_scalar(self.lr / bc1);
-        let dtype = p.dtype();
-        let updated = (p
-            .cast(FloatDType::F32)
-            .mul_scalar(1.0 - self.lr * c.weight_decay)
-            - update)
-            .cast(dtype)
-            .reshape(dims);
+        let scalars = AdamWScalars::new(
+            self.grad_scale,
+            self.lr,
+            c.beta1,
+            c.beta2,
+            c.eps,
+            c.weight_decay,
+            steps,
+        );
+        // one launch where a fused kernel takes it (the parameter keeps its memory layout)
+        let fused = rlip_model::fused::adamw(&p, &grad, &exp_avg, &exp_avg_sq, &scalars);
+        let (updated, exp_avg, exp_avg_sq) = match fused {
+            Some(r) => r,
+            None => {
+                // Burn's scalar ops round their f64 scalars to the tensor's float32, as here
+                let s = scalars;
+                let mut g32 = grad.reshape([n]).cast(FloatDType::F32);
+                if s.grad_scale != 1.0 {
+                    g32 = g32.mul_scalar(s.grad_scale);
+                }
+                let exp_avg =
+                    exp_avg.mul_scalar(s.beta1) + g32.clone().mul_scalar(s.one_minus_beta1);
+                let exp_avg_sq =
+                    exp_avg_sq.mul_scalar(s.beta2) + g32.square().mul_scalar(s.one_minus_beta2);
+                let denom = exp_avg_sq
+                    .clone()
+                    .sqrt()
+                    .div_scalar(s.bias_correction2_sqrt)
+                    .add_scalar(s.eps);
+                let update = exp_avg.clone().div(denom).mul_scalar(s.step_size);
+                let dtype = p.dtype();
+                let updated = (p.reshape([n]).cast(FloatDType::F32).mul_scalar(s.decay) - update)
+                    .cast(dtype)
+                    .reshape(dims);
+                (updated, exp_avg, exp_avg_sq)
+            }
+        };
         self.state.insert(
             key,
             Moments::Live {

@@ -137,33 +137,16 @@ pub struct StepLog {
 /// Sums squared gradients of the parameters it visits.
 struct GradNorm<'a> {
     grads: &'a [&'a GradientsParams],
-    sq: Option<Tensor<1>>,
+    /// Every gradient found, viewed as rank 4.
+    found: Vec<Tensor<4>>,
 }
 
 impl ModuleVisitor for GradNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         for g in self.grads {
             if let Some(t) = g.get::<D>(param.id) {
-                let s = t.powi_scalar(2).sum();
-                self.sq = Some(match self.sq.take() {
-                    Some(a) => a + s,
-                    None => s,
-                });
+                self.found.push(rlip_model::fused::rank4(t));
             }
-        }
-    }
-}
-
-/// Multiplies every visited parameter's gradient by a factor.
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl ModuleVisitor for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(t) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, t * self.factor);
         }
     }
 }
@@ -469,10 +452,12 @@ impl Trainer {
             let groups = [&g_backbone, &g_text, &g_rest];
             let mut v = GradNorm {
                 grads: &groups,
-                sq: None,
+                found: Vec::new(),
             };
             model.visit(&mut v);
-            v.sq.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt()) / loss_scale.unwrap_or(1.0)
+            rlip_model::fused::sum_squares(v.found)
+                .map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
+                / loss_scale.unwrap_or(1.0)
         };
         if let Some(scaler) = self.scaler.as_mut()
             && !scaler.update(grad_norm.is_finite())
@@ -498,22 +483,21 @@ impl Trainer {
             });
         }
         let clip = self.optim_cfg.clip_max_norm;
-        // unscale (f16) and clip in one pass over the gradients
+        // unscale (f16) and clip inside the update's pass over the gradients
         let mut factor = 1.0 / loss_scale.unwrap_or(1.0);
         if clip > 0.0 && grad_norm > clip {
             factor *= clip / (grad_norm + 1e-6);
         }
-        if factor != 1.0 {
-            for g in [&mut g_backbone, &mut g_text, &mut g_rest] {
-                model.visit(&mut Scale { grads: g, factor });
-            }
-        }
         let c = &self.optim_cfg;
-        let mut model = self
+        let mut model =
+            self.optim
+                .step_scaled(c.lr_backbone * lr_scale, factor, model, &mut g_backbone);
+        model = self
             .optim
-            .step(c.lr_backbone * lr_scale, model, &mut g_backbone);
-        model = self.optim.step(c.lr_text * lr_scale, model, &mut g_text);
-        model = self.optim.step(c.lr * lr_scale, model, &mut g_rest);
+            .step_scaled(c.lr_text * lr_scale, factor, model, &mut g_text);
+        model = self
+            .optim
+            .step_scaled(c.lr * lr_scale, factor, model, &mut g_rest);
         self.model = Some(model);
         self.step += 1;
         Ok(StepLog {

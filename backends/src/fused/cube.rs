@@ -13,7 +13,12 @@
 //!   (optionally with a bias on `delta`), the split of a projection into attention heads and the
 //!   deformable attention's sampling locations: one unit per output element;
 //! - the sine embedding of boxes: one unit per output element, and for its gradient one unit per
-//!   box coordinate.
+//!   box coordinate;
+//! - backward: the layer norm's and the softmax's input gradients (row kernels as above), the
+//!   ReLU's and the head split's (one unit per element);
+//! - the optimiser: AdamW (one unit per parameter element, reading strided parameters and
+//!   gradients in place) and the partial sums of squares of the gradient norm (one unit per
+//!   strided slice of a tensor, written into one buffer shared by all tensors).
 
 use burn::tensor::DType;
 use burn_cubecl::kernel::into_contiguous;
@@ -148,6 +153,124 @@ fn layer_norm_row_kernel(
     }
 }
 
+/// Backward of [`layer_norm_plane_kernel`] for the output gradient `grad`, one cube of one plane
+/// per row: `d_x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ` (the input gradient of the normalised
+/// sum) and `g_xhat = g·x̂` (whose column sums are `∂γ`), the row statistics recomputed as the
+/// forward computes them.
+#[allow(clippy::too_many_arguments)]
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn layer_norm_backward_plane_kernel(
+    x: &Tensor<f32>,
+    residual: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    gamma: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    d_x: &mut Tensor<f32>,
+    g_xhat: &mut Tensor<f32>,
+    rows: usize,
+    epsilon: f32,
+    #[comptime] c: usize,
+    #[comptime] has_residual: bool,
+    #[comptime] has_bias: bool,
+) {
+    let row = cube_index();
+    if row >= rows {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let units = CUBE_DIM_X as usize;
+    let base = row * c;
+    let n = f32::cast_from(c);
+    let mut sum = 0.0f32;
+    let mut i = t;
+    while i < c {
+        sum += ln_input(x, residual, bias, base + i, i, has_residual, has_bias);
+        i += units;
+    }
+    let mean = plane_sum(sum) / n;
+    let mut sq = 0.0f32;
+    let mut i = t;
+    while i < c {
+        let d = ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean;
+        sq += d * d;
+        i += units;
+    }
+    let sigma = (plane_sum(sq) / n + epsilon).sqrt();
+    let mut sa = 0.0f32;
+    let mut sb = 0.0f32;
+    let mut i = t;
+    while i < c {
+        let xh = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean) / sigma;
+        let gg = grad[base + i] * gamma[i];
+        sa += gg;
+        sb += gg * xh;
+        i += units;
+    }
+    let a = plane_sum(sa) / n;
+    let b = plane_sum(sb) / n;
+    let mut i = t;
+    while i < c {
+        let xh = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean) / sigma;
+        let g = grad[base + i];
+        d_x[base + i] = (g * gamma[i] - a - xh * b) / sigma;
+        g_xhat[base + i] = g * xh;
+        i += units;
+    }
+}
+
+/// As [`layer_norm_backward_plane_kernel`] with one unit per row (devices without plane
+/// operations).
+#[allow(clippy::too_many_arguments)]
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn layer_norm_backward_row_kernel(
+    x: &Tensor<f32>,
+    residual: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    gamma: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    d_x: &mut Tensor<f32>,
+    g_xhat: &mut Tensor<f32>,
+    rows: usize,
+    epsilon: f32,
+    #[comptime] c: usize,
+    #[comptime] has_residual: bool,
+    #[comptime] has_bias: bool,
+) {
+    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * c;
+    let n = f32::cast_from(c);
+    let mut sum = 0.0f32;
+    for k in 0..c {
+        sum += ln_input(x, residual, bias, base + k, k, has_residual, has_bias);
+    }
+    let mean = sum / n;
+    let mut sq = 0.0f32;
+    for k in 0..c {
+        let d = ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean;
+        sq += d * d;
+    }
+    let sigma = (sq / n + epsilon).sqrt();
+    let mut sa = 0.0f32;
+    let mut sb = 0.0f32;
+    for k in 0..c {
+        let xh = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean) / sigma;
+        let gg = grad[base + k] * gamma[k];
+        sa += gg;
+        sb += gg * xh;
+    }
+    let a = sa / n;
+    let b = sb / n;
+    for k in 0..c {
+        let xh = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean) / sigma;
+        let g = grad[base + k];
+        d_x[base + k] = (g * gamma[k] - a - xh * b) / sigma;
+        g_xhat[base + k] = g * xh;
+    }
+}
+
 /// `x[i] + bias[(i / period) · len + i mod len]` when `has_bias`, else `x[i]`: a bias of `len`
 /// values repeating along the flattened tensor (per column for a bias of the row width, per row
 /// group for a longer one), a block of its own for each `period` elements (one block when
@@ -276,6 +399,75 @@ fn relu_kernel(x: &Tensor<f32>, out: &mut Tensor<f32>) {
     out[ABSOLUTE_POS] = if v <= 0.0f32 { 0.0f32 } else { v };
 }
 
+/// The ReLU's input gradient from its output `y`: `0` where `y <= 0`, else `grad` (Burn's
+/// `relu_backward`: NaN outputs pass the gradient). One unit per element.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn relu_backward_kernel(y: &Tensor<f32>, grad: &Tensor<f32>, out: &mut Tensor<f32>) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    out[ABSOLUTE_POS] = if y[ABSOLUTE_POS] <= 0.0f32 {
+        0.0f32
+    } else {
+        grad[ABSOLUTE_POS]
+    };
+}
+
+/// The softmax's input gradient from its output `y [rows, c]`, one cube of one plane per row:
+/// `y · (g − Σ_row g·y)`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn softmax_backward_plane_kernel(
+    y: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    rows: usize,
+    #[comptime] c: usize,
+) {
+    let row = cube_index();
+    if row >= rows {
+        terminate!();
+    }
+    let t = UNIT_POS_X as usize;
+    let units = CUBE_DIM_X as usize;
+    let base = row * c;
+    let mut dot = 0.0f32;
+    let mut i = t;
+    while i < c {
+        dot += grad[base + i] * y[base + i];
+        i += units;
+    }
+    let dot = plane_sum(dot);
+    let mut i = t;
+    while i < c {
+        out[base + i] = y[base + i] * (grad[base + i] - dot);
+        i += units;
+    }
+}
+
+/// As [`softmax_backward_plane_kernel`] with one unit per row (devices without plane
+/// operations).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn softmax_backward_row_kernel(
+    y: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    rows: usize,
+    #[comptime] c: usize,
+) {
+    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * c;
+    let mut dot = 0.0f32;
+    for k in 0..c {
+        dot += grad[base + k] * y[base + k];
+    }
+    for k in 0..c {
+        out[base + k] = y[base + k] * (grad[base + k] - dot);
+    }
+}
+
 /// [`bias_epilogue_kernel`]: `max(v, 0)`.
 pub const RELU: u32 = 0;
 /// [`bias_epilogue_kernel`]: `v · (erf(v / √2) + 1) / 2` (Burn's exact GELU, its order of
@@ -352,6 +544,39 @@ fn heads_kernel(
     let batch = rest / h;
     let col = head * e + channel;
     out[p] = (x[(batch * n + token) * h * e + col] + bias[col]) * scale;
+}
+
+/// Backward of [`heads_kernel`]: one unit per element of the row-major `[B, N, H, E]` output,
+/// `grad · scale` read from `grad [B, H, N, E]` (or `[B, H, E, N]` when `transposed`) through
+/// its strides.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn heads_backward_kernel(
+    grad: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    n: usize,
+    h: usize,
+    e: usize,
+    scale: f32,
+    #[comptime] transposed: bool,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let p = ABSOLUTE_POS;
+    let channel = p % e;
+    let head = (p / e) % h;
+    let token = (p / (e * h)) % n;
+    let batch = p / (e * h * n);
+    let (i2, i3) = if transposed {
+        (channel, token)
+    } else {
+        (token, channel)
+    };
+    let g = grad[batch * grad.stride(0)
+        + head * grad.stride(1)
+        + i2 * grad.stride(2)
+        + i3 * grad.stride(3)];
+    out[p] = g * scale;
 }
 
 /// One unit per element of the sampling locations `[N, Lq, M, L, P, 2]`: the offsets `off`
@@ -718,6 +943,195 @@ pub fn layer_norm(
     out
 }
 
+/// Backward of [`layer_norm`] (same optional `residual` and `bias`) for the output gradient
+/// `grad [R, C]`: `(d_x, g_xhat)`, the gradient of the normalised input and `grad · x̂`, whose
+/// column sums are `∂γ` (see [`layer_norm_backward_plane_kernel`]).
+pub fn layer_norm_backward(
+    x: CubeTensor,
+    residual: Option<CubeTensor>,
+    bias: Option<CubeTensor>,
+    gamma: CubeTensor,
+    grad: CubeTensor,
+    epsilon: f64,
+) -> (CubeTensor, CubeTensor) {
+    check_f32(&[&x, &gamma, &grad], "layer norm backward");
+    let [x, gamma, grad] = [x, gamma, grad].map(into_contiguous);
+    let [rows, c] = x.meta.shape().dims::<2>();
+    assert_eq!(
+        grad.meta.shape(),
+        x.meta.shape(),
+        "fused layer norm backward: gradient shape"
+    );
+    assert_eq!(
+        gamma.meta.shape().num_elements(),
+        c,
+        "fused layer norm backward: gamma size"
+    );
+    let residual = residual.map(|r| {
+        check_f32(&[&r], "layer norm backward");
+        assert_eq!(
+            r.meta.shape(),
+            x.meta.shape(),
+            "fused layer norm backward: residual shape"
+        );
+        into_contiguous(r)
+    });
+    let bias = bias.map(|b| {
+        check_f32(&[&b], "layer norm backward");
+        assert_eq!(
+            b.meta.shape().num_elements(),
+            c,
+            "fused layer norm backward: bias size"
+        );
+        into_contiguous(b)
+    });
+    let (has_residual, has_bias) = (residual.is_some(), bias.is_some());
+    let residual = residual.unwrap_or_else(|| x.clone());
+    let bias = bias.unwrap_or_else(|| gamma.clone());
+    let d_x = empty_dense(&x);
+    let g_xhat = empty_dense(&x);
+    if rows == 0 || c == 0 {
+        return (d_x, g_xhat);
+    }
+    let addr = address_type(&[&x, &grad, &d_x]);
+    let plan = row_plan(&x, c);
+    let args = (
+        x.into_tensor_arg(),
+        residual.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        grad.into_tensor_arg(),
+        d_x.clone().into_tensor_arg(),
+        g_xhat.clone().into_tensor_arg(),
+    );
+    // SAFETY: cubes and units past the last row return before reading; every index is below
+    // `row·c + c` for a row below `rows`, or below `c` for `bias` and `gamma`, which have that
+    // size; every tensor of `[R, C]` is dense.
+    unsafe {
+        match plan {
+            Some(units) => layer_norm_backward_plane_kernel::launch_unchecked(
+                &d_x.client,
+                grid(rows),
+                CubeDim::new_1d(units as u32),
+                addr,
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
+                args.6,
+                rows,
+                epsilon as f32,
+                c,
+                has_residual,
+                has_bias,
+            ),
+            None => layer_norm_backward_row_kernel::launch_unchecked(
+                &d_x.client,
+                grid(rows.div_ceil(ROWS_PER_CUBE)),
+                CubeDim::new_1d(ROWS_PER_CUBE as u32),
+                addr,
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
+                args.6,
+                rows,
+                epsilon as f32,
+                c,
+                has_residual,
+                has_bias,
+            ),
+        }
+    }
+    (d_x, g_xhat)
+}
+
+/// The ReLU's input gradient from its output `y` and the output gradient `grad` (same shape).
+pub fn relu_backward(y: CubeTensor, grad: CubeTensor) -> CubeTensor {
+    check_f32(&[&y, &grad], "relu backward");
+    assert_eq!(
+        y.meta.shape(),
+        grad.meta.shape(),
+        "fused relu backward: gradient shape"
+    );
+    // walk both buffers in `y`'s layout when `grad` shares it, else both row-major
+    let (y, grad) = if dense(&y) && dense(&grad) && y.meta.strides() == grad.meta.strides() {
+        (y, grad)
+    } else {
+        (into_contiguous(y), into_contiguous(grad))
+    };
+    let out = empty_same_layout(&y);
+    let Some((count, dim, addr)) = per_output_element(&out, &[&y, &grad]) else {
+        return out;
+    };
+    // SAFETY: units past the output return first; `y`, `grad` and `out` are dense buffers of
+    // one size in one layout.
+    unsafe {
+        relu_backward_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            y.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+        );
+    }
+    out
+}
+
+/// The softmax's input gradient from its output `y [R, C]` and the output gradient `grad`:
+/// `y · (g − Σ_row g·y)`.
+pub fn softmax_backward(y: CubeTensor, grad: CubeTensor) -> CubeTensor {
+    check_f32(&[&y, &grad], "softmax backward");
+    let [y, grad] = [y, grad].map(into_contiguous);
+    assert_eq!(
+        y.meta.shape(),
+        grad.meta.shape(),
+        "fused softmax backward: gradient shape"
+    );
+    let [rows, c] = y.meta.shape().dims::<2>();
+    let out = empty_dense(&y);
+    if rows == 0 || c == 0 {
+        return out;
+    }
+    let addr = address_type(&[&y, &grad, &out]);
+    let plan = row_plan(&y, c);
+    // SAFETY: cubes and units past the last row return before reading; every index is below
+    // `row·c + c` for a row below `rows`, and all three tensors are dense `[R, C]`.
+    unsafe {
+        match plan {
+            Some(units) => softmax_backward_plane_kernel::launch_unchecked(
+                &out.client,
+                grid(rows),
+                CubeDim::new_1d(units as u32),
+                addr,
+                y.into_tensor_arg(),
+                grad.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                rows,
+                c,
+            ),
+            None => softmax_backward_row_kernel::launch_unchecked(
+                &out.client,
+                grid(rows.div_ceil(ROWS_PER_CUBE)),
+                CubeDim::new_1d(ROWS_PER_CUBE as u32),
+                addr,
+                y.into_tensor_arg(),
+                grad.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                rows,
+                c,
+            ),
+        }
+    }
+    out
+}
+
 /// `max(x, 0)`, elementwise.
 pub fn relu(x: CubeTensor) -> CubeTensor {
     check_f32(&[&x], "relu");
@@ -1064,6 +1478,41 @@ pub fn heads(x: CubeTensor, bias: CubeTensor, scale: f32, transposed: bool) -> C
     out
 }
 
+/// Backward of [`heads`]: the gradient of `x [B, N, H, E]` (row-major) from that of the output
+/// (`[B, H, N, E]`, or `[B, H, E, N]` when `transposed`; any layout), `grad · scale`.
+pub fn heads_backward(grad: CubeTensor, scale: f32, transposed: bool) -> CubeTensor {
+    check_f32(&[&grad], "heads backward");
+    let [b, h, d2, d3] = grad.meta.shape().dims::<4>();
+    let (n, e) = if transposed { (d3, d2) } else { (d2, d3) };
+    let out = empty_device_contiguous_dtype(
+        grad.client.clone(),
+        grad.device.clone(),
+        burn::tensor::Shape::from([b, n, h, e]),
+        DType::F32,
+    );
+    let Some((count, dim, addr)) = per_output_element(&out, &[&grad]) else {
+        return out;
+    };
+    // SAFETY: units past the output return first; each reads the element (batch, head, token,
+    // channel) of `grad`, inside its shape, through its strides.
+    unsafe {
+        heads_backward_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            grad.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            n,
+            h,
+            e,
+            scale,
+            transposed,
+        );
+    }
+    out
+}
+
 /// The deformable attention's sampling locations `[N, Lq, M, L, P, 2]` from the offsets' product
 /// `off` (that shape), their repeating `bias`, the reference points or boxes
 /// `reference [N, Lq, L, R]` and, for points, each level's `normalizer [L·2]` (width, height).
@@ -1257,4 +1706,212 @@ pub fn bias_epilogue(
         );
     }
     out
+}
+
+/// Elements one unit of [`square_partials_kernel`] sums at most (below the cap on units).
+const SQUARE_SPAN: usize = 16;
+/// Most units (partial sums) per tensor in [`square_partials`].
+const MAX_SQUARE_UNITS: usize = 65536;
+
+/// Partial sums [`square_partials`] writes for a tensor of `n` elements.
+pub fn square_units(n: usize) -> usize {
+    n.div_ceil(SQUARE_SPAN).clamp(1, MAX_SQUARE_UNITS)
+}
+
+/// Offset in `t`'s buffer of the element at row-major position `i` of its shape.
+#[cube]
+fn logical_offset(t: &Tensor<f32>, i: usize) -> usize {
+    let mut rest = i;
+    let mut offset = 0usize;
+    let mut d = t.rank();
+    while d > 0 {
+        d -= 1;
+        let size = t.shape(d);
+        offset += (rest % size) * t.stride(d);
+        rest /= size;
+    }
+    offset
+}
+
+/// Unit `u < units` writes `Σ x[i]²` over `i = u, u + units, …` below `n` to `out[offset + u]`
+/// (`x` dense in some axis order when `dense`, else read through its strides).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn square_partials_kernel(
+    x: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    n: usize,
+    units: usize,
+    offset: usize,
+    #[comptime] dense: bool,
+) {
+    let u = ABSOLUTE_POS;
+    if u >= units {
+        terminate!();
+    }
+    let mut acc = 0.0f32;
+    let mut i = u;
+    while i < n {
+        let v = if dense { x[i] } else { x[logical_offset(x, i)] };
+        acc += v * v;
+        i += units;
+    }
+    out[offset + u] = acc;
+}
+
+/// Writes the [`square_units`]`(n)` partial sums of squares of `x` (`n` elements) to
+/// `acc[offset..]` and returns `acc` (written in place when this is its only handle, else a
+/// copy): the sum of all partials of a list of tensors is `Σ x²` over their elements.
+pub fn square_partials_into(x: CubeTensor, acc: CubeTensor, offset: usize) -> CubeTensor {
+    check_f32(&[&x, &acc], "sum of squares");
+    let n = x.meta.shape().num_elements();
+    let units = square_units(n);
+    let len = acc.meta.shape().num_elements();
+    assert!(
+        offset + units <= len,
+        "fused sum of squares: {units} partials at {offset} do not fit in {len}"
+    );
+    let acc = if !(acc.is_contiguous() && dense(&acc)) {
+        into_contiguous(acc)
+    } else if acc.can_mut() {
+        acc
+    } else {
+        acc.copy()
+    };
+    let is_dense = dense(&x);
+    let (count, dim) = crate::cube_util::elementwise(&acc, units);
+    let addr = address_type(&[&x, &acc]);
+    // SAFETY: units at or past `units` return first; unit `u` writes `acc[offset + u]`, inside
+    // `acc` (checked above), which is dense; reads are below `n` positions of `x`, through its
+    // strides unless dense (where its `n` elements fill its buffer).
+    unsafe {
+        square_partials_kernel::launch_unchecked(
+            &acc.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            acc.clone().into_tensor_arg(),
+            n,
+            units,
+            offset,
+            is_dense,
+        );
+    }
+    acc
+}
+
+/// One AdamW step per element `i` of the row-major order of `param`'s shape (`param` and
+/// `grad` read through their strides unless `plain`, when both are row-major and dense;
+/// `p_out` has `param`'s layout when `same_layout`, else is row-major and dense): see
+/// [`rlip_model::fused::adamw`] for the formula.
+#[allow(clippy::too_many_arguments)]
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn adamw_kernel(
+    param: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    exp_avg: &Tensor<f32>,
+    exp_avg_sq: &Tensor<f32>,
+    p_out: &mut Tensor<f32>,
+    m_out: &mut Tensor<f32>,
+    v_out: &mut Tensor<f32>,
+    n: usize,
+    grad_scale: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+    decay: f32,
+    #[comptime] plain: bool,
+    #[comptime] same_layout: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let (pi, gi) = if plain {
+        (i, i)
+    } else {
+        (logical_offset(param, i), logical_offset(grad, i))
+    };
+    let oi = if same_layout { pi } else { i };
+    let g = grad[gi] * grad_scale;
+    let m = exp_avg[i] * beta1 + g * one_minus_beta1;
+    let v = exp_avg_sq[i] * beta2 + g * g * one_minus_beta2;
+    let denom = v.sqrt() / bias_correction2_sqrt + eps;
+    p_out[oi] = param[pi] * decay - m / denom * step_size;
+    m_out[i] = m;
+    v_out[i] = v;
+}
+
+/// One AdamW step of `param` (kept in its own memory layout when `keep_layout` and dense, else
+/// row-major) with `grad` (any layout) and the flat moments: `(param', exp_avg', exp_avg_sq')`.
+pub fn adamw(
+    param: CubeTensor,
+    grad: CubeTensor,
+    exp_avg: CubeTensor,
+    exp_avg_sq: CubeTensor,
+    s: &rlip_model::fused::AdamWScalars,
+    keep_layout: bool,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    check_f32(&[&param, &grad, &exp_avg, &exp_avg_sq], "adamw");
+    let n = param.meta.shape().num_elements();
+    assert_eq!(
+        grad.meta.shape(),
+        param.meta.shape(),
+        "fused adamw: gradient shape"
+    );
+    for m in [&exp_avg, &exp_avg_sq] {
+        assert_eq!(m.meta.shape().num_elements(), n, "fused adamw: moment size");
+    }
+    let [exp_avg, exp_avg_sq] = [exp_avg, exp_avg_sq].map(into_contiguous);
+    let same_layout = keep_layout && dense(&param);
+    let p_out = if same_layout {
+        empty_same_layout(&param)
+    } else {
+        empty_dense(&param)
+    };
+    let m_out = empty_dense(&exp_avg);
+    let v_out = empty_dense(&exp_avg_sq);
+    if n == 0 {
+        return (p_out, m_out, v_out);
+    }
+    let plain = [&param, &grad]
+        .iter()
+        .all(|t| t.is_contiguous() && dense(t));
+    let (count, dim) = crate::cube_util::elementwise(&m_out, n);
+    let addr = address_type(&[&param, &grad, &exp_avg, &exp_avg_sq, &p_out]);
+    // SAFETY: units at or past `n` return first; position `i < n` of the shape is at
+    // `logical_offset` in each strided tensor (or at `i` in the row-major dense ones), and the
+    // flat moments have `n` elements.
+    unsafe {
+        adamw_kernel::launch_unchecked(
+            &m_out.client,
+            count,
+            dim,
+            addr,
+            param.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            exp_avg.into_tensor_arg(),
+            exp_avg_sq.into_tensor_arg(),
+            p_out.clone().into_tensor_arg(),
+            m_out.clone().into_tensor_arg(),
+            v_out.clone().into_tensor_arg(),
+            n,
+            s.grad_scale,
+            s.beta1,
+            s.one_minus_beta1,
+            s.beta2,
+            s.one_minus_beta2,
+            s.bias_correction2_sqrt,
+            s.eps,
+            s.step_size,
+            s.decay,
+            plain,
+            same_layout,
+        );
+    }
+    (p_out, m_out, v_out)
 }

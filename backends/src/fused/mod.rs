@@ -3,14 +3,15 @@
 //! follows it (ReLU, GELU, gated residual, zeroed padding rows, product with another biased
 //! output), frozen-batch-norm affine map, box refinement (optionally with a bias), box sine embedding,
 //! attention head split and deformable-attention sampling locations on the cubecl backends
-//! (wgpu, cuda), plugged into the model through [`rlip_model::fused::set_kernel`].
+//! (wgpu, cuda), plugged into the model through [`rlip_model::fused::set_kernel`]; and, for the
+//! training step, the optimiser's AdamW update and gradient-norm partial sums.
 //!
 //! A Burn backend extension ([`FusedOps`]) with CubeCL kernels ([`cube`]) for the forward and
-//! hand-written autodiff nodes whose backward is built from Burn's ops (training runs these
-//! steps once per forward; the launches that matter at inference are the forward's), except the
-//! sine embedding's, which has a kernel of its own. Float32
-//! tensors only: half-precision layer norms are float32 islands already, and half-precision ReLU
-//! and affine maps keep Burn's ops. The CPU backends keep Burn's ops too.
+//! hand-written autodiff nodes. Their backward is one kernel for the layer norm (input gradient
+//! and `g·x̂`; Burn's column sums give `∂γ`, `∂β`), the softmax, the ReLU, the head split and the
+//! sine embedding, and Burn's ops for the rest. Float32 tensors only: half-precision layer norms
+//! are float32 islands already, and half-precision ReLU and affine maps keep Burn's ops. The CPU
+//! backends keep Burn's ops too.
 
 pub mod cube;
 
@@ -25,7 +26,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
-use rlip_model::fused::{Epilogue, FusedKernel};
+use rlip_model::fused::{AdamWScalars, Epilogue, FusedKernel};
 
 use crate::cube_util::on_cube;
 
@@ -206,6 +207,65 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self>;
+
+    /// Backward of [`FusedOps::fused_heads`] without the bias: `grad · scale` of the heads-first
+    /// gradient (`[B, H, N, E]`, or `[B, H, E, N]` when `transposed`) as a row-major
+    /// `[B, N, H, E]`.
+    #[fusion(dtype = grad, shape = unheads_shape(grad, transposed))]
+    fn fused_heads_backward(
+        grad: FloatTensor<Self>,
+        scale: f32,
+        transposed: bool,
+    ) -> FloatTensor<Self>;
+
+    /// The ReLU's input gradient from its output `y` and the output gradient `grad` (Burn's
+    /// `relu_backward` in one launch).
+    #[fusion(dtype = y, shape = same_shape(y))]
+    fn fused_relu_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The softmax's input gradient from its output `y [R, C]`: `y · (g − Σ_row g·y)`.
+    #[fusion(dtype = y, shape = same_shape(y))]
+    fn fused_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Backward of the layer norm of `v = (x + bias) + residual` (the bias when `has_bias`, the
+    /// residual when `has_residual`; otherwise those arguments are ignored) for the output
+    /// gradient `grad [R, C]`: `(∂v, grad · x̂)` (see [`cube::layer_norm_backward`]).
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |x, _r, _b, _gamma, _grad, _eps, _hr, _hb| (x.clone(), x.clone()))]
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        has_residual: bool,
+        has_bias: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// One AdamW step (see [`rlip_model::fused::adamw`]): `(param', exp_avg', exp_avg_sq')` for
+    /// `param` and `grad` of one shape (any layouts) and the flat moments; `param'` in `param`'s
+    /// layout when `keep_layout` and that layout is dense, else row-major.
+    #[fusion(meta = |param, _grad, exp_avg, exp_avg_sq, _scalars, _keep| {
+        (param.clone(), exp_avg.clone(), exp_avg_sq.clone())
+    })]
+    fn fused_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        exp_avg: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        scalars: AdamWScalars,
+        keep_layout: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `acc` with the [`cube::square_units`] partial sums of squares of `x` written from
+    /// `offset` on (see [`cube::square_partials_into`]).
+    #[fusion(dtype = acc, shape = same_shape(acc))]
+    fn fused_square_partials_into(
+        x: FloatTensor<Self>,
+        acc: FloatTensor<Self>,
+        offset: usize,
+    ) -> FloatTensor<Self>;
 }
 
 #[cfg(feature = "fusion")]
@@ -221,6 +281,15 @@ fn sine_shape(pos: &burn::tensor::Shape, dim_t: &burn::tensor::Shape) -> burn::t
 #[cfg(feature = "fusion")]
 fn heads_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
     burn::tensor::Shape::from([x[0], x[2], x[1], x[3]])
+}
+
+#[cfg(feature = "fusion")]
+fn unheads_shape(grad: &burn::tensor::Shape, transposed: &bool) -> burn::tensor::Shape {
+    if *transposed {
+        burn::tensor::Shape::from([grad[0], grad[3], grad[1], grad[2]])
+    } else {
+        burn::tensor::Shape::from([grad[0], grad[2], grad[1], grad[3]])
+    }
 }
 
 #[cfg(feature = "fusion")]
@@ -265,6 +334,61 @@ impl FusedOps for burn_cubecl::CubeBackend {
 
     fn fused_l2_halve_rows(x: FloatTensor<Self>) -> FloatTensor<Self> {
         cube::l2_halve_rows(x)
+    }
+
+    fn fused_heads_backward(
+        grad: FloatTensor<Self>,
+        scale: f32,
+        transposed: bool,
+    ) -> FloatTensor<Self> {
+        cube::heads_backward(grad, scale, transposed)
+    }
+
+    fn fused_relu_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::relu_backward(y, grad)
+    }
+
+    fn fused_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::softmax_backward(y, grad)
+    }
+
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        has_residual: bool,
+        has_bias: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cube::layer_norm_backward(
+            x,
+            has_residual.then_some(residual),
+            has_bias.then_some(bias),
+            gamma,
+            grad,
+            epsilon,
+        )
+    }
+
+    fn fused_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        exp_avg: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        scalars: AdamWScalars,
+        keep_layout: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        cube::adamw(param, grad, exp_avg, exp_avg_sq, &scalars, keep_layout)
+    }
+
+    fn fused_square_partials_into(
+        x: FloatTensor<Self>,
+        acc: FloatTensor<Self>,
+        offset: usize,
+    ) -> FloatTensor<Self> {
+        cube::square_partials_into(x, acc, offset)
     }
 
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -407,13 +531,15 @@ impl FusedOps for burn_cubecl::CubeBackend {
     }
 }
 
-/// The layer norm's gradients for input `x [R, C]` and output gradient `grad`, each computed
-/// only when `want` asks for it: `(∂x, ∂gamma, ∂beta)` with
-/// `∂x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`, `∂γ = Σ_rows g·x̂`, `∂β = Σ_rows g`
-/// (the row statistics recomputed with Burn's ops).
+/// The layer norm's gradients for the normalised input `v = (x + bias) + residual` (`x [R, C]`,
+/// the bias and residual when given) and output gradient `grad`, each computed only when `want`
+/// asks for it: `(∂v, ∂gamma, ∂beta)` with `∂v = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ`
+/// (one row kernel, which also writes `g·x̂`), `∂γ = Σ_rows g·x̂`, `∂β = Σ_rows g`.
 #[allow(clippy::type_complexity)]
-fn layer_norm_grads<B: Backend>(
+fn layer_norm_grads<B: FusedOps>(
     x: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    bias: Option<FloatTensor<B>>,
     gamma: FloatTensor<B>,
     epsilon: f64,
     grad: FloatTensor<B>,
@@ -424,24 +550,23 @@ fn layer_norm_grads<B: Backend>(
     Option<FloatTensor<B>>,
 ) {
     let c = x.shape()[1];
-    let mean = B::float_mean_dim(x.clone(), 1);
-    let centered = B::float_sub(x, mean);
-    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
-    let sigma = B::float_sqrt(B::float_add_scalar(var, epsilon.into()));
-    let x_hat = B::float_div(centered, sigma.clone());
     let d_beta = want[2].then(|| B::float_reshape(B::float_sum_dim(grad.clone(), 0), [c].into()));
-    let d_gamma = want[1].then(|| {
-        let gx = B::float_mul(grad.clone(), x_hat.clone());
-        B::float_reshape(B::float_sum_dim(gx, 0), [c].into())
-    });
-    let d_x = want[0].then(|| {
-        let g_gamma = B::float_mul(grad, B::float_reshape(gamma, [1, c].into()));
-        let a = B::float_mean_dim(g_gamma.clone(), 1);
-        let b = B::float_mean_dim(B::float_mul(g_gamma.clone(), x_hat.clone()), 1);
-        let inner = B::float_sub(B::float_sub(g_gamma, a), B::float_mul(x_hat, b));
-        B::float_div(inner, sigma)
-    });
-    (d_x, d_gamma, d_beta)
+    if !(want[0] || want[1]) {
+        return (None, None, d_beta);
+    }
+    let (has_residual, has_bias) = (residual.is_some(), bias.is_some());
+    let (d_x, g_xhat) = B::fused_layer_norm_backward(
+        x.clone(),
+        residual.unwrap_or_else(|| x.clone()),
+        bias.unwrap_or_else(|| gamma.clone()),
+        gamma,
+        grad,
+        epsilon,
+        has_residual,
+        has_bias,
+    );
+    let d_gamma = want[1].then(|| B::float_reshape(B::float_sum_dim(g_xhat, 0), [c].into()));
+    (want[0].then_some(d_x), d_gamma, d_beta)
 }
 
 /// Autodiff node of the layer norm ([`layer_norm_grads`]).
@@ -456,7 +581,8 @@ impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, epsilon) = ops.state;
         let want = [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()];
-        let (d_x, d_gamma, d_beta) = layer_norm_grads::<B>(x, gamma, epsilon, grad, want);
+        let (d_x, d_gamma, d_beta) =
+            layer_norm_grads::<B>(x, None, None, gamma, epsilon, grad, want);
         for (node, g) in [(node_x, d_x), (node_gamma, d_gamma), (node_beta, d_beta)] {
             if let (Some(node), Some(g)) = (node, g) {
                 grads.register::<B>(node.id, g);
@@ -476,11 +602,10 @@ impl<B: FusedOps> Backward<B, 4> for AddLayerNormBackward {
         let [x, r, gamma, beta] = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
         let (x_t, residual, gamma_t, epsilon) = ops.state;
-        let sum = B::float_add(x_t, residual);
         sum_layer_norm_backward::<B>(
             grads,
             grad,
-            sum,
+            (x_t, None, residual),
             gamma_t,
             epsilon,
             [x, None, r, gamma, beta],
@@ -506,20 +631,25 @@ impl<B: FusedOps> Backward<B, 5> for BiasAddLayerNormBackward {
         let nodes = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
         let (x, bias, residual, gamma, epsilon) = ops.state;
-        let c = x.shape()[1];
-        let biased = B::float_add(x, B::float_reshape(bias, [1, c].into()));
-        let sum = B::float_add(biased, residual);
-        sum_layer_norm_backward::<B>(grads, grad, sum, gamma, epsilon, nodes);
+        sum_layer_norm_backward::<B>(
+            grads,
+            grad,
+            (x, Some(bias), residual),
+            gamma,
+            epsilon,
+            nodes,
+        );
     }
 }
 
-/// The backward of a layer norm of the sum `sum [R, C]` of `x` (with a `[C]` bias when there is
-/// one) and a residual, for the nodes `[x, bias, residual, gamma, beta]`: both addends get the
-/// input gradient, the bias its sum over rows.
-fn sum_layer_norm_backward<B: Backend>(
+/// The backward of a layer norm of the sum of `x [R, C]` (with a `[C]` bias when there is one)
+/// and a residual, given as its parts `(x, bias, residual)`, for the nodes `[x, bias, residual,
+/// gamma, beta]`: both addends get the input gradient, the bias its sum over rows.
+#[allow(clippy::type_complexity)]
+fn sum_layer_norm_backward<B: FusedOps>(
     grads: &mut Gradients,
     grad: FloatTensor<B>,
-    sum: FloatTensor<B>,
+    (x_t, bias_t, residual_t): (FloatTensor<B>, Option<FloatTensor<B>>, FloatTensor<B>),
     gamma: FloatTensor<B>,
     epsilon: f64,
     [x, bias, residual, node_gamma, node_beta]: [Option<NodeId>; 5],
@@ -529,7 +659,8 @@ fn sum_layer_norm_backward<B: Backend>(
         node_gamma.is_some(),
         node_beta.is_some(),
     ];
-    let (d_sum, d_gamma, d_beta) = layer_norm_grads::<B>(sum, gamma, epsilon, grad, want);
+    let (d_sum, d_gamma, d_beta) =
+        layer_norm_grads::<B>(x_t, Some(residual_t), bias_t, gamma, epsilon, grad, want);
     if let Some(d) = d_sum {
         if let Some(node) = residual {
             grads.register::<B>(node, d.clone());
@@ -570,7 +701,7 @@ impl<B: FusedOps> Backward<B, 1> for L2HalveRowsBackward {
     }
 }
 
-/// Autodiff node of the ReLU: Burn's own ReLU backward on the output.
+/// Autodiff node of the ReLU: Burn's ReLU backward on the output, in one launch.
 #[derive(Debug)]
 struct ReluBackward;
 
@@ -581,7 +712,7 @@ impl<B: FusedOps> Backward<B, 1> for ReluBackward {
         let [node_x] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::relu_backward(ops.state, grad));
+            grads.register::<B>(node.id, B::fused_relu_backward(ops.state, grad));
         }
     }
 }
@@ -602,10 +733,10 @@ impl<B: FusedOps> Backward<B, 1> for SoftmaxBackward {
     }
 }
 
-/// The softmax's input gradient from its output `y [R, C]`: `y · (g − Σ_row g·y)`.
-fn softmax_grad<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
-    let dot = B::float_sum_dim(B::float_mul(grad.clone(), y.clone()), 1);
-    B::float_mul(y, B::float_sub(grad, dot))
+/// The softmax's input gradient from its output `y [R, C]`: `y · (g − Σ_row g·y)` (one row
+/// kernel).
+fn softmax_grad<B: FusedOps>(y: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    B::fused_softmax_backward(y, grad)
 }
 
 /// The gradient of a repeating bias of `len` elements: the input gradient `g` summed over the
@@ -655,7 +786,7 @@ impl<B: FusedOps> Backward<B, 2> for BiasReluBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let nodes = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
-        let g = B::relu_backward(ops.state, grad);
+        let g = B::fused_relu_backward(ops.state, grad);
         register_biased::<B>(grads, nodes, g);
     }
 }
@@ -934,13 +1065,8 @@ impl<B: FusedOps> Backward<B, 2> for HeadsBackward {
         let [node_x, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let (transposed, scale) = ops.state;
-        // [B, H, N, E] or [B, H, E, N] → [B, N, H, E]
-        let axes = if transposed {
-            [0, 3, 1, 2]
-        } else {
-            [0, 2, 1, 3]
-        };
-        let g = B::float_mul_scalar(B::float_permute(grad, &axes), scale.into());
+        // [B, H, N, E] or [B, H, E, N] → row-major [B, N, H, E], scaled, in one launch
+        let g = B::fused_heads_backward(grad, scale, transposed);
         if let Some(node) = node_bias {
             let s = g.shape();
             let rows = B::float_reshape(g.clone(), [s[0] * s[1], s[2] * s[3]].into());
@@ -954,12 +1080,12 @@ impl<B: FusedOps> Backward<B, 2> for HeadsBackward {
 }
 
 /// The gradient past the affine map's ReLU (`output` is `None` without ReLU).
-fn through_relu<B: Backend>(
+fn through_relu<B: FusedOps>(
     output: Option<FloatTensor<B>>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
     match output {
-        Some(out) => B::relu_backward(out, grad),
+        Some(out) => B::fused_relu_backward(out, grad),
         None => grad,
     }
 }
@@ -1248,6 +1374,85 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_l2_halve_rows(x.into_primitive())),
         }
+    }
+
+    fn fused_heads_backward(
+        grad: FloatTensor<Self>,
+        scale: f32,
+        transposed: bool,
+    ) -> FloatTensor<Self> {
+        // second-order gradients are not needed: untracked
+        let out = B::fused_heads_backward(grad.into_primitive(), scale, transposed);
+        <Self as burn::backend::AutodiffBackend>::from_inner(out)
+    }
+
+    fn fused_relu_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // second-order gradients are not needed: untracked
+        let out = B::fused_relu_backward(y.into_primitive(), grad.into_primitive());
+        <Self as burn::backend::AutodiffBackend>::from_inner(out)
+    }
+
+    fn fused_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::fused_softmax_backward(y.into_primitive(), grad.into_primitive());
+        <Self as burn::backend::AutodiffBackend>::from_inner(out)
+    }
+
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+        has_residual: bool,
+        has_bias: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // second-order gradients are not needed: untracked
+        let (d, gx) = B::fused_layer_norm_backward(
+            x.into_primitive(),
+            residual.into_primitive(),
+            bias.into_primitive(),
+            gamma.into_primitive(),
+            grad.into_primitive(),
+            epsilon,
+            has_residual,
+            has_bias,
+        );
+        let lift = <Self as burn::backend::AutodiffBackend>::from_inner;
+        (lift(d), lift(gx))
+    }
+
+    // The optimiser's ops run on gradients and parameters outside the graph: untracked.
+    fn fused_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        exp_avg: FloatTensor<Self>,
+        exp_avg_sq: FloatTensor<Self>,
+        scalars: AdamWScalars,
+        keep_layout: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (p, m, v) = B::fused_adamw(
+            param.into_primitive(),
+            grad.into_primitive(),
+            exp_avg.into_primitive(),
+            exp_avg_sq.into_primitive(),
+            scalars,
+            keep_layout,
+        );
+        let lift = <Self as burn::backend::AutodiffBackend>::from_inner;
+        (lift(p), lift(m), lift(v))
+    }
+
+    fn fused_square_partials_into(
+        x: FloatTensor<Self>,
+        acc: FloatTensor<Self>,
+        offset: usize,
+    ) -> FloatTensor<Self> {
+        <Self as burn::backend::AutodiffBackend>::from_inner(B::fused_square_partials_into(
+            x.into_primitive(),
+            acc.into_primitive(),
+            offset,
+        ))
     }
 
     fn fused_bias_relu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1835,6 +2040,70 @@ impl FusedKernel for FusedCube {
                 }
             })
         })
+    }
+
+    fn adamw(
+        &self,
+        param: &Tensor<4>,
+        grad: &Tensor<4>,
+        exp_avg: &Tensor<1>,
+        exp_avg_sq: &Tensor<1>,
+        scalars: &AdamWScalars,
+        keep_layout: bool,
+    ) -> Option<(Tensor<4>, Tensor<1>, Tensor<1>)> {
+        let dtypes = [
+            param.dtype(),
+            grad.dtype(),
+            exp_avg.dtype(),
+            exp_avg_sq.dtype(),
+        ];
+        let n = param.shape().num_elements();
+        if !accepts(&param.device(), &dtypes)
+            || grad.dims() != param.dims()
+            || exp_avg.dims() != [n]
+            || exp_avg_sq.dims() != [n]
+        {
+            return None;
+        }
+        let (p, m, v) = <Dispatch as FusedOps>::fused_adamw(
+            param.clone().into_dispatch(),
+            grad.clone().into_dispatch(),
+            exp_avg.clone().into_dispatch(),
+            exp_avg_sq.clone().into_dispatch(),
+            *scalars,
+            keep_layout,
+        );
+        Some((
+            Tensor::from_dispatch(p),
+            Tensor::from_dispatch(m),
+            Tensor::from_dispatch(v),
+        ))
+    }
+
+    fn sum_squares(&self, xs: &[Tensor<4>]) -> Option<Tensor<1>> {
+        let first = xs.first()?;
+        let device = first.device();
+        if !xs
+            .iter()
+            .all(|x| x.dtype() == DType::F32 && x.device() == device)
+            || !accepts(&device, &[DType::F32])
+        {
+            return None;
+        }
+        let sizes: Vec<usize> = xs.iter().map(|x| x.shape().num_elements()).collect();
+        let total = sizes.iter().map(|&n| cube::square_units(n)).sum::<usize>();
+        let mut partials = Tensor::<1>::empty([total], (&device, DType::F32)).into_dispatch();
+        let mut offset = 0;
+        for (x, n) in xs.iter().zip(sizes) {
+            partials = <Dispatch as FusedOps>::fused_square_partials_into(
+                x.clone().into_dispatch(),
+                partials,
+                offset,
+            );
+            offset += cube::square_units(n);
+        }
+        let partials = Tensor::<1>::from_dispatch(partials);
+        Some(partials.sum())
     }
 
     fn l2_halve_rows(&self, x: &Tensor<2>) -> Option<Tensor<2>> {

@@ -48,8 +48,8 @@ enum Cmd {
     },
     /// The inference benchmark (`rlip bench infer`).
     BenchInfer(BenchInferArgs),
-    /// Cross-backend parity of the small preset: every compiled-in backend against flex (set
-    /// `RLIP_PARITY_CUDA=1` to include cuda).
+    /// Cross-backend parity of the small preset, a forward and two training steps: every
+    /// compiled-in backend against flex (set `RLIP_PARITY_CUDA=1` to include cuda).
     Parity,
 }
 
@@ -78,14 +78,22 @@ fn main() -> ExitCode {
         Cmd::Model { dirs } => (true, dirs),
         Cmd::Backbone { dirs } => (false, dirs),
         Cmd::Parity => {
-            let r = std::panic::catch_unwind(|| {
+            let forward = std::panic::catch_unwind(|| {
                 rlip_tests::run_parity(
                     "small_model",
                     rlip_tests::parity::SMALL_MODEL_TOL,
                     rlip_tests::parity::small_model_case,
                 )
             });
-            return if r.is_ok() {
+            // forward, backward (the fused kernels' gradients) and the AdamW update
+            let training = std::panic::catch_unwind(|| {
+                rlip_tests::run_parity(
+                    "small_train_step",
+                    rlip_tests::parity::SMALL_MODEL_TOL,
+                    rlip_tests::parity::small_train_step_case,
+                )
+            });
+            return if forward.is_ok() && training.is_ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

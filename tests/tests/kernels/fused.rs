@@ -162,6 +162,31 @@ impl FusedKernel for Recorder {
         self.push(format!("relu {:?} (declined)", x.dims()));
         None
     }
+    fn adamw(
+        &self,
+        param: &Tensor<4>,
+        grad: &Tensor<4>,
+        exp_avg: &Tensor<1>,
+        _exp_avg_sq: &Tensor<1>,
+        scalars: &rlip_model::fused::AdamWScalars,
+        keep_layout: bool,
+    ) -> Option<(Tensor<4>, Tensor<1>, Tensor<1>)> {
+        self.push(format!(
+            "adamw {:?} grad {:?} moments {:?} decay {} keep_layout {keep_layout} (declined)",
+            param.dims(),
+            grad.dims(),
+            exp_avg.dims(),
+            scalars.decay
+        ));
+        None
+    }
+    fn sum_squares(&self, xs: &[Tensor<4>]) -> Option<Tensor<1>> {
+        let dims: Vec<[usize; 4]> = xs.iter().map(|x| x.dims()).collect();
+        self.push(format!("sum_squares {dims:?}"));
+        xs.iter()
+            .map(|x| x.clone().powi_scalar(2).sum())
+            .reduce(|a, b| a + b)
+    }
     fn l2_halve_rows(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
         self.push(format!("l2_halve_rows {:?} (declined)", x.dims()));
         None
@@ -465,6 +490,46 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
             "l2_halve_rows [10, 6] (declined)",
         ]
     );
+}
+
+/// The optimiser's entry points hand the kernel rank-4 views (leading unit axes), ask a rank-4
+/// parameter to keep its layout and others not, and return `None` when it declines AdamW (the
+/// optimiser then runs Burn's ops).
+#[test]
+fn optimiser_entry_points_hand_the_kernel_rank4_views() {
+    use rlip_model::fused::{AdamWScalars, adamw, rank4, sum_squares};
+    let _lock = crate::global_kernel_lock();
+    rlip_backends::register_kernels();
+    let dev = Device::flex();
+    let (p2, g2) = (tensor([3, 4], 81, &dev), tensor([3, 4], 82, &dev));
+    let (p4, g4) = (
+        tensor([2, 3, 1, 2], 83, &dev),
+        tensor([2, 3, 1, 2], 84, &dev),
+    );
+    let m = tensor([12], 85, &dev);
+    let s = AdamWScalars::new(1.0, 0.5, 0.9, 0.999, 1e-8, 0.1, 1);
+    let rec = Arc::new(Recorder::default());
+    let previous = set_kernel(Some(rec.clone()));
+    let declined = (
+        adamw(&p2, &g2, &m, &m, &s).is_none(),
+        adamw(&p4, &g4, &m, &m, &s).is_none(),
+    );
+    let sum = sum_squares(vec![rank4(p2.clone()), rank4(tensor([5], 86, &dev))]);
+    set_kernel(previous);
+    assert_eq!(declined, (true, true));
+    let want = p2.powi_scalar(2).sum() + tensor([5], 86, &dev).powi_scalar(2).sum();
+    assert!(max_diff(sum.expect("two tensors"), want) < 1e-6);
+    let calls = rec.0.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            // 1 − lr · weight decay = 0.95
+            "adamw [1, 1, 3, 4] grad [1, 1, 3, 4] moments [12] decay 0.95 keep_layout false (declined)",
+            "adamw [2, 3, 1, 2] grad [2, 3, 1, 2] moments [12] decay 0.95 keep_layout true (declined)",
+            "sum_squares [[1, 1, 3, 4], [1, 1, 1, 5]]",
+        ]
+    );
+    assert!(sum_squares(Vec::new()).is_none());
 }
 
 /// A ResNet-50 bottleneck calls the affine kernel once per convolution: with ReLU after the
@@ -951,6 +1016,85 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         if with_residual {
             out.push(&format!("{name}_d_residual"), res.grad(&g).expect("grad"));
         }
+    }
+
+    // the optimiser's kernels, on plain (non-autodiff) tensors as the trainer runs them: the
+    // sum of squares of gradients in several layouts (one larger than a unit's span), and AdamW
+    // on a row-major parameter, on a channels-last one with a row-major gradient and on one
+    // with a transposed gradient
+    let grads: Vec<Tensor<4>> = vec![
+        rlip_model::fused::rank4(tensor([37, 70], 61, device)),
+        tensor([2, 6, 7, 5], 62, device).permute([0, 3, 1, 2]),
+        rlip_model::fused::rank4(tensor([9, 13], 63, device).transpose()),
+        rlip_model::fused::rank4(tensor([3], 64, device)),
+        // more than the cap of partial sums per tensor (65,536 units of 16)
+        rlip_model::fused::rank4(tensor([1_100_000], 65, device)),
+    ];
+    let sq = if gpu {
+        FusedCube.sum_squares(&grads).expect("fused")
+    } else {
+        let sum = |t: Tensor<4>| t.powi_scalar(2).sum();
+        grads.iter().cloned().map(sum).reduce(|a, b| a + b).unwrap()
+    };
+    out.push("sum_squares", sq);
+    let s = rlip_model::fused::AdamWScalars::new(0.37, 1e-2, 0.9, 0.999, 1e-8, 1e-4, 3);
+    let moments = |seed: u64, n: usize| {
+        let m = tensor([n], seed, device) * 0.1;
+        let v = tensor([n], seed + 1, device).abs() * 0.01;
+        (m, v)
+    };
+    for (name, param, grad, keep) in [
+        (
+            "adamw",
+            tensor([2, 1, 13, 9], 71, device),
+            tensor([2, 1, 13, 9], 72, device),
+            true,
+        ),
+        (
+            "adamw_channels_last",
+            tensor([2, 6, 7, 5], 73, device).permute([0, 3, 1, 2]),
+            tensor([2, 5, 6, 7], 74, device),
+            true,
+        ),
+        (
+            "adamw_to_row_major",
+            tensor([2, 6, 7, 5], 78, device).permute([0, 3, 1, 2]),
+            tensor([2, 5, 6, 7], 79, device)
+                .permute([0, 1, 3, 2])
+                .swap_dims(2, 3),
+            false,
+        ),
+        (
+            "adamw_transposed_grad",
+            tensor([1, 1, 11, 4], 75, device),
+            tensor([1, 1, 4, 11], 76, device).swap_dims(2, 3),
+            true,
+        ),
+    ] {
+        let n = param.shape().num_elements();
+        let (m, v) = moments(77, n);
+        let (p2, m2, v2) = if gpu {
+            FusedCube
+                .adamw(&param, &grad, &m, &v, &s, keep)
+                .expect("fused")
+        } else {
+            // the optimiser's portable path (train/src/optim.rs), row-major
+            let dims = param.dims();
+            let g = grad.reshape([n]).mul_scalar(s.grad_scale);
+            let m2 = m.mul_scalar(s.beta1) + g.clone().mul_scalar(s.one_minus_beta1);
+            let v2 = v.mul_scalar(s.beta2) + g.square().mul_scalar(s.one_minus_beta2);
+            let denom = v2
+                .clone()
+                .sqrt()
+                .div_scalar(s.bias_correction2_sqrt)
+                .add_scalar(s.eps);
+            let update = m2.clone().div(denom).mul_scalar(s.step_size);
+            let p2 = (param.reshape([n]).mul_scalar(s.decay) - update).reshape(dims);
+            (p2, m2, v2)
+        };
+        out.push(name, p2);
+        out.push(&format!("{name}_exp_avg"), m2);
+        out.push(&format!("{name}_exp_avg_sq"), v2);
     }
 });
 
