@@ -468,6 +468,9 @@ fn softmax_backward_row_kernel(
     }
 }
 
+/// `1 / √(2π)`, rounded to float32 as the composite rounds it.
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
 /// [`bias_epilogue_kernel`]: `max(v, 0)`.
 pub const RELU: u32 = 0;
 /// [`bias_epilogue_kernel`]: `v · (erf(v / √2) + 1) / 2` (Burn's exact GELU, its order of
@@ -479,9 +482,14 @@ pub const GATE: u32 = 2;
 pub const ZERO_ROWS: u32 = 3;
 /// [`bias_epilogue_kernel`]: `v · (a + b[col])` (the product of two biased outputs).
 pub const PRODUCT: u32 = 4;
+/// [`bias_epilogue_kernel`]: `a · gelu'(v)`, the exact derivative
+/// `(erf(v / √2) + 1) / 2 + v · exp(−v² / 2) / √(2π)` times the output gradient `a` (GELU's
+/// backward, as PyTorch and flex compute it).
+pub const GELU_GRAD: u32 = 5;
 
 /// One unit per element of `x [R, C]` (row-major): `v = x + bias[col]`, then what `kind` says
-/// ([`RELU`], [`GELU`], [`GATE`], [`ZERO_ROWS`], [`PRODUCT`]) with the operands `a` and `b`
+/// ([`RELU`], [`GELU`], [`GATE`], [`ZERO_ROWS`], [`PRODUCT`], [`GELU_GRAD`]) with the operands
+/// `a` and `b`
 /// (any tensor where `kind` reads none).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn bias_epilogue_kernel(
@@ -514,6 +522,10 @@ fn bias_epilogue_kernel(
         };
     } else if comptime![kind == PRODUCT] {
         y = v * (a[ABSOLUTE_POS] + b[col]);
+    } else if comptime![kind == GELU_GRAD] {
+        let cdf = (Erf::erf(v / core::f32::consts::SQRT_2) + 1.0f32) * 0.5f32;
+        let pdf = (v * v * -0.5f32).exp() * INV_SQRT_2PI;
+        y = a[ABSOLUTE_POS] * (cdf + v * pdf);
     }
     out[ABSOLUTE_POS] = y;
 }
@@ -1662,6 +1674,7 @@ pub fn bias_epilogue(
     // the elements each operand must have (the gate: at least one, only its first is read)
     let (a_len, b_len) = match kind {
         RELU | GELU => (None, None),
+        GELU_GRAD => (Some(r * c), None),
         GATE => (Some(r * c), Some(1)),
         ZERO_ROWS => (None, Some(r)),
         PRODUCT => (Some(r * c), Some(c)),

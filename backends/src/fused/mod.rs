@@ -218,6 +218,15 @@ pub trait FusedOps: Backend {
         transposed: bool,
     ) -> FloatTensor<Self>;
 
+    /// GELU's backward at `x + bias` (`x [R, C]`, `bias [C]`): `grad · gelu'(x + bias)`, the exact
+    /// derivative.
+    #[fusion(dtype = x, shape = same_shape(x))]
+    fn fused_bias_gelu_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// The ReLU's input gradient from its output `y` and the output gradient `grad` (Burn's
     /// `relu_backward` in one launch).
     #[fusion(dtype = y, shape = same_shape(y))]
@@ -342,6 +351,14 @@ impl FusedOps for burn_cubecl::CubeBackend {
         transposed: bool,
     ) -> FloatTensor<Self> {
         cube::heads_backward(grad, scale, transposed)
+    }
+
+    fn fused_bias_gelu_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::bias_epilogue(x, bias, Some(grad), None, cube::GELU_GRAD)
     }
 
     fn fused_relu_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -812,26 +829,10 @@ fn register_biased<B: Backend>(
     }
 }
 
-/// The exact GELU derivative at `v` times `grad`:
-/// `grad · (0.5 · (1 + erf(v / √2)) + v · exp(−v² / 2) / √(2π))` (PyTorch's and flex's; Burn's
-/// default `gelu_backward`, which the cubecl backends keep, differentiates the tanh
-/// approximation instead).
-fn gelu_grad<B: Backend>(v: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
-    let erf = B::float_erf(B::float_div_scalar(
-        v.clone(),
-        core::f32::consts::SQRT_2.into(),
-    ));
-    let cdf = B::float_mul_scalar(B::float_add_scalar(erf, 1f32.into()), 0.5f32.into());
-    let sq = B::float_mul(v.clone(), v.clone());
-    let inv_sqrt_2pi = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
-    let pdf = B::float_mul_scalar(
-        B::float_exp(B::float_mul_scalar(sq, (-0.5f32).into())),
-        inv_sqrt_2pi.into(),
-    );
-    B::float_mul(grad, B::float_add(cdf, B::float_mul(v, pdf)))
-}
-
-/// Autodiff node of the bias add with GELU: the exact GELU derivative at `x + bias`.
+/// Autodiff node of the bias add with GELU: the exact GELU derivative at `x + bias`
+/// (`(1 + erf(v / √2)) / 2 + v · exp(−v² / 2) / √(2π)`, PyTorch's and flex's; Burn's default
+/// `gelu_backward`, which the cubecl backends keep, differentiates the tanh approximation),
+/// in one launch.
 #[derive(Debug)]
 struct BiasGeluBackward;
 
@@ -842,7 +843,7 @@ impl<B: FusedOps> Backward<B, 2> for BiasGeluBackward {
         let nodes = ops.parents.map(|n| n.map(|n| n.id));
         let grad = grads.consume::<B>(&ops.node);
         let (x, bias) = ops.state;
-        let g = gelu_grad::<B>(plus_bias::<B>(x, bias), grad);
+        let g = B::fused_bias_gelu_backward(x, bias, grad);
         register_biased::<B>(grads, nodes, g);
     }
 }
@@ -1383,6 +1384,20 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         // second-order gradients are not needed: untracked
         let out = B::fused_heads_backward(grad.into_primitive(), scale, transposed);
+        <Self as burn::backend::AutodiffBackend>::from_inner(out)
+    }
+
+    fn fused_bias_gelu_backward(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // second-order gradients are not needed: untracked
+        let out = B::fused_bias_gelu_backward(
+            x.into_primitive(),
+            bias.into_primitive(),
+            grad.into_primitive(),
+        );
         <Self as burn::backend::AutodiffBackend>::from_inner(out)
     }
 
