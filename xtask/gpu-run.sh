@@ -17,6 +17,8 @@
 # golden fixture on cuda with full-float32 matmuls and convolutions (--f32-precision highest;
 # OUT/golden-cuda-highest.txt): the official outputs at float32 tolerance, or the errors; and
 # the small preset on cuda against flex, a forward and two training steps (OUT/parity-cuda.txt).
+# After the cuda suite, one profiled r50 forward: per-kernel device times by kind
+# (OUT/profile-cuda.txt; the raw log as OUT/profile-cuda.log.xz).
 set -u
 out=${1:?usage: run.sh OUT [SECONDS]}
 budget=${2:-480}
@@ -59,7 +61,30 @@ timeout 150 "$here/rlip-golden" --backend cuda --f32-precision highest model \
 echo "== small preset on cuda vs flex: forward, and two training steps (fused backward, AdamW)"
 RLIP_PARITY_CUDA=1 RLIP_PARITY_BACKENDS=cuda timeout 120 "$here/rlip-golden" parity 2>&1 |
     grep -v ' INFO' | tee "$out/parity-cuda.txt"
-suite cuda $((budget * 2 / 3 - ($(date +%s) - start)))
+# per kernel kind of one forward (from the first max pool to the second): launches, summed
+# device time, and the total, to set against the measured wall time
+profile_summary() { # log
+    grep '^|' "$1" | awk -F'|' '
+        $2 ~ /^ *[0-9.]+(ms|µs|ns|s) *$/ {
+            d = $2; gsub(/ /, "", d); v = d + 0
+            if (d ~ /ms$/) v *= 1000; else if (d ~ /µs$/) v *= 1; else if (d ~ /ns$/) v /= 1000; else v *= 1e6
+            k = $3; n = (NF >= 4) ? $4 : ""; gsub(/ /, "", k); gsub(/ /, "", n)
+            sub(/_[0-9a-f]+$/, "", k); sub(/_[0-9a-f]+$/, "", n)
+            if (k ~ /MaxPool/ || n ~ /MaxPool/) pools++
+            if (pools == 1) { name = k " " n; c[name]++; t[name] += v; total += v; launches++ }
+        }
+        END {
+            for (x in c) printf "%10.1f us %6d  %s\n", t[x], c[x], x
+            printf "%10.1f us %6d  TOTAL (device time of one forward, launches)\n", total, launches
+        }' | sort -rn | head -40
+}
+suite cuda $((budget * 2 / 3 - 75 - ($(date +%s) - start)))
+echo "== one r50 forward on cuda, per-kernel device time (cubecl profile; OUT/profile-cuda.txt)"
+CUBECL_DEBUG_LOG="$out/profile-cuda.log" CUBECL_DEBUG_OPTION=profile timeout 75 "$here/rlip" \
+    --backend cuda bench infer --config r50 --batch 1 --warmup 1 --iters 1 2>&1 |
+    grep -v ' INFO' | tail -3
+[ -f "$out/profile-cuda.log" ] && profile_summary "$out/profile-cuda.log" |
+    tee "$out/profile-cuda.txt" && xz -T0 "$out/profile-cuda.log"
 unset RLIP_MSDA
 suite wgpu "$(left)"
 tar czf "$out/environment.tgz" target/environment
