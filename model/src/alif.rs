@@ -431,9 +431,15 @@ impl AlifEncoder {
         let mut src = ms.src.clone();
         let mut lang = lang;
         let mut rounds = Vec::with_capacity(self.fusions.len());
+        // whether a fusion round runs before layer `i` (it changes `src`, so the layer's query
+        // `src + pos` cannot come from the previous layer's last norm)
+        let fuses = |i: usize| {
+            i % self.fusion_interval == 0 && i / self.fusion_interval < self.fusions.len()
+        };
+        let mut query = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let k = i / self.fusion_interval;
-            if i % self.fusion_interval == 0 && k < self.fusions.len() {
+            if fuses(i) {
                 let part = src.clone().slice(s![.., last..s_total]);
                 let (v, l) = self.fusions[k].forward(
                     part,
@@ -451,12 +457,15 @@ impl AlifEncoder {
                     t.lang_out.push(lang.clone());
                 }
             }
-            src = layer.forward(
+            let next_query = i + 1 < self.layers.len() && !fuses(i + 1);
+            (src, query) = layer.forward_with_query(
                 src,
+                query.take(),
                 ms.pos.clone(),
                 reference.clone(),
                 &ms.shapes,
                 &ms.padding,
+                next_query,
             );
             if let Some(t) = trace.as_deref_mut() {
                 t.layer_out.push(src.clone());

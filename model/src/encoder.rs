@@ -280,17 +280,37 @@ impl EncoderLayer {
         shapes: &[[usize; 2]],
         padding: &TokenPadding,
     ) -> Tensor<3> {
-        let attn = self.self_attn.forward_biased(
-            src.clone() + pos,
-            reference,
-            src.clone(),
-            shapes,
-            Some(padding),
-        );
+        self.forward_with_query(src, None, pos, reference, shapes, padding, false)
+            .0
+    }
+
+    /// [`EncoderLayer::forward`] with the query `src + pos` given when the caller has it
+    /// (`query`), and returning the next layer's `out + pos` too when `next_query` (from the last
+    /// layer norm's launch where a fused kernel takes it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_query(
+        &self,
+        src: Tensor<3>,
+        query: Option<Tensor<3>>,
+        pos: Tensor<3>,
+        reference: Tensor<4>,
+        shapes: &[[usize; 2]],
+        padding: &TokenPadding,
+        next_query: bool,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
+        let query = query.unwrap_or_else(|| src.clone() + pos.clone());
+        let attn =
+            self.self_attn
+                .forward_biased(query, reference, src.clone(), shapes, Some(padding));
         let src = self.norm1.forward_add_biased(src, attn);
         let ffn = self
             .linear2
             .forward_biased(self.linear1.forward_relu(src.clone()));
-        self.norm2.forward_add_biased(src, ffn)
+        if next_query {
+            let (out, q) = self.norm2.forward_add_biased_plus(src, ffn, pos);
+            (out, Some(q))
+        } else {
+            (self.norm2.forward_add_biased(src, ffn), None)
+        }
     }
 }

@@ -35,6 +35,22 @@ pub trait FusedKernel: Send + Sync {
         beta: &Tensor<1>,
         epsilon: f64,
     ) -> Option<Tensor<2>>;
+    /// [`FusedKernel::layer_norm`] of `(x + bias) + residual` followed by the norm plus `plus`
+    /// (`x`'s shape; a positional query added to the layer's output): `[2R, C]`, the norm in the
+    /// first `R` rows; or `None` to decline (the default).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_plus(
+        &self,
+        _x: &Tensor<2>,
+        _bias: &Tensor<1>,
+        _residual: &Tensor<2>,
+        _gamma: &Tensor<1>,
+        _beta: &Tensor<1>,
+        _plus: &Tensor<2>,
+        _epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        None
+    }
     /// Whether convolution weights `[O, I, kH, kW]` should be stored channels-last on `device`
     /// (`[O, kH, kW, I]` in memory, the layout the device's convolutions read, so they need no
     /// copy of their weights per call). Asked when a convolution is loaded.
@@ -341,6 +357,43 @@ pub fn bias_add_layer_norm<const D: usize>(
 }
 
 /// [`layer_norm`] of `x`, `x + residual` or `(x + bias) + residual`.
+/// `(y, y + plus)` for `y` = [`bias_add_layer_norm`]`(x, bias, residual, ..)`: one launch where
+/// the installed kernel takes it, else the norm and Burn's add.
+#[allow(clippy::too_many_arguments)]
+pub fn bias_add_layer_norm_plus<const D: usize>(
+    x: Tensor<D>,
+    bias: Tensor<1>,
+    residual: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+    plus: Tensor<D>,
+) -> (Tensor<D>, Tensor<D>) {
+    let dims = x.dims();
+    if let (Some(k), Some(b)) = (kernel(), beta.as_ref())
+        && residual.dims() == dims
+        && plus.dims() == dims
+    {
+        let rows = dims[..D - 1].iter().product::<usize>();
+        if let Some(y) = k.layer_norm_plus(
+            &as_rows(&x),
+            &bias,
+            &as_rows(&residual),
+            &gamma,
+            b,
+            &as_rows(&plus),
+            epsilon,
+        ) {
+            let c = dims[D - 1];
+            let norm = y.clone().slice(s![0..rows, 0..c]).reshape(dims);
+            let with_plus = y.slice(s![rows..2 * rows, 0..c]).reshape(dims);
+            return (norm, with_plus);
+        }
+    }
+    let y = bias_add_layer_norm(x, bias, residual, gamma, beta, epsilon);
+    (y.clone(), y + plus)
+}
+
 fn norm_rows<const D: usize>(
     x: Tensor<D>,
     bias: Option<Tensor<1>>,

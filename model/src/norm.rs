@@ -131,6 +131,38 @@ impl LayerNorm {
         }
     }
 
+    /// `(n, n + plus)` for `n = self.forward_add_biased(x, y)`: both in the norm's launch where a
+    /// fused kernel takes them (a layer's output and, for the next attention, its sum with a
+    /// positional query).
+    pub fn forward_add_biased_plus<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        y: Biased<D>,
+        plus: Tensor<D>,
+    ) -> (Tensor<D>, Tensor<D>) {
+        match y {
+            Biased {
+                product,
+                bias: Some(bias),
+            } if !matches!(x.dtype(), DType::BF16 | DType::F16) => {
+                let dtype = FloatDType::from(x.dtype());
+                crate::fused::bias_add_layer_norm_plus(
+                    product,
+                    bias.cast(dtype),
+                    x,
+                    self.gamma.val().cast(dtype),
+                    self.beta.as_ref().map(|b| b.val().cast(dtype)),
+                    self.epsilon,
+                    plus,
+                )
+            }
+            y => {
+                let n = self.forward_add_biased(x, y);
+                (n.clone(), n + plus)
+            }
+        }
+    }
+
     /// `self.forward(x + residual)`, the add inside the norm's launch where a fused kernel takes
     /// it (float32; half-precision inputs add in their type, then normalise as a float32 island).
     pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {

@@ -181,9 +181,9 @@ impl DecoderLayer {
     ) -> Tensor<3> {
         let qk = tgt.clone() + pos.clone();
         let sa = self.self_attn.forward_biased(qk.clone(), qk, tgt.clone());
-        let tgt = self.norm2.forward_add_biased(tgt, sa);
+        let (tgt, query) = self.norm2.forward_add_biased_plus(tgt, sa, pos);
         let ca = self.cross_attn.forward_biased(
-            tgt.clone() + pos,
+            query,
             reference,
             mem.src.clone(),
             mem.shapes,

@@ -66,7 +66,9 @@ fn ln_input(
 
 /// Layer norm of each row of `x [rows, c]` (plus `bias [c]` when `has_bias` and `residual` when
 /// `has_residual`; otherwise any tensor, e.g. `x`), one cube per row, the cube no wider than one plane: its units take every
-/// `CUBE_DIM`-th element of the row and plane sums combine them (reads are coalesced).
+/// `CUBE_DIM`-th element of the row and plane sums combine them (reads are coalesced). With
+/// `has_plus`, `out` has `2·rows` rows and the second half gets the norm plus `plus [rows, c]`
+/// (a positional query added to the layer's output).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn layer_norm_plane_kernel(
     x: &Tensor<f32>,
@@ -74,12 +76,14 @@ fn layer_norm_plane_kernel(
     bias: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
+    plus: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
     epsilon: f32,
     #[comptime] c: usize,
     #[comptime] has_residual: bool,
     #[comptime] has_bias: bool,
+    #[comptime] has_plus: bool,
 ) {
     let row = cube_index();
     // the whole cube leaves together
@@ -106,10 +110,13 @@ fn layer_norm_plane_kernel(
     let denom = (plane_sum(sq) / f32::cast_from(c) + epsilon).sqrt();
     let mut i = t;
     while i < c {
-        out[base + i] = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean)
-            / denom
+        let y = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean) / denom
             * gamma[i]
             + beta[i];
+        out[base + i] = y;
+        if has_plus {
+            out[rows * c + base + i] = y + plus[base + i];
+        }
         i += units;
     }
 }
@@ -122,12 +129,14 @@ fn layer_norm_row_kernel(
     bias: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
+    plus: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
     epsilon: f32,
     #[comptime] c: usize,
     #[comptime] has_residual: bool,
     #[comptime] has_bias: bool,
+    #[comptime] has_plus: bool,
 ) {
     let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     if row >= rows {
@@ -146,10 +155,13 @@ fn layer_norm_row_kernel(
     }
     let denom = (sq / f32::cast_from(c) + epsilon).sqrt();
     for k in 0..c {
-        out[base + k] = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean)
-            / denom
+        let y = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean) / denom
             * gamma[k]
             + beta[k];
+        out[base + k] = y;
+        if has_plus {
+            out[rows * c + base + k] = y + plus[base + k];
+        }
     }
 }
 
@@ -861,13 +873,15 @@ fn grid(cubes: usize) -> CubeCount {
 }
 
 /// Layer norm of each row of `x [R, C]`, or of `(x + bias) + residual` with what is given
-/// (`bias [C]`, `residual` of `x`'s shape).
+/// (`bias [C]`, `residual` of `x`'s shape); with `plus` (`x`'s shape) the result has `2R` rows,
+/// the norm and then the norm plus `plus`.
 pub fn layer_norm(
     x: CubeTensor,
     residual: Option<CubeTensor>,
     bias: Option<CubeTensor>,
     gamma: CubeTensor,
     beta: CubeTensor,
+    plus: Option<CubeTensor>,
     epsilon: f64,
 ) -> CubeTensor {
     check_f32(&[&x, &gamma, &beta], "layer norm");
@@ -890,11 +904,30 @@ pub fn layer_norm(
         );
         into_contiguous(b)
     });
-    let (has_residual, has_bias) = (residual.is_some(), bias.is_some());
+    let plus = plus.map(|p| {
+        check_f32(&[&p], "layer norm");
+        assert_eq!(
+            p.meta.shape(),
+            x.meta.shape(),
+            "fused layer norm: shape of the added tensor"
+        );
+        into_contiguous(p)
+    });
+    let (has_residual, has_bias, has_plus) = (residual.is_some(), bias.is_some(), plus.is_some());
     let residual = residual.unwrap_or_else(|| x.clone());
     let bias = bias.unwrap_or_else(|| gamma.clone());
+    let plus = plus.unwrap_or_else(|| x.clone());
     let [rows, c] = x.meta.shape().dims::<2>();
-    let out = empty_dense(&x);
+    let out = if has_plus {
+        empty_device_contiguous_dtype(
+            x.client.clone(),
+            x.device.clone(),
+            [2 * rows, c].into(),
+            DType::F32,
+        )
+    } else {
+        empty_dense(&x)
+    };
     if rows == 0 || c == 0 {
         return out;
     }
@@ -906,11 +939,12 @@ pub fn layer_norm(
         bias.into_tensor_arg(),
         gamma.into_tensor_arg(),
         beta.into_tensor_arg(),
+        plus.into_tensor_arg(),
         out.clone().into_tensor_arg(),
     );
     // SAFETY: cubes and units past the last row return before reading; every index is below
-    // `row·c + c` for a row below `rows`, or below `c` for `bias`, `gamma` and `beta`, which
-    // have those sizes.
+    // `row·c + c` for a row below `rows` (`2·rows·c` for `out` with `plus`), or below `c` for
+    // `bias`, `gamma` and `beta`, which have those sizes.
     unsafe {
         if let Some(units) = plan {
             let dim = CubeDim::new_1d(units as u32);
@@ -925,11 +959,13 @@ pub fn layer_norm(
                 args.3,
                 args.4,
                 args.5,
+                args.6,
                 rows,
                 epsilon as f32,
                 c,
                 has_residual,
                 has_bias,
+                has_plus,
             );
         } else {
             let dim = CubeDim::new_1d(ROWS_PER_CUBE as u32);
@@ -944,11 +980,13 @@ pub fn layer_norm(
                 args.3,
                 args.4,
                 args.5,
+                args.6,
                 rows,
                 epsilon as f32,
                 c,
                 has_residual,
                 has_bias,
+                has_plus,
             );
         }
     }

@@ -63,6 +63,20 @@ pub trait FusedOps: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
+    /// [`FusedOps::fused_bias_add_layer_norm`] followed by the norm plus `plus` (`x`'s shape):
+    /// `[2R, C]`, the norm in the first `R` rows, the norm plus `plus` in the next.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = x, shape = double_rows(x))]
+    fn fused_bias_add_layer_norm_plus(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        plus: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
     /// `max(x, 0)`, elementwise.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -302,6 +316,11 @@ fn unheads_shape(grad: &burn::tensor::Shape, transposed: &bool) -> burn::tensor:
 }
 
 #[cfg(feature = "fusion")]
+fn double_rows(x: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from([2 * x[0], x[1]])
+}
+
+#[cfg(feature = "fusion")]
 fn heads_t_shape(x: &burn::tensor::Shape) -> burn::tensor::Shape {
     burn::tensor::Shape::from([x[0], x[2], x[3], x[1]])
 }
@@ -313,7 +332,7 @@ impl FusedOps for burn_cubecl::CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        cube::layer_norm(x, None, None, gamma, beta, epsilon)
+        cube::layer_norm(x, None, None, gamma, beta, None, epsilon)
     }
 
     fn fused_add_layer_norm(
@@ -323,7 +342,7 @@ impl FusedOps for burn_cubecl::CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        cube::layer_norm(x, Some(residual), None, gamma, beta, epsilon)
+        cube::layer_norm(x, Some(residual), None, gamma, beta, None, epsilon)
     }
 
     fn fused_bias_add_layer_norm(
@@ -334,7 +353,27 @@ impl FusedOps for burn_cubecl::CubeBackend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        cube::layer_norm(x, Some(residual), Some(bias), gamma, beta, epsilon)
+        cube::layer_norm(x, Some(residual), Some(bias), gamma, beta, None, epsilon)
+    }
+
+    fn fused_bias_add_layer_norm_plus(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        plus: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        cube::layer_norm(
+            x,
+            Some(residual),
+            Some(bias),
+            gamma,
+            beta,
+            Some(plus),
+            epsilon,
+        )
     }
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -655,6 +694,48 @@ impl<B: FusedOps> Backward<B, 5> for BiasAddLayerNormBackward {
             gamma,
             epsilon,
             nodes,
+        );
+    }
+}
+
+/// Autodiff node of [`FusedOps::fused_bias_add_layer_norm_plus`]: the output gradient's two
+/// halves `[g₁; g₂]`; the norm gets `g₁ + g₂` (then as [`BiasAddLayerNormBackward`]), the added
+/// tensor `g₂`.
+#[derive(Debug)]
+struct BiasAddLayerNormPlusBackward;
+
+impl<B: FusedOps> Backward<B, 6> for BiasAddLayerNormPlusBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        f64,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 6>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x, bias, r, gamma, beta, plus] = ops.parents.map(|n| n.map(|n| n.id));
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_t, bias_t, residual, gamma_t, epsilon) = ops.state;
+        let [rows, c] = x_t.shape().dims::<2>();
+        let g1 = B::float_slice(
+            grad.clone(),
+            &[burn::tensor::Slice::from(0..rows), (0..c).into()],
+        );
+        let g2 = B::float_slice(
+            grad,
+            &[burn::tensor::Slice::from(rows..2 * rows), (0..c).into()],
+        );
+        if let Some(node) = plus {
+            grads.register::<B>(node, g2.clone());
+        }
+        sum_layer_norm_backward::<B>(
+            grads,
+            B::float_add(g1, g2),
+            (x_t, Some(bias_t), residual),
+            gamma_t,
+            epsilon,
+            [x, bias, r, gamma, beta],
         );
     }
 }
@@ -1348,6 +1429,57 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_bias_add_layer_norm_plus(
+        x: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        plus: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match BiasAddLayerNormPlusBackward
+            .prepare::<C>([
+                x.node(),
+                bias.node(),
+                residual.node(),
+                gamma.node(),
+                beta.node(),
+                plus.node(),
+            ])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, bias, r, gamma) = (
+                    x.into_primitive(),
+                    bias.into_primitive(),
+                    residual.into_primitive(),
+                    gamma.into_primitive(),
+                );
+                let out = B::fused_bias_add_layer_norm_plus(
+                    x.clone(),
+                    bias.clone(),
+                    r.clone(),
+                    gamma.clone(),
+                    beta.into_primitive(),
+                    plus.into_primitive(),
+                    epsilon,
+                );
+                prep.finish((x, bias, r, gamma, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bias_add_layer_norm_plus(
+                x.into_primitive(),
+                bias.into_primitive(),
+                residual.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                plus.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match ReluBackward
             .prepare::<C>([x.node()])
@@ -1931,6 +2063,37 @@ impl FusedKernel for FusedCube {
             // not asked by the model: a bias without a residual stays Burn's add
             (None, Some(_)) => return None,
         }))
+    }
+
+    fn layer_norm_plus(
+        &self,
+        x: &Tensor<2>,
+        bias: &Tensor<1>,
+        residual: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        plus: &Tensor<2>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        let dtypes = [
+            x.dtype(),
+            bias.dtype(),
+            residual.dtype(),
+            gamma.dtype(),
+            beta.dtype(),
+            plus.dtype(),
+        ];
+        accepts(&x.device(), &dtypes).then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_bias_add_layer_norm_plus(
+                x.clone().into_dispatch(),
+                bias.clone().into_dispatch(),
+                residual.clone().into_dispatch(),
+                gamma.clone().into_dispatch(),
+                beta.clone().into_dispatch(),
+                plus.clone().into_dispatch(),
+                epsilon,
+            ))
+        })
     }
 
     fn channels_last_weights(&self, device: &Device) -> bool {

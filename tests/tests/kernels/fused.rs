@@ -64,6 +64,25 @@ impl FusedKernel for Recorder {
             epsilon,
         ))
     }
+    fn layer_norm_plus(
+        &self,
+        x: &Tensor<2>,
+        bias: &Tensor<1>,
+        residual: &Tensor<2>,
+        gamma: &Tensor<1>,
+        beta: &Tensor<1>,
+        plus: &Tensor<2>,
+        epsilon: f64,
+    ) -> Option<Tensor<2>> {
+        self.push(format!("layer_norm_plus {:?}", x.dims()));
+        let n = burn::tensor::module::layer_norm(
+            (x.clone() + bias.clone().unsqueeze()) + residual.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            epsilon,
+        );
+        Some(Tensor::cat(vec![n.clone(), n + plus.clone()], 0))
+    }
     fn channels_last_weights(&self, _device: &Device) -> bool {
         false
     }
@@ -492,6 +511,47 @@ fn fused_entry_points_hand_the_kernel_what_they_document() {
     );
 }
 
+/// `bias_add_layer_norm_plus` hands the kernel rows and splits its `[2R, C]` result into the norm
+/// and the norm plus the added tensor; without a kernel it computes the same with Burn's ops.
+#[test]
+fn layer_norm_plus_splits_the_stacked_rows() {
+    use rlip_model::fused::bias_add_layer_norm_plus;
+    let _lock = crate::global_kernel_lock();
+    rlip_backends::register_kernels();
+    let dev = Device::flex();
+    let (x, r, pos) = (
+        tensor([2, 3, 6], 91, &dev),
+        tensor([2, 3, 6], 92, &dev),
+        tensor([2, 3, 6], 93, &dev),
+    );
+    let (bias, gamma, beta) = (
+        tensor([6], 94, &dev),
+        tensor([6], 95, &dev),
+        tensor([6], 96, &dev),
+    );
+    let run = || {
+        bias_add_layer_norm_plus(
+            x.clone(),
+            bias.clone(),
+            r.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            1e-5,
+            pos.clone(),
+        )
+    };
+    let previous = set_kernel(None);
+    let (want_norm, want_query) = run();
+    let rec = Arc::new(Recorder::default());
+    set_kernel(Some(rec.clone()));
+    let (norm, query) = run();
+    set_kernel(previous);
+    assert_eq!(rec.0.lock().unwrap().clone(), ["layer_norm_plus [6, 6]"]);
+    assert!(max_diff(norm.clone(), want_norm.clone()) < 1e-6);
+    assert!(max_diff(query.clone(), want_query) < 1e-6);
+    assert!(max_diff(query - norm, pos) < 1e-6);
+}
+
 /// The optimiser's entry points hand the kernel rank-4 views (leading unit axes), ask a rank-4
 /// parameter to keep its layout and others not, and return `None` when it declines AdamW (the
 /// optimiser then runs Burn's ops).
@@ -649,6 +709,37 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("bias_add_ln_d_bias", bias.grad(&g).expect("grad"));
     out.push("bias_add_ln_d_residual", res.grad(&g).expect("grad"));
     out.push("bias_add_ln_d_gamma", gamma.grad(&g).expect("grad"));
+
+    // the same norm and its sum with a positional query, in one launch: both halves used
+    let pos = tensor([21, 70], 56, &ad).require_grad();
+    let stacked = if gpu {
+        FusedCube
+            .layer_norm_plus(&x, &bias, &res, &gamma, &beta, &pos, 1e-5)
+            .expect("fused")
+    } else {
+        let n = burn::tensor::module::layer_norm(
+            (x.clone() + bias.clone().unsqueeze()) + res.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            1e-5,
+        );
+        Tensor::cat(vec![n.clone(), n + pos.clone()], 0)
+    };
+    let (norm, query) = (
+        stacked.clone().slice(s![0..21, 0..70]),
+        stacked.slice(s![21..42, 0..70]),
+    );
+    let g = ((norm.clone() * tensor([21, 70], 57, &ad)).sum()
+        + (query.clone() * tensor([21, 70], 58, &ad)).sum())
+    .backward();
+    out.push("ln_plus_norm", norm);
+    out.push("ln_plus_query", query);
+    for (name, t) in [("x", &x), ("residual", &res), ("pos", &pos)] {
+        out.push(&format!("ln_plus_d_{name}"), t.grad(&g).expect("grad"));
+    }
+    for (name, t) in [("bias", &bias), ("gamma", &gamma), ("beta", &beta)] {
+        out.push(&format!("ln_plus_d_{name}"), t.grad(&g).expect("grad"));
+    }
 
     // more rows than one grid axis holds (the kernel spreads rows over two axes)
     let x = tensor([33_000, 3], 35, device);
