@@ -434,7 +434,7 @@ impl AlifEncoder {
         // whether a fusion round runs before layer `i` (it changes `src`, so the layer's query
         // `src + pos` cannot come from the previous layer's last norm)
         let fuses = |i: usize| {
-            i % self.fusion_interval == 0 && i / self.fusion_interval < self.fusions.len()
+            i.is_multiple_of(self.fusion_interval) && i / self.fusion_interval < self.fusions.len()
         };
         let mut query = None;
         for (i, layer) in self.layers.iter().enumerate() {
