@@ -12,8 +12,9 @@
 //! [`set_kernel`] computes each in one launch where it accepts the operands; otherwise (and by
 //! default, e.g. on the CPU) the functions here run Burn's ops. The model code never changes.
 //!
-//! The training step's optimiser uses two more: [`adamw`] (one launch per parameter instead of
-//! about 16 of Burn's ops) and [`sum_squares`] (the gradient norm, one launch per gradient).
+//! The training step uses three more: [`adamw`] (one launch per parameter instead of about 16 of
+//! Burn's ops), [`sum_squares`] (the gradient norm, one launch per gradient) and
+//! [`FusedKernel::paired_giou`] (the criterion's GIoU, one launch instead of about 40).
 
 use std::sync::{Arc, RwLock};
 
@@ -150,6 +151,12 @@ pub trait FusedKernel: Send + Sync {
         _scalars: &AdamWScalars,
         _keep_layout: bool,
     ) -> Option<(Tensor<4>, Tensor<1>, Tensor<1>)> {
+        None
+    }
+    /// Generalized IoU `[N]` of the rows of two `[N, 4]` `(cx, cy, w, h)` box sets (the
+    /// criterion's GIoU loss: corners as the official `box_cxcywh_to_xyxy`, then the diagonal of
+    /// its `generalized_box_iou`), or `None` to decline (the default).
+    fn paired_giou(&self, _a: &Tensor<2>, _b: &Tensor<2>) -> Option<Tensor<1>> {
         None
     }
     /// `Σ x²` over every element of every tensor of `xs`, as a `[1]` tensor, or `None` to

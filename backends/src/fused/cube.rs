@@ -1966,3 +1966,241 @@ pub fn adamw(
     }
     (p_out, m_out, v_out)
 }
+
+/// Corners `(x0, y0, x1, y1)` of box `i` of `[N, 4]` `(cx, cy, w, h)` boxes, as the official
+/// `box_cxcywh_to_xyxy` computes them.
+#[cube]
+fn xyxy(t: &Tensor<f32>, i: usize) -> (f32, f32, f32, f32) {
+    let (cx, cy) = (t[4 * i], t[4 * i + 1]);
+    let (hw, hh) = (t[4 * i + 2] * 0.5f32, t[4 * i + 3] * 0.5f32);
+    (cx - hw, cy - hh, cx + hw, cy + hh)
+}
+
+/// `max(v, 0)` as Burn's `clamp_min` (NaN passes).
+#[cube]
+fn at_least_zero(v: f32) -> f32 {
+    if v < 0.0f32 { 0.0f32 } else { v }
+}
+
+/// Generalized IoU of box `i` of `a` with box `i` of `b` (`[N, 4]` `(cx, cy, w, h)`), one unit
+/// per pair, in the order of operations of the composite (`paired_generalized_box_iou` of the
+/// training crate): pairwise maximum and minimum as Burn's `max_pair`/`min_pair`, overlaps
+/// clamped at 0.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn paired_giou_kernel(a: &Tensor<f32>, b: &Tensor<f32>, out: &mut Tensor<f32>, n: usize) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let (ax0, ay0, ax1, ay1) = xyxy(a, i);
+    let (bx0, by0, bx1, by1) = xyxy(b, i);
+    let area_a = (ax1 - ax0) * (ay1 - ay0);
+    let area_b = (bx1 - bx0) * (by1 - by0);
+    let rbx = if bx1 < ax1 { bx1 } else { ax1 };
+    let ltx = if ax0 < bx0 { bx0 } else { ax0 };
+    let rby = if by1 < ay1 { by1 } else { ay1 };
+    let lty = if ay0 < by0 { by0 } else { ay0 };
+    let inter = at_least_zero(rbx - ltx) * at_least_zero(rby - lty);
+    let union = area_a + area_b - inter;
+    let iou = inter / union;
+    let ex = if ax1 < bx1 { bx1 } else { ax1 };
+    let sx = if bx0 < ax0 { bx0 } else { ax0 };
+    let ey = if ay1 < by1 { by1 } else { ay1 };
+    let sy = if by0 < ay0 { by0 } else { ay0 };
+    let enclosing = at_least_zero(ex - sx) * at_least_zero(ey - sy);
+    out[i] = iou - (enclosing - union) / enclosing;
+}
+
+/// Backward of [`paired_giou_kernel`] for the output gradient `grad [N]`: the gradients of both
+/// `[N, 4]` box sets, with the composite's routing (a pairwise maximum or minimum passes the
+/// gradient to the operand it took, the first on ties; a clamped overlap passes none below 0).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn paired_giou_backward_kernel(
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    d_a: &mut Tensor<f32>,
+    d_b: &mut Tensor<f32>,
+    n: usize,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let (ax0, ay0, ax1, ay1) = xyxy(a, i);
+    let (bx0, by0, bx1, by1) = xyxy(b, i);
+    let area_a = (ax1 - ax0) * (ay1 - ay0);
+    let area_b = (bx1 - bx0) * (by1 - by0);
+    let rbx = if bx1 < ax1 { bx1 } else { ax1 };
+    let ltx = if ax0 < bx0 { bx0 } else { ax0 };
+    let rby = if by1 < ay1 { by1 } else { ay1 };
+    let lty = if ay0 < by0 { by0 } else { ay0 };
+    let vw = rbx - ltx;
+    let vh = rby - lty;
+    let iw = at_least_zero(vw);
+    let ih = at_least_zero(vh);
+    let inter = iw * ih;
+    let union = area_a + area_b - inter;
+    let ex = if ax1 < bx1 { bx1 } else { ax1 };
+    let sx = if bx0 < ax0 { bx0 } else { ax0 };
+    let ey = if ay1 < by1 { by1 } else { ay1 };
+    let sy = if by0 < ay0 { by0 } else { ay0 };
+    let ew = ex - sx;
+    let eh = ey - sy;
+    let cw = at_least_zero(ew);
+    let ch = at_least_zero(eh);
+    let enclosing = cw * ch;
+
+    let g = grad[i];
+    // giou = inter / union − (enclosing − union) / enclosing
+    let g_union = g / enclosing - g * inter / (union * union);
+    let g_inter = g / union - g_union;
+    let g_enclosing = -g * union / (enclosing * enclosing);
+    // overlap and enclosing sides (no gradient where the clamp took 0)
+    let g_vw = if vw < 0.0f32 { 0.0f32 } else { g_inter * ih };
+    let g_vh = if vh < 0.0f32 { 0.0f32 } else { g_inter * iw };
+    let g_ew = if ew < 0.0f32 {
+        0.0f32
+    } else {
+        g_enclosing * ch
+    };
+    let g_eh = if eh < 0.0f32 {
+        0.0f32
+    } else {
+        g_enclosing * cw
+    };
+    // areas
+    let mut ga_x0 = -g_union * (ay1 - ay0);
+    let mut ga_x1 = g_union * (ay1 - ay0);
+    let mut ga_y0 = -g_union * (ax1 - ax0);
+    let mut ga_y1 = g_union * (ax1 - ax0);
+    let mut gb_x0 = -g_union * (by1 - by0);
+    let mut gb_x1 = g_union * (by1 - by0);
+    let mut gb_y0 = -g_union * (bx1 - bx0);
+    let mut gb_y1 = g_union * (bx1 - bx0);
+    // rb = min(a1, b1), lt = max(a0, b0): + g_v to rb's source, − g_v to lt's
+    if bx1 < ax1 {
+        gb_x1 += g_vw;
+    } else {
+        ga_x1 += g_vw;
+    }
+    if ax0 < bx0 {
+        gb_x0 -= g_vw;
+    } else {
+        ga_x0 -= g_vw;
+    }
+    if by1 < ay1 {
+        gb_y1 += g_vh;
+    } else {
+        ga_y1 += g_vh;
+    }
+    if ay0 < by0 {
+        gb_y0 -= g_vh;
+    } else {
+        ga_y0 -= g_vh;
+    }
+    // enclosing: e = max(a1, b1), s = min(a0, b0)
+    if ax1 < bx1 {
+        gb_x1 += g_ew;
+    } else {
+        ga_x1 += g_ew;
+    }
+    if bx0 < ax0 {
+        gb_x0 -= g_ew;
+    } else {
+        ga_x0 -= g_ew;
+    }
+    if ay1 < by1 {
+        gb_y1 += g_eh;
+    } else {
+        ga_y1 += g_eh;
+    }
+    if by0 < ay0 {
+        gb_y0 -= g_eh;
+    } else {
+        ga_y0 -= g_eh;
+    }
+    // corners of (cx, cy, w, h): x0 = cx − w/2, x1 = cx + w/2
+    d_a[4 * i] = ga_x0 + ga_x1;
+    d_a[4 * i + 1] = ga_y0 + ga_y1;
+    d_a[4 * i + 2] = (ga_x1 - ga_x0) * 0.5f32;
+    d_a[4 * i + 3] = (ga_y1 - ga_y0) * 0.5f32;
+    d_b[4 * i] = gb_x0 + gb_x1;
+    d_b[4 * i + 1] = gb_y0 + gb_y1;
+    d_b[4 * i + 2] = (gb_x1 - gb_x0) * 0.5f32;
+    d_b[4 * i + 3] = (gb_y1 - gb_y0) * 0.5f32;
+}
+
+/// Checks two `[N, 4]` box sets and makes them dense.
+fn box_pairs(a: CubeTensor, b: CubeTensor, op: &str) -> (CubeTensor, CubeTensor, usize) {
+    check_f32(&[&a, &b], op);
+    assert_eq!(a.meta.shape(), b.meta.shape(), "fused {op}: box set shapes");
+    let [n, four] = a.meta.shape().dims::<2>();
+    assert_eq!(four, 4, "fused {op}: boxes are [N, 4]");
+    let [a, b] = [a, b].map(into_contiguous);
+    (a, b, n)
+}
+
+/// Generalized IoU `[N]` of the rows of two `[N, 4]` `(cx, cy, w, h)` box sets.
+pub fn paired_giou(a: CubeTensor, b: CubeTensor) -> CubeTensor {
+    let (a, b, n) = box_pairs(a, b, "paired giou");
+    let out =
+        empty_device_contiguous_dtype(a.client.clone(), a.device.clone(), [n].into(), DType::F32);
+    let Some((count, dim, addr)) = per_output_element(&out, &[&a, &b]) else {
+        return out;
+    };
+    // SAFETY: units at or past `n` return first; unit `i` reads row `i` of the dense `[N, 4]`
+    // inputs and writes `out[i]`.
+    unsafe {
+        paired_giou_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            n,
+        );
+    }
+    out
+}
+
+/// The gradients `(∂a, ∂b)` of [`paired_giou`] for the output gradient `grad [N]`.
+pub fn paired_giou_backward(
+    a: CubeTensor,
+    b: CubeTensor,
+    grad: CubeTensor,
+) -> (CubeTensor, CubeTensor) {
+    let (a, b, n) = box_pairs(a, b, "paired giou backward");
+    check_f32(&[&grad], "paired giou backward");
+    assert_eq!(
+        grad.meta.shape().num_elements(),
+        n,
+        "fused paired giou backward: gradient size"
+    );
+    let grad = into_contiguous(grad);
+    let (d_a, d_b) = (empty_dense(&a), empty_dense(&b));
+    if n == 0 {
+        return (d_a, d_b);
+    }
+    let (count, dim) = crate::cube_util::elementwise(&d_a, n);
+    let addr = address_type(&[&a, &b, &grad, &d_a]);
+    // SAFETY: units at or past `n` return first; unit `i` reads row `i` of the dense `[N, 4]`
+    // inputs and `grad[i]`, and writes row `i` of the two dense `[N, 4]` outputs.
+    unsafe {
+        paired_giou_backward_kernel::launch_unchecked(
+            &d_a.client,
+            count,
+            dim,
+            addr,
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            d_a.clone().into_tensor_arg(),
+            d_b.clone().into_tensor_arg(),
+            n,
+        );
+    }
+    (d_a, d_b)
+}

@@ -77,6 +77,18 @@ pub trait FusedOps: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
+    /// Generalized IoU `[N]` of the rows of two `[N, 4]` `(cx, cy, w, h)` box sets.
+    #[fusion(dtype = a, shape = first_dim(a))]
+    fn fused_paired_giou(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The gradients `(∂a, ∂b)` of [`FusedOps::fused_paired_giou`] for `grad [N]`.
+    #[fusion(meta = |a, b, _grad| (a.clone(), b.clone()))]
+    fn fused_paired_giou_backward(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
     /// `max(x, 0)`, elementwise.
     #[fusion(dtype = x, shape = same_shape(x))]
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -316,6 +328,11 @@ fn unheads_shape(grad: &burn::tensor::Shape, transposed: &bool) -> burn::tensor:
 }
 
 #[cfg(feature = "fusion")]
+fn first_dim(x: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from([x[0]])
+}
+
+#[cfg(feature = "fusion")]
 fn double_rows(x: &burn::tensor::Shape) -> burn::tensor::Shape {
     burn::tensor::Shape::from([2 * x[0], x[1]])
 }
@@ -374,6 +391,18 @@ impl FusedOps for burn_cubecl::CubeBackend {
             Some(plus),
             epsilon,
         )
+    }
+
+    fn fused_paired_giou(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::paired_giou(a, b)
+    }
+
+    fn fused_paired_giou_backward(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cube::paired_giou_backward(a, b, grad)
     }
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -737,6 +766,27 @@ impl<B: FusedOps> Backward<B, 6> for BiasAddLayerNormPlusBackward {
             epsilon,
             [x, bias, r, gamma, beta],
         );
+    }
+}
+
+/// Autodiff node of the paired generalized IoU: both box sets' gradients in one launch.
+#[derive(Debug)]
+struct PairedGiouBackward;
+
+impl<B: FusedOps> Backward<B, 2> for PairedGiouBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        let (d_a, d_b) = B::fused_paired_giou_backward(a, b, grad);
+        if let Some(node) = node_a {
+            grads.register::<B>(node.id, d_a);
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, d_b);
+        }
     }
 }
 
@@ -1478,6 +1528,38 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 epsilon,
             )),
         }
+    }
+
+    fn fused_paired_giou(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        match PairedGiouBackward
+            .prepare::<C>([a.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (a, b) = (a.into_primitive(), b.into_primitive());
+                let out = B::fused_paired_giou(a.clone(), b.clone());
+                prep.finish((a, b), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_paired_giou(a.into_primitive(), b.into_primitive()))
+            }
+        }
+    }
+
+    fn fused_paired_giou_backward(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // second-order gradients are not needed: untracked
+        let (d_a, d_b) = B::fused_paired_giou_backward(
+            a.into_primitive(),
+            b.into_primitive(),
+            grad.into_primitive(),
+        );
+        let lift = <Self as burn::backend::AutodiffBackend>::from_inner;
+        (lift(d_a), lift(d_b))
     }
 
     fn fused_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -2282,6 +2364,19 @@ impl FusedKernel for FusedCube {
         }
         let partials = Tensor::<1>::from_dispatch(partials);
         Some(partials.sum())
+    }
+
+    fn paired_giou(&self, a: &Tensor<2>, b: &Tensor<2>) -> Option<Tensor<1>> {
+        (accepts(&a.device(), &[a.dtype(), b.dtype()])
+            && a.dims() == b.dims()
+            && a.dims()[1] == 4
+            && b.device() == a.device())
+        .then(|| {
+            Tensor::from_dispatch(<Dispatch as FusedOps>::fused_paired_giou(
+                a.clone().into_dispatch(),
+                b.clone().into_dispatch(),
+            ))
+        })
     }
 
     fn l2_halve_rows(&self, x: &Tensor<2>) -> Option<Tensor<2>> {

@@ -1109,6 +1109,39 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
         }
     }
 
+    // the criterion's GIoU of matched box pairs (cx, cy, w, h): overlapping, disjoint (the
+    // clamped overlap), nested, identical (ties in every maximum and minimum) and a zero target
+    // box (an object pair without a box), then random pairs; gradients for both sets
+    let fixed: Vec<f32> = vec![
+        0.5, 0.5, 0.4, 0.3, 0.6, 0.55, 0.3, 0.3, // overlapping
+        0.2, 0.2, 0.1, 0.1, 0.8, 0.7, 0.2, 0.1, // disjoint
+        0.5, 0.5, 0.6, 0.6, 0.5, 0.52, 0.2, 0.1, // nested
+        0.3, 0.6, 0.2, 0.4, 0.3, 0.6, 0.2, 0.4, // identical
+        0.4, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0, 0.0, // zero target
+    ];
+    let mut a_v: Vec<f32> = fixed.chunks(8).flat_map(|c| c[..4].to_vec()).collect();
+    let mut b_v: Vec<f32> = fixed.chunks(8).flat_map(|c| c[4..].to_vec()).collect();
+    let rnd: Vec<f32> = values(160, 59);
+    for (k, v) in rnd.iter().enumerate() {
+        // centres in (0.2, 0.8), sizes in (0.05, 0.45)
+        let u = (v.abs() % 1.0) * 0.6;
+        let x = if k % 4 < 2 { 0.2 + u } else { 0.05 + u * 0.66 };
+        if k < 80 { a_v.push(x) } else { b_v.push(x) }
+    }
+    let n = a_v.len() / 4;
+    let a = Tensor::<2>::from_data(TensorData::new(a_v, [n, 4]), &ad).require_grad();
+    let b = Tensor::<2>::from_data(TensorData::new(b_v, [n, 4]), &ad).require_grad();
+    let giou = if gpu {
+        FusedCube.paired_giou(&a, &b).expect("fused")
+    } else {
+        use rlip_train::loss::terms::{box_cxcywh_to_xyxy, paired_generalized_box_iou};
+        paired_generalized_box_iou(box_cxcywh_to_xyxy(a.clone()), box_cxcywh_to_xyxy(b.clone()))
+    };
+    let g = (giou.clone() * tensor([n], 60, &ad)).sum().backward();
+    out.push("paired_giou", giou);
+    out.push("paired_giou_d_a", a.grad(&g).expect("grad"));
+    out.push("paired_giou_d_b", b.grad(&g).expect("grad"));
+
     // the optimiser's kernels, on plain (non-autodiff) tensors as the trainer runs them: the
     // sum of squares of gradients in several layouts (one larger than a unit's span), and AdamW
     // on a row-major parameter, on a channels-last one with a row-major gradient and on one

@@ -140,6 +140,17 @@ pub fn paired_generalized_box_iou(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
     giou.reshape([n])
 }
 
+/// [`paired_generalized_box_iou`] of two `[N, 4]` `(cx, cy, w, h)` box sets: one launch where
+/// the installed fused kernel takes it (forward and backward), else the composite.
+pub fn paired_giou_cxcywh(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
+    if let Some(k) = rlip_model::fused::kernel()
+        && let Some(g) = k.paired_giou(&a, &b)
+    {
+        return g;
+    }
+    paired_generalized_box_iou(box_cxcywh_to_xyxy(a), box_cxcywh_to_xyxy(b))
+}
+
 /// The four box terms of `loss_sub_obj_boxes`.
 #[derive(Debug, Clone)]
 pub struct BoxLosses {
@@ -209,10 +220,8 @@ pub fn box_losses(
     let obj_bbox = ((src_obj.clone() - t_obj.clone()).abs() * exist_col)
         .sum()
         .div_scalar(n_exist);
-    let giou_sub =
-        paired_generalized_box_iou(box_cxcywh_to_xyxy(src_sub), box_cxcywh_to_xyxy(t_sub));
-    let giou_obj =
-        paired_generalized_box_iou(box_cxcywh_to_xyxy(src_obj), box_cxcywh_to_xyxy(t_obj));
+    let giou_sub = paired_giou_cxcywh(src_sub, t_sub);
+    let giou_obj = paired_giou_cxcywh(src_obj, t_obj);
     let sub_giou = giou_sub
         .neg()
         .add_scalar(1.0)
