@@ -19,7 +19,7 @@ use rlip_model::fused::AdamWScalars;
 
 /// Metadata key whose value identifies the format.
 const META_FORMAT: &str = "format";
-/// Value of [`META_FORMAT`] in files written by [`AdamW::to_bytes`].
+/// Value of the `format` metadata entry in files written by [`AdamW::to_bytes`].
 pub const FORMAT: &str = "rlip-rs-adamw-v1";
 /// Metadata key of the per-parameter step counts (JSON object: module path → steps).
 const META_STEPS: &str = "steps";

@@ -483,18 +483,18 @@ fn softmax_backward_row_kernel(
 /// `1 / √(2π)`, rounded to float32 as the composite rounds it.
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-/// [`bias_epilogue_kernel`]: `max(v, 0)`.
+/// `bias_epilogue_kernel`: `max(v, 0)`.
 pub const RELU: u32 = 0;
-/// [`bias_epilogue_kernel`]: `v · (erf(v / √2) + 1) / 2` (Burn's exact GELU, its order of
+/// `bias_epilogue_kernel`: `v · (erf(v / √2) + 1) / 2` (Burn's exact GELU, its order of
 /// operations).
 pub const GELU: u32 = 1;
-/// [`bias_epilogue_kernel`]: `a + v · b[0]` (a residual plus a gated delta).
+/// `bias_epilogue_kernel`: `a + v · b[0]` (a residual plus a gated delta).
 pub const GATE: u32 = 2;
-/// [`bias_epilogue_kernel`]: `0` on rows `r` with `b[r] ≠ 0` (padding), else `v`.
+/// `bias_epilogue_kernel`: `0` on rows `r` with `b[r] ≠ 0` (padding), else `v`.
 pub const ZERO_ROWS: u32 = 3;
-/// [`bias_epilogue_kernel`]: `v · (a + b[col])` (the product of two biased outputs).
+/// `bias_epilogue_kernel`: `v · (a + b[col])` (the product of two biased outputs).
 pub const PRODUCT: u32 = 4;
-/// [`bias_epilogue_kernel`]: `a · gelu'(v)`, the exact derivative
+/// `bias_epilogue_kernel`: `a · gelu'(v)`, the exact derivative
 /// `(erf(v / √2) + 1) / 2 + v · exp(−v² / 2) / √(2π)` times the output gradient `a` (GELU's
 /// backward, as PyTorch and flex compute it).
 pub const GELU_GRAD: u32 = 5;
@@ -995,7 +995,7 @@ pub fn layer_norm(
 
 /// Backward of [`layer_norm`] (same optional `residual` and `bias`) for the output gradient
 /// `grad [R, C]`: `(d_x, g_xhat)`, the gradient of the normalised input and `grad · x̂`, whose
-/// column sums are `∂γ` (see [`layer_norm_backward_plane_kernel`]).
+/// column sums are `∂γ` (see `layer_norm_backward_plane_kernel`).
 pub fn layer_norm_backward(
     x: CubeTensor,
     residual: Option<CubeTensor>,
@@ -1695,7 +1695,7 @@ pub fn group_norm_apply(
 }
 
 /// `v = x + bias` for `x [R, C]` and `bias [C]`, then what `kind` says (see
-/// [`bias_epilogue_kernel`]) with `a` (`x`'s shape; [`GATE`], [`PRODUCT`]) and `b` (`[1]` or
+/// `bias_epilogue_kernel`) with `a` (`x`'s shape; [`GATE`], [`PRODUCT`]) and `b` (`[1]` or
 /// longer for [`GATE`], `[R]` for [`ZERO_ROWS`], `[C]` for [`PRODUCT`]).
 pub fn bias_epilogue(
     x: CubeTensor,
@@ -1759,12 +1759,12 @@ pub fn bias_epilogue(
     out
 }
 
-/// Elements one unit of [`square_partials_kernel`] sums at most (below the cap on units).
+/// Elements one unit of `square_partials_kernel` sums at most (below the cap on units).
 const SQUARE_SPAN: usize = 16;
-/// Most units (partial sums) per tensor in [`square_partials`].
+/// Most units (partial sums) per tensor in [`square_partials_into`].
 const MAX_SQUARE_UNITS: usize = 65536;
 
-/// Partial sums [`square_partials`] writes for a tensor of `n` elements.
+/// Partial sums [`square_partials_into`] writes for a tensor of `n` elements.
 pub fn square_units(n: usize) -> usize {
     n.div_ceil(SQUARE_SPAN).clamp(1, MAX_SQUARE_UNITS)
 }

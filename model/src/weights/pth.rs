@@ -2,7 +2,7 @@
 //! executing any pickle code.
 //!
 //! A checkpoint is a zip archive whose single top folder is named after the file stem (any name
-//! is accepted). `<top>/data.pkl` is a pickle (protocol 2–5) that [`pickle`](super::pickle)
+//! is accepted). `<top>/data.pkl` is a pickle (protocol 2–5) that [`super::pickle`]
 //! turns into plain data; tensors in it refer to storage records `<top>/data/<key>` holding the
 //! raw little-endian elements, which are read here and gathered by offset, size and stride into
 //! dense row-major [`RawTensor`]s. Several tensors may view one record.
