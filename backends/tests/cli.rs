@@ -484,6 +484,37 @@ fn finetune_on_vcoco_and_open_images_layouts() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Mixed-precision training steps on wgpu (f16 compute, float32 masters), with the fused kernels:
+/// the trainer makes its float32 masters new autodiff leaves (casting a detached parameter once
+/// panicked there: "Can't convert a non leaf tensor into a tracked tensor").
+#[cfg(feature = "wgpu")]
+#[test]
+fn mixed_precision_steps_run_on_wgpu() {
+    let out = ok(&[
+        "--backend",
+        "wgpu",
+        "--float-dtype",
+        "f16",
+        "bench",
+        "train",
+        "--config",
+        "small",
+        "--size",
+        "64x96",
+        "--batch",
+        "1",
+        "--warmup",
+        "1",
+        "--iters",
+        "1",
+    ]);
+    assert!(
+        out.contains("mixed precision (F16 compute, f32 masters)"),
+        "{out}"
+    );
+    assert!(out.contains("| wgpu | small | 1 | 64x96 |"), "{out}");
+}
+
 /// Mixed-precision training (`--float-dtype bf16|f16 train`): the bf16 losses follow the float32
 /// run's within bf16 accuracy without being identical (the forward really ran in bf16), the
 /// evaluation runs, and the checkpoint holds float32 master weights, most of which bf16 cannot

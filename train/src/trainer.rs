@@ -167,7 +167,9 @@ impl ModuleMapper for CastParams {
                 t.cast(dtype)
             } else {
                 let require_grad = t.is_require_grad();
-                let t = t.detach().cast(dtype);
+                // a new leaf: the cast of a detached tensor is an untracked op's output, which
+                // autodiff refuses to track (wgpu with an f16 default panicked here)
+                let t = Tensor::from_inner(t.inner().cast(dtype));
                 if require_grad { t.require_grad() } else { t }
             }
         })
