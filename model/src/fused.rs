@@ -363,7 +363,6 @@ pub fn bias_add_layer_norm<const D: usize>(
     norm_rows(x, Some(bias), Some(residual), gamma, beta, epsilon)
 }
 
-/// [`layer_norm`] of `x`, `x + residual` or `(x + bias) + residual`.
 /// `(y, y + plus)` for `y` = [`bias_add_layer_norm`]`(x, bias, residual, ..)`: one launch where
 /// the installed kernel takes it, else the norm and Burn's add.
 #[allow(clippy::too_many_arguments)]
@@ -401,6 +400,7 @@ pub fn bias_add_layer_norm_plus<const D: usize>(
     (y.clone(), y + plus)
 }
 
+/// [`layer_norm`] of `x`, `x + residual` or `(x + bias) + residual`.
 fn norm_rows<const D: usize>(
     x: Tensor<D>,
     bias: Option<Tensor<1>>,

@@ -112,22 +112,11 @@ impl LayerNorm {
     /// ([`crate::dense::Linear::forward_biased`]): the bias add and the residual add inside the
     /// norm's launch where a fused kernel takes them.
     pub fn forward_add_biased<const D: usize>(&self, x: Tensor<D>, y: Biased<D>) -> Tensor<D> {
-        match y {
-            Biased {
-                product,
-                bias: Some(bias),
-            } if !matches!(x.dtype(), DType::BF16 | DType::F16) => {
-                let dtype = FloatDType::from(x.dtype());
-                crate::fused::bias_add_layer_norm(
-                    product,
-                    bias.cast(dtype),
-                    x,
-                    self.gamma.val().cast(dtype),
-                    self.beta.as_ref().map(|b| b.val().cast(dtype)),
-                    self.epsilon,
-                )
+        match (self.fusable(&x, &y), y) {
+            (Some((bias, gamma, beta)), Biased { product, .. }) => {
+                crate::fused::bias_add_layer_norm(product, bias, x, gamma, beta, self.epsilon)
             }
-            y => self.forward_add(x, y.resolve()),
+            (None, y) => self.forward_add(x, y.resolve()),
         }
     }
 
@@ -140,27 +129,42 @@ impl LayerNorm {
         y: Biased<D>,
         plus: Tensor<D>,
     ) -> (Tensor<D>, Tensor<D>) {
-        match y {
-            Biased {
-                product,
-                bias: Some(bias),
-            } if !matches!(x.dtype(), DType::BF16 | DType::F16) => {
-                let dtype = FloatDType::from(x.dtype());
+        match (self.fusable(&x, &y), y) {
+            (Some((bias, gamma, beta)), Biased { product, .. }) => {
                 crate::fused::bias_add_layer_norm_plus(
                     product,
-                    bias.cast(dtype),
+                    bias,
                     x,
-                    self.gamma.val().cast(dtype),
-                    self.beta.as_ref().map(|b| b.val().cast(dtype)),
+                    gamma,
+                    beta,
                     self.epsilon,
                     plus,
                 )
             }
-            y => {
-                let n = self.forward_add_biased(x, y);
+            (None, y) => {
+                let n = self.forward_add(x, y.resolve());
                 (n.clone(), n + plus)
             }
         }
+    }
+
+    /// `(bias, gamma, beta)` in the float type of the residual stream `x` when the norm can take
+    /// `y`'s bias (a bias still due, float32), else `None`.
+    fn fusable<const D: usize>(
+        &self,
+        x: &Tensor<D>,
+        y: &Biased<D>,
+    ) -> Option<(Tensor<1>, Tensor<1>, Option<Tensor<1>>)> {
+        let bias = y.bias.as_ref()?;
+        if matches!(x.dtype(), DType::BF16 | DType::F16) {
+            return None;
+        }
+        let dtype = FloatDType::from(x.dtype());
+        Some((
+            bias.clone().cast(dtype),
+            self.gamma.val().cast(dtype),
+            self.beta.as_ref().map(|b| b.val().cast(dtype)),
+        ))
     }
 
     /// `self.forward(x + residual)`, the add inside the norm's launch where a fused kernel takes

@@ -872,6 +872,30 @@ fn grid(cubes: usize) -> CubeCount {
     CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
 }
 
+/// An operand of the layer norm of `x [R, C]` checked and made dense: float32, with `C` elements
+/// when `per_column` (a bias), else `x`'s shape (a residual, a tensor added to the output).
+fn row_operand(
+    t: CubeTensor,
+    x: &CubeTensor,
+    per_column: bool,
+    op: &str,
+    what: &str,
+) -> CubeTensor {
+    check_f32(&[&t], op);
+    let fits = if per_column {
+        t.meta.shape().num_elements() == x.meta.shape()[1]
+    } else {
+        t.meta.shape() == x.meta.shape()
+    };
+    assert!(
+        fits,
+        "fused {op}: {what} ({:?} for x of {:?})",
+        t.meta.shape(),
+        x.meta.shape()
+    );
+    into_contiguous(t)
+}
+
 /// Layer norm of each row of `x [R, C]`, or of `(x + bias) + residual` with what is given
 /// (`bias [C]`, `residual` of `x`'s shape); with `plus` (`x`'s shape) the result has `2R` rows,
 /// the norm and then the norm plus `plus`.
@@ -886,33 +910,10 @@ pub fn layer_norm(
 ) -> CubeTensor {
     check_f32(&[&x, &gamma, &beta], "layer norm");
     let [x, gamma, beta] = [x, gamma, beta].map(into_contiguous);
-    let residual = residual.map(|r| {
-        check_f32(&[&r], "layer norm");
-        assert_eq!(
-            r.meta.shape(),
-            x.meta.shape(),
-            "fused layer norm: residual shape"
-        );
-        into_contiguous(r)
-    });
-    let bias = bias.map(|b| {
-        check_f32(&[&b], "layer norm");
-        assert_eq!(
-            b.meta.shape().num_elements(),
-            x.meta.shape()[1],
-            "fused layer norm: bias size"
-        );
-        into_contiguous(b)
-    });
-    let plus = plus.map(|p| {
-        check_f32(&[&p], "layer norm");
-        assert_eq!(
-            p.meta.shape(),
-            x.meta.shape(),
-            "fused layer norm: shape of the added tensor"
-        );
-        into_contiguous(p)
-    });
+    let op = "layer norm";
+    let residual = residual.map(|r| row_operand(r, &x, false, op, "residual shape"));
+    let bias = bias.map(|b| row_operand(b, &x, true, op, "bias size"));
+    let plus = plus.map(|p| row_operand(p, &x, false, op, "shape of the added tensor"));
     let (has_residual, has_bias, has_plus) = (residual.is_some(), bias.is_some(), plus.is_some());
     let residual = residual.unwrap_or_else(|| x.clone());
     let bias = bias.unwrap_or_else(|| gamma.clone());
@@ -1017,24 +1018,9 @@ pub fn layer_norm_backward(
         c,
         "fused layer norm backward: gamma size"
     );
-    let residual = residual.map(|r| {
-        check_f32(&[&r], "layer norm backward");
-        assert_eq!(
-            r.meta.shape(),
-            x.meta.shape(),
-            "fused layer norm backward: residual shape"
-        );
-        into_contiguous(r)
-    });
-    let bias = bias.map(|b| {
-        check_f32(&[&b], "layer norm backward");
-        assert_eq!(
-            b.meta.shape().num_elements(),
-            c,
-            "fused layer norm backward: bias size"
-        );
-        into_contiguous(b)
-    });
+    let op = "layer norm backward";
+    let residual = residual.map(|r| row_operand(r, &x, false, op, "residual shape"));
+    let bias = bias.map(|b| row_operand(b, &x, true, op, "bias size"));
     let (has_residual, has_bias) = (residual.is_some(), bias.is_some());
     let residual = residual.unwrap_or_else(|| x.clone());
     let bias = bias.unwrap_or_else(|| gamma.clone());
@@ -1982,6 +1968,32 @@ fn at_least_zero(v: f32) -> f32 {
     if v < 0.0f32 { 0.0f32 } else { v }
 }
 
+/// The overlap's width and height and the enclosing box's, before the clamp at 0, of two boxes'
+/// corners: `min(a1, b1) − max(a0, b0)` and `max(a1, b1) − min(a0, b0)` per axis, the pairwise
+/// maximum and minimum as Burn's `max_pair`/`min_pair` (the first operand on ties).
+#[allow(clippy::too_many_arguments)]
+#[cube]
+fn giou_sides(
+    ax0: f32,
+    ay0: f32,
+    ax1: f32,
+    ay1: f32,
+    bx0: f32,
+    by0: f32,
+    bx1: f32,
+    by1: f32,
+) -> (f32, f32, f32, f32) {
+    let rbx = if bx1 < ax1 { bx1 } else { ax1 };
+    let ltx = if ax0 < bx0 { bx0 } else { ax0 };
+    let rby = if by1 < ay1 { by1 } else { ay1 };
+    let lty = if ay0 < by0 { by0 } else { ay0 };
+    let ex = if ax1 < bx1 { bx1 } else { ax1 };
+    let sx = if bx0 < ax0 { bx0 } else { ax0 };
+    let ey = if ay1 < by1 { by1 } else { ay1 };
+    let sy = if by0 < ay0 { by0 } else { ay0 };
+    (rbx - ltx, rby - lty, ex - sx, ey - sy)
+}
+
 /// Generalized IoU of box `i` of `a` with box `i` of `b` (`[N, 4]` `(cx, cy, w, h)`), one unit
 /// per pair, in the order of operations of the composite (`paired_generalized_box_iou` of the
 /// training crate): pairwise maximum and minimum as Burn's `max_pair`/`min_pair`, overlaps
@@ -1994,20 +2006,13 @@ fn paired_giou_kernel(a: &Tensor<f32>, b: &Tensor<f32>, out: &mut Tensor<f32>, n
     }
     let (ax0, ay0, ax1, ay1) = xyxy(a, i);
     let (bx0, by0, bx1, by1) = xyxy(b, i);
+    let (vw, vh, ew, eh) = giou_sides(ax0, ay0, ax1, ay1, bx0, by0, bx1, by1);
     let area_a = (ax1 - ax0) * (ay1 - ay0);
     let area_b = (bx1 - bx0) * (by1 - by0);
-    let rbx = if bx1 < ax1 { bx1 } else { ax1 };
-    let ltx = if ax0 < bx0 { bx0 } else { ax0 };
-    let rby = if by1 < ay1 { by1 } else { ay1 };
-    let lty = if ay0 < by0 { by0 } else { ay0 };
-    let inter = at_least_zero(rbx - ltx) * at_least_zero(rby - lty);
+    let inter = at_least_zero(vw) * at_least_zero(vh);
     let union = area_a + area_b - inter;
     let iou = inter / union;
-    let ex = if ax1 < bx1 { bx1 } else { ax1 };
-    let sx = if bx0 < ax0 { bx0 } else { ax0 };
-    let ey = if ay1 < by1 { by1 } else { ay1 };
-    let sy = if by0 < ay0 { by0 } else { ay0 };
-    let enclosing = at_least_zero(ex - sx) * at_least_zero(ey - sy);
+    let enclosing = at_least_zero(ew) * at_least_zero(eh);
     out[i] = iou - (enclosing - union) / enclosing;
 }
 
@@ -2029,24 +2034,13 @@ fn paired_giou_backward_kernel(
     }
     let (ax0, ay0, ax1, ay1) = xyxy(a, i);
     let (bx0, by0, bx1, by1) = xyxy(b, i);
+    let (vw, vh, ew, eh) = giou_sides(ax0, ay0, ax1, ay1, bx0, by0, bx1, by1);
     let area_a = (ax1 - ax0) * (ay1 - ay0);
     let area_b = (bx1 - bx0) * (by1 - by0);
-    let rbx = if bx1 < ax1 { bx1 } else { ax1 };
-    let ltx = if ax0 < bx0 { bx0 } else { ax0 };
-    let rby = if by1 < ay1 { by1 } else { ay1 };
-    let lty = if ay0 < by0 { by0 } else { ay0 };
-    let vw = rbx - ltx;
-    let vh = rby - lty;
     let iw = at_least_zero(vw);
     let ih = at_least_zero(vh);
     let inter = iw * ih;
     let union = area_a + area_b - inter;
-    let ex = if ax1 < bx1 { bx1 } else { ax1 };
-    let sx = if bx0 < ax0 { bx0 } else { ax0 };
-    let ey = if ay1 < by1 { by1 } else { ay1 };
-    let sy = if by0 < ay0 { by0 } else { ay0 };
-    let ew = ex - sx;
-    let eh = ey - sy;
     let cw = at_least_zero(ew);
     let ch = at_least_zero(eh);
     let enclosing = cw * ch;
