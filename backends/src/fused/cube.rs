@@ -27,6 +27,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::cube;
 use cubecl::features::Plane;
 use cubecl::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cube_util::{address_type, elementwise};
 
@@ -64,13 +65,35 @@ fn ln_input(
     v
 }
 
+/// The row this unit works on, its first column and its column step: one cube of one plane per
+/// row when `plane` (its units take every `CUBE_DIM`-th element of the row, so reads are
+/// coalesced, and plane operations combine them), else one unit per row, walking it in order.
+#[cube]
+fn row_slot(#[comptime] plane: bool) -> (usize, usize, usize) {
+    if plane {
+        (cube_index(), UNIT_POS_X as usize, CUBE_DIM_X as usize)
+    } else {
+        (
+            cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize,
+            0usize,
+            1usize,
+        )
+    }
+}
+
+/// The sum over a row of the units' partial sums `v` (see [`row_slot`]).
+#[cube]
+fn row_sum(v: f32, #[comptime] plane: bool) -> f32 {
+    if plane { plane_sum(v) } else { v }
+}
+
 /// Layer norm of each row of `x [rows, c]` (plus `bias [c]` when `has_bias` and `residual` when
-/// `has_residual`; otherwise any tensor, e.g. `x`), one cube per row, the cube no wider than one plane: its units take every
-/// `CUBE_DIM`-th element of the row and plane sums combine them (reads are coalesced). With
+/// `has_residual`; otherwise any tensor, e.g. `x`), laid out as [`row_slot`] says. With
 /// `has_plus`, `out` has `2·rows` rows and the second half gets the norm plus `plus [rows, c]`
 /// (a positional query added to the layer's output).
+#[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn layer_norm_plane_kernel(
+fn layer_norm_kernel(
     x: &Tensor<f32>,
     residual: &Tensor<f32>,
     bias: &Tensor<f32>,
@@ -84,31 +107,30 @@ fn layer_norm_plane_kernel(
     #[comptime] has_residual: bool,
     #[comptime] has_bias: bool,
     #[comptime] has_plus: bool,
+    #[comptime] plane: bool,
 ) {
-    let row = cube_index();
-    // the whole cube leaves together
+    let (row, first, step) = row_slot(plane);
+    // in the plane layout the whole cube leaves together (its units share the row)
     if row >= rows {
         terminate!();
     }
-    let t = UNIT_POS_X as usize;
-    let units = CUBE_DIM_X as usize;
     let base = row * c;
     let mut sum = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         sum += ln_input(x, residual, bias, base + i, i, has_residual, has_bias);
-        i += units;
+        i += step;
     }
-    let mean = plane_sum(sum) / f32::cast_from(c);
+    let mean = row_sum(sum, plane) / f32::cast_from(c);
     let mut sq = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         let d = ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean;
         sq += d * d;
-        i += units;
+        i += step;
     }
-    let denom = (plane_sum(sq) / f32::cast_from(c) + epsilon).sqrt();
-    let mut i = t;
+    let denom = (row_sum(sq, plane) / f32::cast_from(c) + epsilon).sqrt();
+    let mut i = first;
     while i < c {
         let y = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean) / denom
             * gamma[i]
@@ -117,61 +139,17 @@ fn layer_norm_plane_kernel(
         if has_plus {
             out[rows * c + base + i] = y + plus[base + i];
         }
-        i += units;
+        i += step;
     }
 }
 
-/// As [`layer_norm_plane_kernel`] with one unit per row (devices without plane operations).
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn layer_norm_row_kernel(
-    x: &Tensor<f32>,
-    residual: &Tensor<f32>,
-    bias: &Tensor<f32>,
-    gamma: &Tensor<f32>,
-    beta: &Tensor<f32>,
-    plus: &Tensor<f32>,
-    out: &mut Tensor<f32>,
-    rows: usize,
-    epsilon: f32,
-    #[comptime] c: usize,
-    #[comptime] has_residual: bool,
-    #[comptime] has_bias: bool,
-    #[comptime] has_plus: bool,
-) {
-    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-    if row >= rows {
-        terminate!();
-    }
-    let base = row * c;
-    let mut sum = 0.0f32;
-    for k in 0..c {
-        sum += ln_input(x, residual, bias, base + k, k, has_residual, has_bias);
-    }
-    let mean = sum / f32::cast_from(c);
-    let mut sq = 0.0f32;
-    for k in 0..c {
-        let d = ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean;
-        sq += d * d;
-    }
-    let denom = (sq / f32::cast_from(c) + epsilon).sqrt();
-    for k in 0..c {
-        let y = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean) / denom
-            * gamma[k]
-            + beta[k];
-        out[base + k] = y;
-        if has_plus {
-            out[rows * c + base + k] = y + plus[base + k];
-        }
-    }
-}
-
-/// Backward of [`layer_norm_plane_kernel`] for the output gradient `grad`, one cube of one plane
-/// per row: `d_x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ` (the input gradient of the normalised
-/// sum) and `g_xhat = g·x̂` (whose column sums are `∂γ`), the row statistics recomputed as the
-/// forward computes them.
+/// Backward of [`layer_norm_kernel`] for the output gradient `grad`, laid out the same way:
+/// `d_x = (g·γ − mean(g·γ) − x̂·mean(g·γ·x̂)) / σ` (the input gradient of the normalised sum) and
+/// `g_xhat = g·x̂` (whose column sums are `∂γ`), the row statistics recomputed as the forward
+/// computes them.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn layer_norm_backward_plane_kernel(
+fn layer_norm_backward_kernel(
     x: &Tensor<f32>,
     residual: &Tensor<f32>,
     bias: &Tensor<f32>,
@@ -184,102 +162,48 @@ fn layer_norm_backward_plane_kernel(
     #[comptime] c: usize,
     #[comptime] has_residual: bool,
     #[comptime] has_bias: bool,
+    #[comptime] plane: bool,
 ) {
-    let row = cube_index();
+    let (row, first, step) = row_slot(plane);
     if row >= rows {
         terminate!();
     }
-    let t = UNIT_POS_X as usize;
-    let units = CUBE_DIM_X as usize;
     let base = row * c;
     let n = f32::cast_from(c);
     let mut sum = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         sum += ln_input(x, residual, bias, base + i, i, has_residual, has_bias);
-        i += units;
+        i += step;
     }
-    let mean = plane_sum(sum) / n;
+    let mean = row_sum(sum, plane) / n;
     let mut sq = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         let d = ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean;
         sq += d * d;
-        i += units;
+        i += step;
     }
-    let sigma = (plane_sum(sq) / n + epsilon).sqrt();
+    let sigma = (row_sum(sq, plane) / n + epsilon).sqrt();
     let mut sa = 0.0f32;
     let mut sb = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         let xh = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean) / sigma;
         let gg = grad[base + i] * gamma[i];
         sa += gg;
         sb += gg * xh;
-        i += units;
+        i += step;
     }
-    let a = plane_sum(sa) / n;
-    let b = plane_sum(sb) / n;
-    let mut i = t;
+    let a = row_sum(sa, plane) / n;
+    let b = row_sum(sb, plane) / n;
+    let mut i = first;
     while i < c {
         let xh = (ln_input(x, residual, bias, base + i, i, has_residual, has_bias) - mean) / sigma;
         let g = grad[base + i];
         d_x[base + i] = (g * gamma[i] - a - xh * b) / sigma;
         g_xhat[base + i] = g * xh;
-        i += units;
-    }
-}
-
-/// As [`layer_norm_backward_plane_kernel`] with one unit per row (devices without plane
-/// operations).
-#[allow(clippy::too_many_arguments)]
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn layer_norm_backward_row_kernel(
-    x: &Tensor<f32>,
-    residual: &Tensor<f32>,
-    bias: &Tensor<f32>,
-    gamma: &Tensor<f32>,
-    grad: &Tensor<f32>,
-    d_x: &mut Tensor<f32>,
-    g_xhat: &mut Tensor<f32>,
-    rows: usize,
-    epsilon: f32,
-    #[comptime] c: usize,
-    #[comptime] has_residual: bool,
-    #[comptime] has_bias: bool,
-) {
-    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-    if row >= rows {
-        terminate!();
-    }
-    let base = row * c;
-    let n = f32::cast_from(c);
-    let mut sum = 0.0f32;
-    for k in 0..c {
-        sum += ln_input(x, residual, bias, base + k, k, has_residual, has_bias);
-    }
-    let mean = sum / n;
-    let mut sq = 0.0f32;
-    for k in 0..c {
-        let d = ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean;
-        sq += d * d;
-    }
-    let sigma = (sq / n + epsilon).sqrt();
-    let mut sa = 0.0f32;
-    let mut sb = 0.0f32;
-    for k in 0..c {
-        let xh = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean) / sigma;
-        let gg = grad[base + k] * gamma[k];
-        sa += gg;
-        sb += gg * xh;
-    }
-    let a = sa / n;
-    let b = sb / n;
-    for k in 0..c {
-        let xh = (ln_input(x, residual, bias, base + k, k, has_residual, has_bias) - mean) / sigma;
-        let g = grad[base + k];
-        d_x[base + k] = (g * gamma[k] - a - xh * b) / sigma;
-        g_xhat[base + k] = g * xh;
+        i += step;
     }
 }
 
@@ -303,10 +227,11 @@ fn biased(
     }
 }
 
-/// Softmax of each row of `x [rows, c]`, one cube of one plane per row (see
-/// [`layer_norm_plane_kernel`]): `exp(x − max) / Σ exp(x − max)`, as Burn's composite.
+/// Softmax of each row of `x [rows, c]` (laid out as [`row_slot`] says):
+/// `exp(x − max) / Σ exp(x − max)`, as Burn's composite.
+#[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn softmax_plane_kernel(
+fn softmax_kernel(
     x: &Tensor<f32>,
     bias: &Tensor<f32>,
     out: &mut Tensor<f32>,
@@ -315,64 +240,32 @@ fn softmax_plane_kernel(
     period: usize,
     #[comptime] c: usize,
     #[comptime] has_bias: bool,
+    #[comptime] plane: bool,
 ) {
-    let row = cube_index();
+    let (row, first, step) = row_slot(plane);
     if row >= rows {
         terminate!();
     }
-    let t = UNIT_POS_X as usize;
-    let units = CUBE_DIM_X as usize;
     let base = row * c;
     // the smallest finite float32 starts the running maximum (WGSL has no infinity literal)
     let mut m = f32::new(-3.402_823_5e38);
-    let mut i = t;
+    let mut i = first;
     while i < c {
         m = max(m, biased(x, bias, base + i, len, period, has_bias));
-        i += units;
+        i += step;
     }
-    let m = plane_max(m);
+    let m = if plane { plane_max(m) } else { m };
     let mut sum = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         sum += (biased(x, bias, base + i, len, period, has_bias) - m).exp();
-        i += units;
+        i += step;
     }
-    let sum = plane_sum(sum);
-    let mut i = t;
+    let sum = row_sum(sum, plane);
+    let mut i = first;
     while i < c {
         out[base + i] = (biased(x, bias, base + i, len, period, has_bias) - m).exp() / sum;
-        i += units;
-    }
-}
-
-/// Softmax of each row of `x [rows, c]`, one unit per row (devices without plane operations).
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn softmax_row_kernel(
-    x: &Tensor<f32>,
-    bias: &Tensor<f32>,
-    out: &mut Tensor<f32>,
-    rows: usize,
-    len: usize,
-    period: usize,
-    #[comptime] c: usize,
-    #[comptime] has_bias: bool,
-) {
-    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-    if row >= rows {
-        terminate!();
-    }
-    let base = row * c;
-    // the smallest finite float32 starts the running maximum (WGSL has no infinity literal)
-    let mut m = f32::new(-3.402_823_5e38);
-    for k in 0..c {
-        m = max(m, biased(x, bias, base + k, len, period, has_bias));
-    }
-    let mut sum = 0.0f32;
-    for k in 0..c {
-        sum += (biased(x, bias, base + k, len, period, has_bias) - m).exp();
-    }
-    for k in 0..c {
-        out[base + k] = (biased(x, bias, base + k, len, period, has_bias) - m).exp() / sum;
+        i += step;
     }
 }
 
@@ -425,58 +318,33 @@ fn relu_backward_kernel(y: &Tensor<f32>, grad: &Tensor<f32>, out: &mut Tensor<f3
     };
 }
 
-/// The softmax's input gradient from its output `y [rows, c]`, one cube of one plane per row:
+/// The softmax's input gradient from its output `y [rows, c]` (laid out as [`row_slot`] says):
 /// `y · (g − Σ_row g·y)`.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn softmax_backward_plane_kernel(
+fn softmax_backward_kernel(
     y: &Tensor<f32>,
     grad: &Tensor<f32>,
     out: &mut Tensor<f32>,
     rows: usize,
     #[comptime] c: usize,
+    #[comptime] plane: bool,
 ) {
-    let row = cube_index();
+    let (row, first, step) = row_slot(plane);
     if row >= rows {
         terminate!();
     }
-    let t = UNIT_POS_X as usize;
-    let units = CUBE_DIM_X as usize;
     let base = row * c;
     let mut dot = 0.0f32;
-    let mut i = t;
+    let mut i = first;
     while i < c {
         dot += grad[base + i] * y[base + i];
-        i += units;
+        i += step;
     }
-    let dot = plane_sum(dot);
-    let mut i = t;
+    let dot = row_sum(dot, plane);
+    let mut i = first;
     while i < c {
         out[base + i] = y[base + i] * (grad[base + i] - dot);
-        i += units;
-    }
-}
-
-/// As [`softmax_backward_plane_kernel`] with one unit per row (devices without plane
-/// operations).
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn softmax_backward_row_kernel(
-    y: &Tensor<f32>,
-    grad: &Tensor<f32>,
-    out: &mut Tensor<f32>,
-    rows: usize,
-    #[comptime] c: usize,
-) {
-    let row = cube_index() * CUBE_DIM_X as usize + UNIT_POS_X as usize;
-    if row >= rows {
-        terminate!();
-    }
-    let base = row * c;
-    let mut dot = 0.0f32;
-    for k in 0..c {
-        dot += grad[base + k] * y[base + k];
-    }
-    for k in 0..c {
-        out[base + k] = y[base + k] * (grad[base + k] - dot);
+        i += step;
     }
 }
 
@@ -933,70 +801,38 @@ pub fn layer_norm(
         return out;
     }
     let addr = address_type(&[&x, &out]);
-    let plan = row_plan(&x, c);
-    let args = (
-        x.into_tensor_arg(),
-        residual.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        gamma.into_tensor_arg(),
-        beta.into_tensor_arg(),
-        plus.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-    );
+    let (count, dim, plane) = row_launch(&x, rows, c);
     // SAFETY: cubes and units past the last row return before reading; every index is below
     // `row·c + c` for a row below `rows` (`2·rows·c` for `out` with `plus`), or below `c` for
     // `bias`, `gamma` and `beta`, which have those sizes.
     unsafe {
-        if let Some(units) = plan {
-            let dim = CubeDim::new_1d(units as u32);
-            layer_norm_plane_kernel::launch_unchecked(
-                &out.client,
-                grid(rows),
-                dim,
-                addr,
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                args.6,
-                rows,
-                epsilon as f32,
-                c,
-                has_residual,
-                has_bias,
-                has_plus,
-            );
-        } else {
-            let dim = CubeDim::new_1d(ROWS_PER_CUBE as u32);
-            layer_norm_row_kernel::launch_unchecked(
-                &out.client,
-                grid(rows.div_ceil(ROWS_PER_CUBE)),
-                dim,
-                addr,
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                args.6,
-                rows,
-                epsilon as f32,
-                c,
-                has_residual,
-                has_bias,
-                has_plus,
-            );
-        }
+        layer_norm_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            residual.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            beta.into_tensor_arg(),
+            plus.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            epsilon as f32,
+            c,
+            has_residual,
+            has_bias,
+            has_plus,
+            plane,
+        );
     }
     out
 }
 
 /// Backward of [`layer_norm`] (same optional `residual` and `bias`) for the output gradient
 /// `grad [R, C]`: `(d_x, g_xhat)`, the gradient of the normalised input and `grad · x̂`, whose
-/// column sums are `∂γ` (see `layer_norm_backward_plane_kernel`).
+/// column sums are `∂γ` (see `layer_norm_backward_kernel`).
 pub fn layer_norm_backward(
     x: CubeTensor,
     residual: Option<CubeTensor>,
@@ -1030,58 +866,30 @@ pub fn layer_norm_backward(
         return (d_x, g_xhat);
     }
     let addr = address_type(&[&x, &grad, &d_x]);
-    let plan = row_plan(&x, c);
-    let args = (
-        x.into_tensor_arg(),
-        residual.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        gamma.into_tensor_arg(),
-        grad.into_tensor_arg(),
-        d_x.clone().into_tensor_arg(),
-        g_xhat.clone().into_tensor_arg(),
-    );
+    let (count, dim, plane) = row_launch(&x, rows, c);
     // SAFETY: cubes and units past the last row return before reading; every index is below
     // `row·c + c` for a row below `rows`, or below `c` for `bias` and `gamma`, which have that
     // size; every tensor of `[R, C]` is dense.
     unsafe {
-        match plan {
-            Some(units) => layer_norm_backward_plane_kernel::launch_unchecked(
-                &d_x.client,
-                grid(rows),
-                CubeDim::new_1d(units as u32),
-                addr,
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                args.6,
-                rows,
-                epsilon as f32,
-                c,
-                has_residual,
-                has_bias,
-            ),
-            None => layer_norm_backward_row_kernel::launch_unchecked(
-                &d_x.client,
-                grid(rows.div_ceil(ROWS_PER_CUBE)),
-                CubeDim::new_1d(ROWS_PER_CUBE as u32),
-                addr,
-                args.0,
-                args.1,
-                args.2,
-                args.3,
-                args.4,
-                args.5,
-                args.6,
-                rows,
-                epsilon as f32,
-                c,
-                has_residual,
-                has_bias,
-            ),
-        }
+        layer_norm_backward_kernel::launch_unchecked(
+            &d_x.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            residual.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            d_x.clone().into_tensor_arg(),
+            g_xhat.clone().into_tensor_arg(),
+            rows,
+            epsilon as f32,
+            c,
+            has_residual,
+            has_bias,
+            plane,
+        );
     }
     (d_x, g_xhat)
 }
@@ -1136,34 +944,22 @@ pub fn softmax_backward(y: CubeTensor, grad: CubeTensor) -> CubeTensor {
         return out;
     }
     let addr = address_type(&[&y, &grad, &out]);
-    let plan = row_plan(&y, c);
+    let (count, dim, plane) = row_launch(&y, rows, c);
     // SAFETY: cubes and units past the last row return before reading; every index is below
     // `row·c + c` for a row below `rows`, and all three tensors are dense `[R, C]`.
     unsafe {
-        match plan {
-            Some(units) => softmax_backward_plane_kernel::launch_unchecked(
-                &out.client,
-                grid(rows),
-                CubeDim::new_1d(units as u32),
-                addr,
-                y.into_tensor_arg(),
-                grad.into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                rows,
-                c,
-            ),
-            None => softmax_backward_row_kernel::launch_unchecked(
-                &out.client,
-                grid(rows.div_ceil(ROWS_PER_CUBE)),
-                CubeDim::new_1d(ROWS_PER_CUBE as u32),
-                addr,
-                y.into_tensor_arg(),
-                grad.into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                rows,
-                c,
-            ),
-        }
+        softmax_backward_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            y.into_tensor_arg(),
+            grad.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            c,
+            plane,
+        );
     }
     out
 }
@@ -1385,14 +1181,32 @@ pub fn sine_embed_backward(
     out
 }
 
-/// How a row kernel is laid out on `t`'s device: `Some(units)` for one cube of one plane of
-/// `units` per row (devices with plane operations), `None` for one unit per row.
-fn row_plan(t: &CubeTensor, c: usize) -> Option<usize> {
+/// Whether the row kernels may use plane operations (see [`set_plane_rows`]).
+static PLANE_ROWS: AtomicBool = AtomicBool::new(true);
+
+/// Lets the row kernels (layer norm, softmax and their backward passes) use one plane per row
+/// on devices with plane operations (`true`, the default), or makes them use one unit per row on
+/// every device (`false`: the layout of devices without plane operations, e.g. to test it on a
+/// device that has them).
+pub fn set_plane_rows(enabled: bool) {
+    PLANE_ROWS.store(enabled, Ordering::Relaxed);
+}
+
+/// How a row kernel over `rows` rows of `c` columns is launched on `t`'s device: its cubes, their
+/// shape and whether it is one plane per row (devices with plane operations: one cube of one
+/// plane, no wider than the row, per row) or one unit per row.
+fn row_launch(t: &CubeTensor, rows: usize, c: usize) -> (CubeCount, CubeDim, bool) {
     let props = t.client.properties();
     // the smallest plane the device may use: a cube of that many units is one plane
     let plane = props.hardware.plane_size_min as usize;
-    (props.features.plane.contains(Plane::Ops) && plane >= 1)
-        .then(|| plane.min(c.next_power_of_two()))
+    if PLANE_ROWS.load(Ordering::Relaxed) && props.features.plane.contains(Plane::Ops) && plane >= 1
+    {
+        let units = plane.min(c.next_power_of_two());
+        (grid(rows), CubeDim::new_1d(units as u32), true)
+    } else {
+        let count = grid(rows.div_ceil(ROWS_PER_CUBE));
+        (count, CubeDim::new_1d(ROWS_PER_CUBE as u32), false)
+    }
 }
 
 /// Softmax over the last dimension of `x [R, C]`.
@@ -1428,41 +1242,26 @@ pub fn softmax(x: CubeTensor, bias: Option<(CubeTensor, usize)>) -> CubeTensor {
         return out;
     }
     let addr = address_type(&[&x, &out]);
-    let plan = row_plan(&x, c);
+    let (count, dim, plane) = row_launch(&x, rows, c);
     // SAFETY: cubes and units past the last row return before reading; every index is below
     // `row·c + c` for a row below `rows`, and the bias index below `groups · len` (its size:
     // the element index over `period` is below `groups`, its remainder modulo `len` below `len`).
     unsafe {
-        match plan {
-            Some(units) => softmax_plane_kernel::launch_unchecked(
-                &out.client,
-                grid(rows),
-                CubeDim::new_1d(units as u32),
-                addr,
-                x.into_tensor_arg(),
-                bias.clone().into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                rows,
-                len,
-                period,
-                c,
-                has_bias,
-            ),
-            None => softmax_row_kernel::launch_unchecked(
-                &out.client,
-                grid(rows.div_ceil(ROWS_PER_CUBE)),
-                CubeDim::new_1d(ROWS_PER_CUBE as u32),
-                addr,
-                x.into_tensor_arg(),
-                bias.clone().into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                rows,
-                len,
-                period,
-                c,
-                has_bias,
-            ),
-        }
+        softmax_kernel::launch_unchecked(
+            &out.client,
+            count,
+            dim,
+            addr,
+            x.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            len,
+            period,
+            c,
+            has_bias,
+            plane,
+        );
     }
     out
 }

@@ -633,6 +633,26 @@ fn bottleneck_folds_residual_and_relu_into_the_affine_map() {
     );
 }
 
+/// While alive, the fused row kernels use one unit per row on every device (the layout of
+/// devices without plane operations); dropping it restores the default.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+struct UnitRows;
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl UnitRows {
+    fn new() -> Self {
+        rlip_backends::fused::cube::set_plane_rows(false);
+        UnitRows
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl Drop for UnitRows {
+    fn drop(&mut self) {
+        rlip_backends::fused::cube::set_plane_rows(true);
+    }
+}
+
 /// Cross-backend tolerance of the fused kernels: float32 sums in another order only.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 const FUSED_TOL: Tol = Tol::new(1e-5, 1e-4);
@@ -826,6 +846,52 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     out.push("masked_softmax", y);
     out.push("masked_softmax_d_x", x.grad(&g).expect("grad"));
     out.push("masked_softmax_d_mask", mask.grad(&g).expect("grad"));
+
+    // the row kernels laid out for devices without plane operations (one unit per row), forward
+    // and backward: a layer norm with every operand and a biased softmax, rows of 70
+    let rows_only = gpu.then(UnitRows::new);
+    let x = (tensor([21, 70], 141, &ad) * 2.0).require_grad();
+    let bias = tensor([70], 142, &ad).require_grad();
+    let res = tensor([21, 70], 143, &ad).require_grad();
+    let pos = tensor([21, 70], 144, &ad).require_grad();
+    let gamma = tensor([70], 145, &ad).require_grad();
+    let beta = tensor([70], 146, &ad).require_grad();
+    let stacked = if gpu {
+        FusedCube
+            .layer_norm_plus(&x, &bias, &res, &gamma, &beta, &pos, 1e-5)
+            .expect("fused")
+    } else {
+        let n = burn::tensor::module::layer_norm(
+            (x.clone() + bias.clone().unsqueeze()) + res.clone(),
+            gamma.clone(),
+            Some(beta.clone()),
+            1e-5,
+        );
+        Tensor::cat(vec![n.clone(), n + pos.clone()], 0)
+    };
+    let scores = (tensor([21, 70], 147, &ad) * 4.0).require_grad();
+    let soft = if gpu {
+        FusedCube.softmax(&scores, Some(&bias), 1).expect("fused")
+    } else {
+        burn::tensor::activation::softmax(scores.clone() + bias.clone().unsqueeze(), 1)
+    };
+    let g = ((stacked.clone() * tensor([42, 70], 148, &ad)).sum()
+        + (soft.clone() * tensor([21, 70], 149, &ad)).sum())
+    .backward();
+    drop(rows_only);
+    out.push("unit_rows_ln_plus", stacked);
+    out.push("unit_rows_softmax", soft);
+    for (name, t) in [
+        ("x", &x),
+        ("residual", &res),
+        ("pos", &pos),
+        ("scores", &scores),
+    ] {
+        out.push(&format!("unit_rows_d_{name}"), t.grad(&g).expect("grad"));
+    }
+    for (name, t) in [("bias", &bias), ("gamma", &gamma), ("beta", &beta)] {
+        out.push(&format!("unit_rows_d_{name}"), t.grad(&g).expect("grad"));
+    }
 
     // the deformable attention's sampling locations around points and around boxes: offsets
     // [N, Lq, M, L, P, 2] = [2, 3, 2, 3, 2, 2], their bias per head, level, point and coordinate
