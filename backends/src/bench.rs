@@ -182,6 +182,7 @@ pub fn run(a: BenchInferArgs, backend: &str, device: &Device) -> Result<()> {
     }
     let t = Instant::now();
     let (model, _) = RlipParSeDa::init(&cfg, device);
+    crate::limits::check_params_fit(&model, device)?;
     let init_s = t.elapsed().as_secs_f64();
 
     let (ids, mask) = label_tokens(&cfg, a.labels, device);
@@ -310,6 +311,7 @@ pub fn run_train(a: BenchTrainArgs, backend: &str, device: &Device) -> Result<()
     let precision = crate::precision().dtype();
     let master = Trainer::master_dtype(precision)?;
     let (model, _) = RlipParSeDa::init_as(&cfg, &ad, master);
+    crate::limits::check_params_fit(&model, &ad)?;
     let n_obj = (a.labels * 2 / 5).max(2);
     let (ids, mask) = label_tokens(&cfg, a.labels, &ad);
     let texts = LabelTexts { ids, mask, n_obj };

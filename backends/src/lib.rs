@@ -11,6 +11,7 @@ mod cube_util;
 pub mod dense;
 #[cfg(feature = "cube")]
 pub mod fused;
+pub mod limits;
 pub mod msda;
 
 use std::fmt;

@@ -515,6 +515,44 @@ fn mixed_precision_steps_run_on_wgpu() {
     assert!(out.contains("| wgpu | small | 1 | 64x96 |"), "{out}");
 }
 
+/// A model whose largest parameter does not fit one buffer of the device (RoBERTa's float32 word
+/// embeddings, 154 MB, on lavapipe) stops before it runs, with an error naming the parameter and
+/// the way out, instead of a panic at the first read-back.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_parameter_over_the_device_buffer_limit_is_a_clear_error() {
+    use rlip_backends::{BackendKind, device, limits::max_buffer_bytes};
+    let dev = device(BackendKind::Wgpu, None).expect("a wgpu device");
+    let limit = max_buffer_bytes(&dev).expect("wgpu states its largest buffer");
+    let embeddings = 50_265 * 768 * 4;
+    if limit >= embeddings {
+        eprintln!("this wgpu device holds {limit}-byte buffers: the r50 fits, nothing to check");
+        return;
+    }
+    let err = fails(&[
+        "--backend",
+        "wgpu",
+        "bench",
+        "infer",
+        "--config",
+        "r50",
+        "--size",
+        "64x96",
+        "--batch",
+        "1",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+    ]);
+    assert!(
+        err.contains("text_encoder.embeddings.word.weight ([50265, 768], F32)"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("({limit} bytes")), "{err}");
+    assert!(err.contains("--backend flex"), "{err}");
+}
+
 /// Mixed-precision training (`--float-dtype bf16|f16 train`): the bf16 losses follow the float32
 /// run's within bf16 accuracy without being identical (the forward really ran in bf16), the
 /// evaluation runs, and the checkpoint holds float32 master weights, most of which bf16 cannot

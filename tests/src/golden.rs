@@ -217,6 +217,8 @@ pub fn model_checks(fx: &Fixture, device: &Device) -> Result<Vec<Check>, Unsuppo
     if !report.is_clean() {
         return Err(Unsupported(report.to_string()));
     }
+    rlip_backends::limits::check_params_fit(&model, device)
+        .map_err(|e| Unsupported(e.to_string()))?;
     let ids = fx.input("input_ids");
     let am = fx.input("attention_mask");
     let to_int = |t: &rlip_model::weights::RawTensor| {

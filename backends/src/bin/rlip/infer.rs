@@ -100,6 +100,12 @@ pub fn build_predictor(
     let t = Instant::now();
     let tokenizer = load_tokenizer(&m.tokenizer)?;
     let (model, report) = load_model(&cfg, &m.checkpoint, device, m.partial)?;
+    rlip_backends::limits::check_params_fit(&model, device).with_context(|| {
+        format!(
+            "{}: the model does not fit this device",
+            m.checkpoint.display()
+        )
+    })?;
     if !report.is_clean() {
         tracing::warn!("partial load of {}:\n{report}", m.checkpoint.display());
     }

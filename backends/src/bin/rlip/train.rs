@@ -669,6 +669,8 @@ pub fn run(a: TrainArgs, backend: rlip_backends::BackendKind, index: Option<usiz
         }
         None => RlipParSeDa::init_as(&cfg, &ad, master).0,
     };
+    rlip_backends::limits::check_params_fit(&model, &ad)
+        .context("the model does not fit this device")?;
     let optim = OptimConfig {
         lr: a.lr,
         lr_backbone: a.lr_backbone,
