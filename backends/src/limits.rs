@@ -5,8 +5,8 @@
 //! embeddings). An allocation over the cap fails only when a result is read back, deep inside
 //! a run; [`check_params_fit`] reports it up front, naming the parameter.
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::{Device, Tensor};
+use burn::module::Module;
+use burn::prelude::Device;
 use burn::tensor::DType;
 
 /// The largest single buffer `device` allocates, in bytes; `None` where no limit is known
@@ -55,44 +55,21 @@ pub fn check_params_fit<M: Module>(module: &M, device: &Device) -> Result<(), To
 
 /// [`check_params_fit`] against a given limit in bytes.
 pub fn check_params_within<M: Module>(module: &M, limit: u64) -> Result<(), TooLargeForDevice> {
-    let mut v = Oversized {
-        path: Vec::new(),
-        limit,
-        worst: None,
-    };
-    module.visit(&mut v);
-    v.worst.map_or(Ok(()), Err)
-}
-
-/// The largest float parameter over `limit` bytes, by module path.
-struct Oversized {
-    path: Vec<String>,
-    limit: u64,
-    worst: Option<TooLargeForDevice>,
-}
-
-impl ModuleVisitor for Oversized {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let t = param.val();
-        let dtype = t.dtype();
-        let shape = t.dims().to_vec();
+    let mut worst: Option<TooLargeForDevice> = None;
+    for (param, shape, dtype) in rlip_model::checkpoint::param_shapes(module) {
         let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
-        if bytes > self.limit && self.worst.as_ref().is_none_or(|w| bytes > w.bytes) {
-            self.worst = Some(TooLargeForDevice {
-                param: self.path.join("."),
+        // the first of the largest, in visiting order
+        if bytes > limit && worst.as_ref().is_none_or(|w| bytes > w.bytes) {
+            worst = Some(TooLargeForDevice {
+                param,
                 shape,
                 dtype,
                 bytes,
-                limit: self.limit,
+                limit,
             });
         }
     }
+    worst.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

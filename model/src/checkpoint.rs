@@ -11,6 +11,7 @@ use std::path::Path;
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::weights::WeightError;
 
@@ -67,6 +68,34 @@ fn collect<M: Module>(module: &M) -> Collect {
 /// `(path, shape, values)` of every float parameter of `module`, in visiting order.
 pub fn collect_params<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     collect(module).out
+}
+
+/// `(path, shape, element type)` of every float parameter of `module`, in visiting order,
+/// without reading any values.
+pub fn param_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>, DType)> {
+    struct Shapes {
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>, DType)>,
+    }
+    impl ModuleVisitor for Shapes {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            self.out
+                .push((self.path.join("."), t.dims().to_vec(), t.dtype()));
+        }
+    }
+    let mut v = Shapes {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
 }
 
 /// Serialises the float parameters of `module` to safetensors bytes with `metadata` (plus the

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
@@ -294,39 +294,20 @@ impl AdamW {
     /// Checks the state against `module`: every path with state must be a float parameter of
     /// the same shape. Returns the problems, by name (empty when the state fits).
     pub fn mismatches<M: Module>(&self, module: &M) -> Vec<String> {
-        let mut shapes = Shapes {
-            path: Vec::new(),
-            out: BTreeMap::new(),
-        };
-        module.visit(&mut shapes);
+        let shapes: BTreeMap<String, Vec<usize>> = rlip_model::checkpoint::param_shapes(module)
+            .into_iter()
+            .map(|(path, shape, _)| (path, shape))
+            .collect();
         let mut bad = Vec::new();
         for (path, m) in &self.state {
             let (Moments::Live { shape, .. } | Moments::Stored { shape, .. }) = m;
-            match shapes.out.get(path) {
+            match shapes.get(path) {
                 None => bad.push(format!("{path} (not a parameter of the model)")),
                 Some(s) if s != shape => bad.push(format!("{path} (model {s:?}, state {shape:?})")),
                 Some(_) => {}
             }
         }
         bad
-    }
-}
-
-/// Float parameter shapes by module path.
-struct Shapes {
-    path: Vec<String>,
-    out: BTreeMap<String, Vec<usize>>,
-}
-
-impl ModuleVisitor for Shapes {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out.insert(self.path.join("."), param.shape().to_vec());
     }
 }
 

@@ -657,6 +657,33 @@ impl Drop for UnitRows {
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 const FUSED_TOL: Tol = Tol::new(1e-5, 1e-4);
 
+/// The layer norm of `(x + bias) + res` stacked over itself plus `pos` (`[2R, C]`): the fused
+/// kernel where `gpu`, else Burn's ops (the reference).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn ln_plus(
+    gpu: bool,
+    x: &Tensor<2>,
+    bias: &Tensor<1>,
+    res: &Tensor<2>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    pos: &Tensor<2>,
+) -> Tensor<2> {
+    use rlip_backends::fused::FusedCube;
+    if gpu {
+        return FusedCube
+            .layer_norm_plus(x, bias, res, gamma, beta, pos, 1e-5)
+            .expect("fused");
+    }
+    let n = burn::tensor::module::layer_norm(
+        (x.clone() + bias.clone().unsqueeze()) + res.clone(),
+        gamma.clone(),
+        Some(beta.clone()),
+        1e-5,
+    );
+    Tensor::cat(vec![n.clone(), n + pos.clone()], 0)
+}
+
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     use rlip_backends::fused::FusedCube;
@@ -732,19 +759,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
 
     // the same norm and its sum with a positional query, in one launch: both halves used
     let pos = tensor([21, 70], 56, &ad).require_grad();
-    let stacked = if gpu {
-        FusedCube
-            .layer_norm_plus(&x, &bias, &res, &gamma, &beta, &pos, 1e-5)
-            .expect("fused")
-    } else {
-        let n = burn::tensor::module::layer_norm(
-            (x.clone() + bias.clone().unsqueeze()) + res.clone(),
-            gamma.clone(),
-            Some(beta.clone()),
-            1e-5,
-        );
-        Tensor::cat(vec![n.clone(), n + pos.clone()], 0)
-    };
+    let stacked = ln_plus(gpu, &x, &bias, &res, &gamma, &beta, &pos);
     let (norm, query) = (
         stacked.clone().slice(s![0..21, 0..70]),
         stacked.slice(s![21..42, 0..70]),
@@ -856,19 +871,7 @@ parity_test!(fused_kernels_parity, FUSED_TOL, |device, out| {
     let pos = tensor([21, 70], 144, &ad).require_grad();
     let gamma = tensor([70], 145, &ad).require_grad();
     let beta = tensor([70], 146, &ad).require_grad();
-    let stacked = if gpu {
-        FusedCube
-            .layer_norm_plus(&x, &bias, &res, &gamma, &beta, &pos, 1e-5)
-            .expect("fused")
-    } else {
-        let n = burn::tensor::module::layer_norm(
-            (x.clone() + bias.clone().unsqueeze()) + res.clone(),
-            gamma.clone(),
-            Some(beta.clone()),
-            1e-5,
-        );
-        Tensor::cat(vec![n.clone(), n + pos.clone()], 0)
-    };
+    let stacked = ln_plus(gpu, &x, &bias, &res, &gamma, &beta, &pos);
     let scores = (tensor([21, 70], 147, &ad) * 4.0).require_grad();
     let soft = if gpu {
         FusedCube.softmax(&scores, Some(&bias), 1).expect("fused")
